@@ -1,0 +1,281 @@
+//! meshgate's admin REST API.
+//!
+//! The API knows nothing of Pingora: it talks to the gateway through [`AdminBackend`], which the
+//! gateway implements. Every endpoint but `/healthz`, `/readyz` and `/metrics` needs
+//! `Authorization: Bearer <token>`; errors are JSON objects with an `error` field.
+
+mod model;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+pub use model::*;
+
+/// Largest request body the API reads: policies are text files of a few KiB.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What the admin API needs from the gateway.
+pub trait AdminBackend: Send + Sync + 'static {
+    /// The active policy.
+    fn policy(&self) -> ActivePolicy;
+    /// Validates, applies and persists a whole policy; `if_match` is the expected active hash.
+    fn apply(&self, source: String, if_match: Option<&str>) -> Result<Applied, ApplyError>;
+    /// Validates a policy without applying it.
+    fn validate(&self, source: &str) -> Result<Validated, ApplyError>;
+    /// Re-reads the policy file and applies it.
+    fn reload(&self) -> Result<Applied, ApplyError>;
+    /// Goes back to the previously applied policy.
+    fn rollback(&self) -> Result<Applied, ApplyError>;
+    /// State of every upstream.
+    fn upstreams(&self) -> UpstreamsBody;
+    /// The compiled routes.
+    fn routes(&self) -> RoutesBody;
+    /// Which route a request would take, and why.
+    fn explain(&self, query: &ExplainQuery) -> Result<Explanation, String>;
+    /// Prometheus text exposition.
+    fn metrics(&self) -> String;
+    /// True when the listeners are up and a policy is loaded (and not draining).
+    fn ready(&self) -> bool;
+}
+
+#[derive(Clone)]
+struct AppState {
+    backend: Arc<dyn AdminBackend>,
+    token: Arc<str>,
+}
+
+/// Builds the API's router.
+pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
+    let state = AppState {
+        backend,
+        token: Arc::from(token),
+    };
+    let protected = Router::new()
+        .route("/policy", get(get_policy).put(put_policy))
+        .route("/policy/validate", post(validate_policy))
+        .route("/policy/rollback", post(rollback_policy))
+        .route("/reload", post(reload_policy))
+        .route("/upstreams", get(upstreams))
+        .route("/routes", get(routes))
+        .route("/explain", get(explain))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    backend: Arc<dyn AdminBackend>,
+    token: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(backend, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let authorized = presented.is_some_and(|token| bool::from(token.ct_eq(state.token.as_bytes())));
+    if !authorized {
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    next.run(request).await
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.backend.ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.backend.metrics(),
+    )
+        .into_response()
+}
+
+async fn get_policy(State(state): State<AppState>) -> Response {
+    let active = state.backend.policy();
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/toml; charset=utf-8")],
+        active.source,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", active.hash)) {
+        headers.insert(header::ETAG, etag);
+    }
+    headers.insert("x-meshgate-policy-version", HeaderValue::from(active.version));
+    response
+}
+
+async fn read_text(body: Body) -> Result<String, Response> {
+    let bytes = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| error_response(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"))
+}
+
+fn apply_error_response(error: ApplyError) -> Response {
+    match error {
+        ApplyError::Invalid(errors) => {
+            (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors }))).into_response()
+        }
+        ApplyError::Stale { current_hash } => (
+            StatusCode::PRECONDITION_FAILED,
+            Json(json!({
+                "error": "If-Match does not name the active policy's hash",
+                "current_hash": current_hash,
+            })),
+        )
+            .into_response(),
+        ApplyError::NoPrevious => {
+            error_response(StatusCode::CONFLICT, "there is no previous policy to roll back to")
+        }
+        ApplyError::Io(message) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &message),
+    }
+}
+
+fn applied_response(result: Result<Applied, ApplyError>) -> Response {
+    match result {
+        Ok(applied) => {
+            let etag = HeaderValue::from_str(&format!("\"{}\"", applied.hash)).ok();
+            let mut response = (StatusCode::OK, Json(applied)).into_response();
+            if let Some(etag) = etag {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            response
+        }
+        Err(error) => apply_error_response(error),
+    }
+}
+
+async fn put_policy(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let source = match read_text(body).await {
+        Ok(source) => source,
+        Err(response) => return response,
+    };
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().trim_matches('"').to_owned());
+    let backend = state.backend.clone();
+    run_blocking(move || applied_response(backend.apply(source, if_match.as_deref()))).await
+}
+
+async fn validate_policy(State(state): State<AppState>, body: Body) -> Response {
+    let source = match read_text(body).await {
+        Ok(source) => source,
+        Err(response) => return response,
+    };
+    let backend = state.backend.clone();
+    run_blocking(move || match backend.validate(&source) {
+        Ok(validated) => (StatusCode::OK, Json(validated)).into_response(),
+        Err(error) => apply_error_response(error),
+    })
+    .await
+}
+
+async fn reload_policy(State(state): State<AppState>) -> Response {
+    let backend = state.backend.clone();
+    run_blocking(move || applied_response(backend.reload())).await
+}
+
+async fn rollback_policy(State(state): State<AppState>) -> Response {
+    let backend = state.backend.clone();
+    run_blocking(move || applied_response(backend.rollback())).await
+}
+
+/// Policy work reads files and compiles regexes: keep it off the async worker threads.
+async fn run_blocking(work: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| {
+        error_response(StatusCode::INTERNAL_SERVER_ERROR, "the policy task failed")
+    })
+}
+
+async fn upstreams(State(state): State<AppState>) -> Response {
+    Json(state.backend.upstreams()).into_response()
+}
+
+async fn routes(State(state): State<AppState>) -> Response {
+    Json(state.backend.routes()).into_response()
+}
+
+async fn explain(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let mut query = ExplainQuery {
+        method: "GET".into(),
+        path: "/".into(),
+        ..ExplainQuery::default()
+    };
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "method" => query.method = value.into_owned(),
+            "host" => query.host = Some(value.into_owned()),
+            "path" => query.path = value.into_owned(),
+            "listener" => query.listener = Some(value.into_owned()),
+            "header" => match value.split_once(':') {
+                Some((name, header_value)) => query
+                    .headers
+                    .push((name.trim().to_ascii_lowercase(), header_value.trim().to_owned())),
+                None => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "header must be written name:value",
+                    )
+                }
+            },
+            other => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown query parameter {other:?}; expected method, host, path, header or listener"),
+                )
+            }
+        }
+    }
+    match state.backend.explain(&query) {
+        Ok(explanation) => Json(explanation).into_response(),
+        Err(message) => error_response(StatusCode::BAD_REQUEST, &message),
+    }
+}

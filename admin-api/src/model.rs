@@ -1,0 +1,190 @@
+//! Request and response shapes of the admin API.
+
+use serde::{Deserialize, Serialize};
+
+/// The active policy as `GET /policy` serves it.
+#[derive(Debug, Clone)]
+pub struct ActivePolicy {
+    /// The policy file's text.
+    pub source: String,
+    /// Hex SHA-256 of `source`; the `ETag`.
+    pub hash: String,
+    /// Number of the applied policy, counting from 1 at start.
+    pub version: u64,
+}
+
+/// The answer to a successful apply (PUT, reload, rollback).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Applied {
+    /// Number of the now active policy.
+    pub version: u64,
+    /// Hash of the now active policy.
+    pub hash: String,
+    /// Static parts that changed and take effect only on restart.
+    pub restart_required: Vec<String>,
+    /// False when the policy was identical to the active one, so nothing was swapped.
+    pub changed: bool,
+}
+
+/// One policy error, with its position.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorItem {
+    /// 1-based line (0 when the error is not about a position in the file).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Key path, such as `routes[0].split[1].upstream`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a policy was not applied.
+#[derive(Debug, Clone)]
+pub enum ApplyError {
+    /// The policy is invalid; every error found.
+    Invalid(Vec<ErrorItem>),
+    /// `If-Match` named another hash than the active policy's.
+    Stale {
+        /// The active policy's hash.
+        current_hash: String,
+    },
+    /// There is no previous policy to roll back to.
+    NoPrevious,
+    /// Reading or writing the policy file failed.
+    Io(String),
+}
+
+/// The result of a validation that succeeded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Validated {
+    /// Always true.
+    pub valid: bool,
+    /// Static parts that would take effect only on restart.
+    pub restart_required: Vec<String>,
+}
+
+/// `GET /upstreams`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpstreamsBody {
+    /// Every upstream of the active policy, in file order.
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+/// One upstream's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    /// Its name.
+    pub name: String,
+    /// Its load-balancing algorithm.
+    pub balance: String,
+    /// `http1` or `h2c`.
+    pub protocol: String,
+    /// Requests currently in flight across all endpoints.
+    pub in_flight: u64,
+    /// Its endpoints.
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One endpoint's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// `IP:port`.
+    pub address: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Whether health checks consider it healthy.
+    pub healthy: bool,
+    /// Whether outlier detection has ejected it.
+    pub ejected: bool,
+    /// Requests in flight to it now.
+    pub in_flight: u64,
+    /// Requests sent to it since its upstream was created.
+    pub requests_total: u64,
+}
+
+/// `GET /explain` query: the request to explain.
+#[derive(Debug, Clone, Default)]
+pub struct ExplainQuery {
+    /// Listener name; when absent, listener restrictions are ignored.
+    pub listener: Option<String>,
+    /// Method (default `GET`).
+    pub method: String,
+    /// Host.
+    pub host: Option<String>,
+    /// Path (default `/`).
+    pub path: String,
+    /// Headers as (lower-case name, value).
+    pub headers: Vec<(String, String)>,
+}
+
+/// `GET /explain` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Explanation {
+    /// The route the request takes, if any.
+    pub matched: Option<String>,
+    /// Every route in match order with its verdict.
+    pub routes: Vec<RouteVerdict>,
+    /// Where the matched route would send the request.
+    pub candidates: Vec<Candidate>,
+}
+
+/// One route's verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteVerdict {
+    /// Route name.
+    pub route: String,
+    /// `matched`, `skipped` or `not_reached`.
+    pub result: String,
+    /// Why it was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One upstream a matched route may send to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Upstream name.
+    pub upstream: String,
+    /// The split's weight.
+    pub weight: u32,
+    /// Endpoints eligible now (healthy and not ejected).
+    pub endpoints: Vec<String>,
+}
+
+/// `GET /routes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutesBody {
+    /// Routes in match order.
+    pub routes: Vec<RouteInfo>,
+}
+
+/// One compiled route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// Its name.
+    pub name: String,
+    /// Listeners it applies to (every listener when absent).
+    pub listeners: Option<Vec<String>>,
+    /// Host condition.
+    pub host: Option<String>,
+    /// Path condition, such as `prefix /api`.
+    pub path: Option<String>,
+    /// Allowed methods (any when empty).
+    pub methods: Vec<String>,
+    /// Required headers.
+    pub headers: Vec<(String, String)>,
+    /// Weighted upstreams.
+    pub split: Vec<SplitInfo>,
+    /// Sticky split key.
+    pub split_key: Option<String>,
+}
+
+/// One split of a route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SplitInfo {
+    /// Upstream name.
+    pub upstream: String,
+    /// Relative weight.
+    pub weight: u32,
+}

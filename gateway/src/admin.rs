@@ -1,0 +1,324 @@
+//! The gateway's side of the admin API: [`AdminBackend`] over the policy store, the admin
+//! listener as a Pingora background service, and the admin token.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meshgate_admin::*;
+use meshgate_policy::compiled::{AdminSettings, HostMatch, PathMatch, RequestKey, Verdict};
+use meshgate_policy::RequestView;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::reload::{Origin, PolicyStore};
+use crate::telemetry::Telemetry;
+
+/// Implements the admin API over the gateway's state.
+pub struct GatewayAdmin {
+    store: Arc<PolicyStore>,
+    telemetry: Arc<Telemetry>,
+    listeners_up: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl GatewayAdmin {
+    /// An admin backend over `store`.
+    pub fn new(store: Arc<PolicyStore>, telemetry: Arc<Telemetry>) -> Self {
+        GatewayAdmin {
+            store,
+            telemetry,
+            listeners_up: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+struct QueryView<'a>(&'a ExplainQuery);
+
+impl RequestView for QueryView<'_> {
+    fn method(&self) -> &str {
+        &self.0.method
+    }
+    fn host(&self) -> Option<&str> {
+        self.0.host.as_deref()
+    }
+    fn path(&self) -> &str {
+        self.0.path.split('?').next().unwrap_or("/")
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_bytes())
+    }
+}
+
+fn describe_key(key: &RequestKey) -> String {
+    match key {
+        RequestKey::ClientIp => "client_ip".into(),
+        RequestKey::Path => "path".into(),
+        RequestKey::Header(name) => format!("header:{name}"),
+    }
+}
+
+impl AdminBackend for GatewayAdmin {
+    fn policy(&self) -> ActivePolicy {
+        let (source, hash, version) = self.store.active();
+        ActivePolicy {
+            source,
+            hash,
+            version,
+        }
+    }
+
+    fn apply(&self, source: String, if_match: Option<&str>) -> Result<Applied, ApplyError> {
+        self.store.apply(source, Origin::Api, if_match)
+    }
+
+    fn validate(&self, source: &str) -> Result<Validated, ApplyError> {
+        self.store.validate(source)
+    }
+
+    fn reload(&self) -> Result<Applied, ApplyError> {
+        self.store.reload_from_file()
+    }
+
+    fn rollback(&self) -> Result<Applied, ApplyError> {
+        self.store.rollback()
+    }
+
+    fn upstreams(&self) -> UpstreamsBody {
+        let snapshot = self.store.snapshot();
+        let upstreams = snapshot
+            .upstreams
+            .iter()
+            .map(|upstream| UpstreamStatus {
+                name: upstream.spec.name.clone(),
+                balance: upstream.spec.balance.as_str().into(),
+                protocol: match upstream.spec.protocol {
+                    meshgate_policy::compiled::UpstreamProtocol::Http1 => "http1".into(),
+                    meshgate_policy::compiled::UpstreamProtocol::H2c => "h2c".into(),
+                },
+                in_flight: upstream.in_flight(),
+                endpoints: upstream
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointStatus {
+                        address: e.addr.to_string(),
+                        weight: e.weight,
+                        healthy: e.healthy.load(Ordering::Relaxed),
+                        ejected: e.ejected.load(Ordering::Relaxed),
+                        in_flight: e.in_flight.load(Ordering::Relaxed),
+                        requests_total: e.requests_total.load(Ordering::Relaxed),
+                    })
+                    .collect(),
+            })
+            .collect();
+        UpstreamsBody { upstreams }
+    }
+
+    fn routes(&self) -> RoutesBody {
+        let snapshot = self.store.snapshot();
+        let policy = &snapshot.policy;
+        let routes = policy
+            .routes
+            .iter()
+            .map(|route| RouteInfo {
+                name: route.name.clone(),
+                listeners: route.listeners.as_ref().map(|indexes| {
+                    indexes
+                        .iter()
+                        .map(|&i| policy.listeners[i].name.clone())
+                        .collect()
+                }),
+                host: route.matcher.host.as_ref().map(|h| match h {
+                    HostMatch::Exact(host) => host.clone(),
+                    HostMatch::Suffix(suffix) => format!("*{suffix}"),
+                }),
+                path: route.matcher.path.as_ref().map(|p| match p {
+                    PathMatch::Prefix(prefix) => format!("prefix {prefix}"),
+                    PathMatch::Exact(exact) => format!("exact {exact}"),
+                    PathMatch::Regex(regex) => format!("regex {}", regex.as_str()),
+                }),
+                methods: route.matcher.methods.clone(),
+                headers: route.matcher.headers.clone(),
+                split: route
+                    .splits
+                    .iter()
+                    .map(|s| SplitInfo {
+                        upstream: policy.upstreams[s.upstream].name.clone(),
+                        weight: s.weight,
+                    })
+                    .collect(),
+                split_key: route.split_key.as_ref().map(describe_key),
+            })
+            .collect();
+        RoutesBody { routes }
+    }
+
+    fn explain(&self, query: &ExplainQuery) -> Result<Explanation, String> {
+        let snapshot = self.store.snapshot();
+        let policy = &snapshot.policy;
+        let listener = match &query.listener {
+            Some(name) => Some(
+                policy
+                    .listener_index(name)
+                    .ok_or_else(|| format!("unknown listener {name:?}"))?,
+            ),
+            None => None,
+        };
+        let verdicts = policy.explain(listener, &QueryView(query));
+        let matched = verdicts.iter().position(|v| *v == Verdict::Matched);
+        let routes = policy
+            .routes
+            .iter()
+            .zip(&verdicts)
+            .map(|(route, verdict)| {
+                let (result, reason) = match verdict {
+                    Verdict::Matched => ("matched", None),
+                    Verdict::Skipped(why) => ("skipped", Some(why.to_string())),
+                    Verdict::NotReached => ("not_reached", None),
+                };
+                RouteVerdict {
+                    route: route.name.clone(),
+                    result: result.into(),
+                    reason,
+                }
+            })
+            .collect();
+        let candidates = matched
+            .map(|index| {
+                policy.routes[index]
+                    .splits
+                    .iter()
+                    .map(|split| {
+                        let upstream = &snapshot.upstreams[split.upstream];
+                        Candidate {
+                            upstream: upstream.spec.name.clone(),
+                            weight: split.weight,
+                            endpoints: upstream
+                                .endpoints
+                                .iter()
+                                .filter(|e| e.eligible())
+                                .map(|e| e.addr.to_string())
+                                .collect(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Explanation {
+            matched: matched.map(|i| policy.routes[i].name.clone()),
+            routes,
+            candidates,
+        })
+    }
+
+    fn metrics(&self) -> String {
+        self.telemetry.metrics.render()
+    }
+
+    fn ready(&self) -> bool {
+        self.listeners_up.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Reads the admin token, or creates one when the default token file is missing.
+pub fn load_admin_token(settings: &AdminSettings) -> Result<String, String> {
+    let path = &settings.token_file;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_owned();
+            if token.len() < 16 {
+                return Err(format!(
+                    "{}: the admin token must be at least 16 characters",
+                    path.display()
+                ));
+            }
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !settings.token_file_explicit => {
+            use rand::Rng;
+            use std::os::unix::fs::OpenOptionsExt;
+            let bytes: [u8; 24] = rand::rng().random();
+            let token = hex::encode(bytes);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("cannot create the admin token file {}: {e}", path.display()))?;
+            writeln!(file, "{token}")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            tracing::info!("created a new admin token in {}", path.display());
+            Ok(token)
+        }
+        Err(e) => Err(format!("cannot read the admin token file {}: {e}", path.display())),
+    }
+}
+
+/// Serves the admin API inside Pingora's server, and marks the gateway ready once every
+/// listener accepts connections.
+pub struct AdminService {
+    /// The backend.
+    pub admin: Arc<GatewayAdmin>,
+    /// The bound admin socket (bound before Pingora starts, so a taken port fails at once).
+    pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    /// The bearer token.
+    pub token: String,
+    /// Addresses of the proxy listeners, probed for readiness.
+    pub proxy_listeners: Vec<SocketAddr>,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match std_listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
+        {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("admin API cannot start: {e}");
+                return;
+            }
+        };
+        let admin = self.admin.clone();
+        let probes = self.proxy_listeners.clone();
+        tokio::spawn(async move {
+            for addr in probes {
+                let target = if addr.ip().is_unspecified() {
+                    SocketAddr::new(
+                        if addr.is_ipv4() {
+                            std::net::Ipv4Addr::LOCALHOST.into()
+                        } else {
+                            std::net::Ipv6Addr::LOCALHOST.into()
+                        },
+                        addr.port(),
+                    )
+                } else {
+                    addr
+                };
+                while tokio::net::TcpStream::connect(target).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            admin.listeners_up.store(true, Ordering::Release);
+            tracing::info!("listeners are up; ready");
+        });
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = meshgate_admin::serve(listener, self.admin.clone(), &self.token, stop).await {
+            tracing::error!("admin API stopped: {e}");
+        }
+    }
+}

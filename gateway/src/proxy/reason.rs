@@ -1,0 +1,58 @@
+//! Why the gateway answered a request itself. The token goes in `x-meshgate-reason`, in the
+//! access log and in the `reason` metric label.
+
+/// The response header that carries the reason token.
+pub const REASON_HEADER: &str = "x-meshgate-reason";
+
+/// A gateway-made response's cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No route matched.
+    NoRoute,
+    /// The circuit breaker refused the request.
+    Overflow,
+    /// Every endpoint of the chosen upstream is unhealthy or ejected.
+    NoHealthyUpstream,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// No connection could be made to the upstream.
+    ConnectFailure,
+    /// The upstream closed or broke the connection after it was made.
+    UpstreamReset,
+    /// A rate limit refused the request.
+    RateLimited,
+    /// Authorization refused the caller.
+    Forbidden,
+    /// Fault injection aborted the request.
+    FaultAbort,
+}
+
+impl Reason {
+    /// The token, as documented.
+    pub fn token(self) -> &'static str {
+        match self {
+            Reason::NoRoute => "no-route",
+            Reason::Overflow => "overflow",
+            Reason::NoHealthyUpstream => "no-healthy-upstream",
+            Reason::UpstreamTimeout => "upstream-timeout",
+            Reason::ConnectFailure => "connect-failure",
+            Reason::UpstreamReset => "upstream-reset",
+            Reason::RateLimited => "rate-limited",
+            Reason::Forbidden => "forbidden",
+            Reason::FaultAbort => "fault-abort",
+        }
+    }
+
+    /// The status code the gateway answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::NoRoute => 404,
+            Reason::Overflow | Reason::NoHealthyUpstream => 503,
+            Reason::UpstreamTimeout => 504,
+            Reason::ConnectFailure | Reason::UpstreamReset => 502,
+            Reason::RateLimited => 429,
+            Reason::Forbidden => 403,
+            Reason::FaultAbort => 503,
+        }
+    }
+}

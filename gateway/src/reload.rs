@@ -1,0 +1,331 @@
+//! The reload machinery. PUT, `POST /reload`, rollback and edits of the file on disk all go
+//! through [`PolicyStore::apply`]: validate and compile off the request path, persist when the
+//! change came through the API, then swap one pointer. Requests in flight keep the snapshot
+//! they loaded; new requests see the new one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use meshgate_admin::{Applied, ApplyError, ErrorItem, Validated};
+use meshgate_policy::{CompiledPolicy, PolicyError};
+use sha2::{Digest, Sha256};
+
+use crate::snapshot::Snapshot;
+use crate::telemetry::Telemetry;
+
+/// Where a policy to apply came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `PUT /policy`: persisted to the file.
+    Api,
+    /// `POST /policy/rollback`: persisted to the file.
+    Rollback,
+    /// `POST /reload` or the file watcher: read from the file.
+    File,
+}
+
+struct PolicyText {
+    source: String,
+    hash: String,
+}
+
+struct StoreState {
+    active: PolicyText,
+    previous: Option<PolicyText>,
+    next_version: u64,
+}
+
+/// The active policy, its history, and the snapshot the data plane reads.
+pub struct PolicyStore {
+    path: PathBuf,
+    base_dir: PathBuf,
+    current: ArcSwap<Snapshot>,
+    state: Mutex<StoreState>,
+    telemetry: Arc<Telemetry>,
+}
+
+/// Hex SHA-256 of a policy's text.
+pub fn policy_hash(source: &str) -> String {
+    hex::encode(Sha256::digest(source.as_bytes()))
+}
+
+fn to_items(errors: Vec<PolicyError>) -> Vec<ErrorItem> {
+    errors
+        .into_iter()
+        .map(|e| ErrorItem {
+            line: e.line,
+            column: e.column,
+            path: e.path,
+            message: e.message,
+        })
+        .collect()
+}
+
+/// The folder relative paths in a policy file are resolved against.
+pub fn base_dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+impl PolicyStore {
+    /// Loads the policy file at startup; every error is returned when it is invalid.
+    pub fn open(path: &Path, telemetry: Arc<Telemetry>) -> Result<Self, String> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the policy file: {e}", path.display()))?;
+        let base_dir = base_dir_of(path);
+        let compiled = meshgate_policy::load(&source, &base_dir).map_err(|errors| {
+            let file = path.display().to_string();
+            errors
+                .iter()
+                .map(|e| e.display_with_file(&file))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        telemetry
+            .configure_access_log(&compiled.telemetry.access_log)
+            .map_err(|e| format!("cannot open the access log: {e}"))?;
+        telemetry.metrics.policy_version.set(1);
+        let hash = policy_hash(&source);
+        Ok(PolicyStore {
+            path: path.to_path_buf(),
+            base_dir,
+            current: ArcSwap::from_pointee(Snapshot::build(compiled, None, 1)),
+            state: Mutex::new(StoreState {
+                active: PolicyText { source, hash },
+                previous: None,
+                next_version: 2,
+            }),
+            telemetry,
+        })
+    }
+
+    /// The snapshot new requests use.
+    #[inline]
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The policy file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The active policy's text, hash and number.
+    pub fn active(&self) -> (String, String, u64) {
+        let state = self.lock();
+        (
+            state.active.source.clone(),
+            state.active.hash.clone(),
+            self.current.load().version,
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreState> {
+        // A panic while holding the lock cannot leave the state half-written: every field is
+        // replaced in one step after all fallible work, so the data is still consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn compile(&self, source: &str) -> Result<CompiledPolicy, ApplyError> {
+        meshgate_policy::load(source, &self.base_dir).map_err(|e| ApplyError::Invalid(to_items(e)))
+    }
+
+    /// Checks a policy as `apply` would, changing nothing.
+    pub fn validate(&self, source: &str) -> Result<Validated, ApplyError> {
+        let compiled = self.compile(source)?;
+        let restart_required = compiled
+            .static_changes(&self.current.load().policy)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Ok(Validated {
+            valid: true,
+            restart_required,
+        })
+    }
+
+    /// Validates, compiles, persists (for API changes) and swaps in a policy.
+    pub fn apply(
+        &self,
+        source: String,
+        origin: Origin,
+        if_match: Option<&str>,
+    ) -> Result<Applied, ApplyError> {
+        let result = self.apply_locked(source, origin, if_match);
+        let label = match &result {
+            Ok(applied) if applied.changed => "applied",
+            Ok(_) => "unchanged",
+            Err(ApplyError::Invalid(_)) => "invalid",
+            Err(_) => "error",
+        };
+        self.telemetry
+            .metrics
+            .policy_reloads
+            .with_label_values(&[label])
+            .inc();
+        match &result {
+            Ok(applied) if applied.changed => tracing::info!(
+                version = applied.version,
+                hash = %applied.hash,
+                ?origin,
+                restart_required = ?applied.restart_required,
+                "policy applied"
+            ),
+            Ok(_) => {}
+            Err(ApplyError::Invalid(errors)) => {
+                for e in errors {
+                    tracing::warn!(
+                        "policy refused ({origin:?}): {}:{}:{}: {}: {}",
+                        self.path.display(),
+                        e.line,
+                        e.column,
+                        e.path,
+                        e.message
+                    );
+                }
+            }
+            Err(other) => tracing::warn!(?origin, "policy not applied: {other:?}"),
+        }
+        result
+    }
+
+    fn apply_locked(
+        &self,
+        source: String,
+        origin: Origin,
+        if_match: Option<&str>,
+    ) -> Result<Applied, ApplyError> {
+        let mut state = self.lock();
+        if let Some(expected) = if_match {
+            if expected != "*" && expected != state.active.hash {
+                return Err(ApplyError::Stale {
+                    current_hash: state.active.hash.clone(),
+                });
+            }
+        }
+        let hash = policy_hash(&source);
+        let old = self.current.load_full();
+        if hash == state.active.hash {
+            return Ok(Applied {
+                version: old.version,
+                hash,
+                restart_required: Vec::new(),
+                changed: false,
+            });
+        }
+        let compiled = self.compile(&source)?;
+        let restart_required: Vec<String> = compiled
+            .static_changes(&old.policy)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if origin != Origin::File {
+            persist(&self.path, &source).map_err(|e| {
+                ApplyError::Io(format!(
+                    "the policy is valid but could not be written to {}: {e}",
+                    self.path.display()
+                ))
+            })?;
+        }
+        if let Err(e) = self
+            .telemetry
+            .configure_access_log(&compiled.telemetry.access_log)
+        {
+            tracing::warn!("access log not reopened, keeping the old one: {e}");
+        }
+        let version = state.next_version;
+        let snapshot = Snapshot::build(compiled, Some(&old), version);
+        self.current.store(Arc::new(snapshot));
+        state.next_version += 1;
+        let previous = std::mem::replace(
+            &mut state.active,
+            PolicyText {
+                source,
+                hash: hash.clone(),
+            },
+        );
+        state.previous = Some(previous);
+        self.telemetry.metrics.policy_version.set(version as i64);
+        Ok(Applied {
+            version,
+            hash,
+            restart_required,
+            changed: true,
+        })
+    }
+
+    /// Re-reads the policy file and applies it.
+    pub fn reload_from_file(&self) -> Result<Applied, ApplyError> {
+        let source = std::fs::read_to_string(&self.path).map_err(|e| {
+            ApplyError::Io(format!("cannot read {}: {e}", self.path.display()))
+        })?;
+        self.apply(source, Origin::File, None)
+    }
+
+    /// Applies the previously active policy again (and persists it).
+    pub fn rollback(&self) -> Result<Applied, ApplyError> {
+        let previous = self.lock().previous.as_ref().map(|p| p.source.clone());
+        match previous {
+            Some(source) => self.apply(source, Origin::Rollback, None),
+            None => Err(ApplyError::NoPrevious),
+        }
+    }
+}
+
+/// Writes `source` beside `path` and renames it over `path`, so readers never see half a file.
+fn persist(path: &Path, source: &str) -> std::io::Result<()> {
+    let dir = base_dir_of(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "policy.toml".into());
+    let temp = dir.join(format!(".{name}.meshgate-tmp"));
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(source.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, path)
+}
+
+/// Watches the policy file's folder (so editors that write a temporary file and rename it over
+/// the policy are seen) and applies the file after changes settle.
+pub fn watch_policy_file(store: Arc<PolicyStore>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    const SETTLE: Duration = Duration::from_millis(300);
+
+    let file_name = store.path().file_name().map(|n| n.to_os_string());
+    let (events, receiver) = std::sync::mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let touches_policy = event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
+        if touches_policy {
+            let _ = events.send(());
+        }
+    })?;
+    watcher.watch(&base_dir_of(store.path()), RecursiveMode::NonRecursive)?;
+    std::thread::Builder::new()
+        .name("policy-watch".into())
+        .spawn(move || {
+            while receiver.recv().is_ok() {
+                // Debounce: wait until no event has arrived for SETTLE.
+                while receiver.recv_timeout(SETTLE).is_ok() {}
+                if !store.path().exists() {
+                    continue;
+                }
+                let _ = store.reload_from_file();
+            }
+        })
+        .map_err(|e| notify::Error::generic(&e.to_string()))?;
+    Ok(watcher)
+}

@@ -1,0 +1,135 @@
+//! Builds and runs the Pingora server: the proxy service on every listener, the admin API,
+//! and the policy file watcher.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::admin::{load_admin_token, AdminService, GatewayAdmin};
+use crate::proxy::MeshProxy;
+use crate::reload::{watch_policy_file, PolicyStore};
+use crate::telemetry::Telemetry;
+
+/// How `meshgate run` was asked to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The policy file.
+    pub policy: PathBuf,
+    /// Detach into the background (Pingora's daemon mode).
+    pub daemon: bool,
+    /// Take the listening sockets over from a running instance.
+    pub upgrade: bool,
+    /// The socket through which listening sockets are handed over on upgrade.
+    pub upgrade_sock: String,
+    /// Where the daemon writes its PID.
+    pub pid_file: String,
+}
+
+/// Starts the access log and the file watcher once Pingora has started (after a daemon fork,
+/// so their threads live in the serving process).
+struct ControlService {
+    store: Arc<PolicyStore>,
+    telemetry: Arc<Telemetry>,
+}
+
+#[async_trait]
+impl BackgroundService for ControlService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let target = self.store.snapshot().policy.telemetry.access_log.clone();
+        if let Err(e) = self.telemetry.configure_access_log(&target) {
+            tracing::error!("cannot open the access log: {e}");
+        }
+        let watcher = match watch_policy_file(self.store.clone()) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                tracing::error!(
+                    "not watching {}: {e}; use POST /reload after editing it",
+                    self.store.path().display()
+                );
+                None
+            }
+        };
+        let _ = shutdown.changed().await;
+        drop(watcher);
+    }
+}
+
+/// Loads the policy and runs the gateway until it is told to stop. Returns an error message
+/// only for problems found before serving starts.
+pub fn run(options: RunOptions) -> Result<(), String> {
+    let telemetry = Arc::new(Telemetry::default());
+    let store = Arc::new(PolicyStore::open(&options.policy, telemetry.clone())?);
+    let snapshot = store.snapshot();
+    let policy = &snapshot.policy;
+
+    let token = load_admin_token(&policy.admin)?;
+    let admin_listener = std::net::TcpListener::bind(policy.admin.listen).map_err(|e| {
+        format!(
+            "cannot listen on the admin address {}: {e}",
+            policy.admin.listen
+        )
+    })?;
+
+    let conf = ServerConf {
+        threads: policy.server.threads,
+        grace_period_seconds: Some(policy.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(policy.server.grace_period.as_secs().max(1)),
+        upgrade_sock: options.upgrade_sock.clone(),
+        pid_file: options.pid_file.clone(),
+        daemon: options.daemon,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        MeshProxy::new(store.clone(), telemetry.clone()),
+        "meshgate proxy",
+    );
+    for listener in &policy.listeners {
+        proxy.add_tcp(&listener.addr.to_string());
+    }
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut server_options = HttpServerOptions::default();
+        server_options.h2c = true;
+        app.server_options = Some(server_options);
+    }
+    server.add_service(proxy);
+
+    let admin = Arc::new(GatewayAdmin::new(store.clone(), telemetry.clone()));
+    server.add_service(background_service(
+        "admin api",
+        AdminService {
+            admin,
+            listener: std::sync::Mutex::new(Some(admin_listener)),
+            token,
+            proxy_listeners: policy.listeners.iter().map(|l| l.addr).collect(),
+        },
+    ));
+    server.add_service(background_service(
+        "policy control",
+        ControlService {
+            store: store.clone(),
+            telemetry,
+        },
+    ));
+    tracing::info!(
+        policy = %options.policy.display(),
+        listeners = ?policy.listeners.iter().map(|l| l.addr).collect::<Vec<_>>(),
+        admin = %policy.admin.listen,
+        "meshgate starting"
+    );
+    drop(snapshot);
+    server.run_forever()
+}

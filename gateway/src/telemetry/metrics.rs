@@ -1,0 +1,92 @@
+//! Prometheus metrics. Label values come only from policy names, status codes and reason
+//! tokens, so cardinality stays bounded whatever the traffic.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The gateway's metric families.
+pub struct Metrics {
+    registry: Registry,
+    /// `meshgate_requests_total{listener,route,upstream,code,reason}`.
+    pub requests_total: IntCounterVec,
+    /// `meshgate_policy_version`.
+    pub policy_version: IntGauge,
+    /// `meshgate_policy_reloads_total{result}`.
+    pub policy_reloads: IntCounterVec,
+    /// `meshgate_access_log_dropped_total`.
+    pub access_log_dropped: IntCounter,
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "meshgate_requests_total",
+                "Requests answered, by listener, route, upstream, status code and reason token.",
+            ),
+            &["listener", "route", "upstream", "code", "reason"],
+        )
+        .expect("static metric definition");
+        let policy_version = IntGauge::new(
+            "meshgate_policy_version",
+            "Number of the active policy, counting from 1 at start.",
+        )
+        .expect("static metric definition");
+        let policy_reloads = IntCounterVec::new(
+            Opts::new(
+                "meshgate_policy_reloads_total",
+                "Policy applies by result (applied, unchanged, invalid, error).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let access_log_dropped = IntCounter::new(
+            "meshgate_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind.",
+        )
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new("meshgate_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for collector in [
+            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(policy_version.clone()),
+            Box::new(policy_reloads.clone()),
+            Box::new(access_log_dropped.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests_total,
+            policy_version,
+            policy_reloads,
+            access_log_dropped,
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,133 @@
+//! Upstream pools: endpoints with their runtime state, and endpoint selection.
+//!
+//! An [`UpstreamState`] lives as long as its spec does not change: a reload that leaves an
+//! upstream's spec equal hands the same `Arc<UpstreamState>` to the new snapshot, so counters,
+//! health and (in Pingora's pool, keyed by peer) connections carry over.
+
+mod balance;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use meshgate_policy::compiled::{Balance, UpstreamProtocol, UpstreamSpec};
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::HttpPeer;
+
+/// One endpoint and its live counters.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its relative weight.
+    pub weight: u32,
+    /// The peer handed to Pingora, built once.
+    pub peer: HttpPeer,
+    /// Requests in flight to it now.
+    pub in_flight: AtomicU64,
+    /// Requests sent to it.
+    pub requests_total: AtomicU64,
+    /// Active health checks' view (true until checks say otherwise).
+    pub healthy: AtomicBool,
+    /// Outlier detection's view.
+    pub ejected: AtomicBool,
+}
+
+impl EndpointState {
+    /// Whether the endpoint may take requests now.
+    #[inline]
+    pub fn eligible(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.ejected.load(Ordering::Relaxed)
+    }
+}
+
+/// An upstream pool.
+pub struct UpstreamState {
+    /// The compiled spec it was built from.
+    pub spec: UpstreamSpec,
+    /// Endpoints in spec order.
+    pub endpoints: Vec<EndpointState>,
+    cursor: AtomicU64,
+    ring: Option<(pingora_ketama::Continuum, HashMap<SocketAddr, usize>)>,
+}
+
+impl std::fmt::Debug for UpstreamState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamState")
+            .field("spec", &self.spec)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamState {
+    /// Builds a fresh pool for a spec.
+    pub fn new(spec: UpstreamSpec) -> Self {
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+                peer.options.connection_timeout = Some(spec.connect_timeout);
+                if spec.protocol == UpstreamProtocol::H2c {
+                    peer.options.alpn = ALPN::H2;
+                    peer.options.max_h2_streams = 128;
+                }
+                EndpointState {
+                    addr: endpoint.addr,
+                    weight: endpoint.weight,
+                    peer,
+                    in_flight: AtomicU64::new(0),
+                    requests_total: AtomicU64::new(0),
+                    healthy: AtomicBool::new(true),
+                    ejected: AtomicBool::new(false),
+                }
+            })
+            .collect();
+        let ring = (spec.balance == Balance::ConsistentHash).then(|| {
+            let buckets: Vec<_> = spec
+                .endpoints
+                .iter()
+                .map(|e| pingora_ketama::Bucket::new(e.addr, e.weight))
+                .collect();
+            let positions = spec
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.addr, i))
+                .collect();
+            (pingora_ketama::Continuum::new(&buckets), positions)
+        });
+        UpstreamState {
+            spec,
+            endpoints,
+            cursor: AtomicU64::new(0),
+            ring,
+        }
+    }
+
+    /// Requests in flight across every endpoint.
+    pub fn in_flight(&self) -> u64 {
+        self.endpoints
+            .iter()
+            .map(|e| e.in_flight.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Picks an eligible endpoint, counts the request against it, and returns its index.
+    /// `hash_input` is the consistent-hash key's value, when the balance needs one.
+    pub fn acquire(&self, hash_input: Option<&[u8]>) -> Option<usize> {
+        let index = self.select(hash_input)?;
+        let endpoint = &self.endpoints[index];
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        endpoint.requests_total.fetch_add(1, Ordering::Relaxed);
+        Some(index)
+    }
+
+    /// Ends a request counted by [`Self::acquire`].
+    pub fn release(&self, index: usize) {
+        if let Some(endpoint) = self.endpoints.get(index) {
+            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The compiled, immutable policy snapshot that the data plane queries.
+//!
+//! Everything here is resolved once when a policy is loaded: names become indexes, strings
+//! become addresses and matchers, weights become schedules. Matching a request allocates nothing.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use regex::Regex;
+
+pub use crate::schema::{Balance, UpstreamProtocol};
+
+/// A validated, compiled policy.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    /// `[server]`.
+    pub server: ServerSettings,
+    /// `[admin]`.
+    pub admin: AdminSettings,
+    /// `[telemetry]`.
+    pub telemetry: TelemetrySettings,
+    /// Listeners in file order.
+    pub listeners: Vec<Listener>,
+    /// Upstreams in file order.
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Routes in file order.
+    pub routes: Vec<Route>,
+    /// For each listener (by index), the routes that apply to it, in file order.
+    pub routes_by_listener: Vec<Vec<usize>>,
+}
+
+/// Process-wide settings; static.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Worker threads.
+    pub threads: usize,
+    /// Drain time on shutdown and upgrade.
+    pub grace_period: Duration,
+}
+
+/// The admin API's settings; static.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Where the admin API listens.
+    pub listen: SocketAddr,
+    /// The bearer token's file.
+    pub token_file: PathBuf,
+    /// Whether `token_file` was written in the policy (as opposed to the default beside it).
+    pub token_file_explicit: bool,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// No access log.
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// `[telemetry]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    /// Access log destination.
+    pub access_log: AccessLogTarget,
+}
+
+/// A listener; static.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Its name.
+    pub name: String,
+    /// Its bind address.
+    pub addr: SocketAddr,
+}
+
+/// What a sticky split or a consistent hash keys on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKey {
+    /// The client's address (without port).
+    ClientIp,
+    /// A request header's value (lower-case name).
+    Header(String),
+    /// The request path.
+    Path,
+}
+
+impl RequestKey {
+    /// Parses `client_ip`, `path` or `header:<name>`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "client_ip" => Ok(RequestKey::ClientIp),
+            "path" => Ok(RequestKey::Path),
+            _ => match text.strip_prefix("header:") {
+                Some(name) if is_header_name(name) => {
+                    Ok(RequestKey::Header(name.to_ascii_lowercase()))
+                }
+                Some(name) => Err(format!("{name:?} is not a valid header name")),
+                None => Err(format!(
+                    "unknown key {text:?}: expected \"client_ip\", \"path\" or \"header:<name>\""
+                )),
+            },
+        }
+    }
+}
+
+/// One endpoint of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its relative weight (1 to 256).
+    pub weight: u32,
+}
+
+/// A compiled upstream. Two specs that compare equal describe the same pool, so the gateway
+/// keeps the pool's runtime state across a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    /// Its name.
+    pub name: String,
+    /// Endpoints in file order.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Load-balancing algorithm.
+    pub balance: Balance,
+    /// What `consistent_hash` hashes.
+    pub hash_key: Option<RequestKey>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Protocol spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// Endpoint indexes in smooth weighted round-robin order, one full cycle of the weights.
+    pub schedule: Vec<u32>,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Its name.
+    pub name: String,
+    /// Listener indexes it applies to; `None` means every listener.
+    pub listeners: Option<Vec<usize>>,
+    /// Its match conditions.
+    pub matcher: RouteMatcher,
+    /// Upstream indexes and weights.
+    pub splits: Vec<Split>,
+    /// Split indexes in smooth weighted round-robin order, one full cycle of the weights.
+    pub split_schedule: Vec<u32>,
+    /// Makes the split sticky.
+    pub split_key: Option<RequestKey>,
+}
+
+/// One weighted target of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// Upstream index.
+    pub upstream: usize,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// How a route matches the host.
+#[derive(Debug, Clone)]
+pub enum HostMatch {
+    /// Equal, ignoring case (stored lower-case).
+    Exact(String),
+    /// Ends with this suffix (stored lower-case, with its leading dot), with at least one
+    /// character before it.
+    Suffix(String),
+}
+
+/// How a route matches the path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// Starts with.
+    Prefix(String),
+    /// Equals.
+    Exact(String),
+    /// Matches the whole path.
+    Regex(Regex),
+}
+
+/// A route's compiled conditions.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatcher {
+    /// Host condition.
+    pub host: Option<HostMatch>,
+    /// Path condition.
+    pub path: Option<PathMatch>,
+    /// Allowed methods (upper-case); empty means any.
+    pub methods: Vec<String>,
+    /// Required headers: lower-case name and exact value.
+    pub headers: Vec<(String, String)>,
+}
+
+/// What the matcher needs to know about a request.
+pub trait RequestView {
+    /// The method, such as `GET`.
+    fn method(&self) -> &str;
+    /// The host (from `Host` or the URI authority), possibly with a port.
+    fn host(&self) -> Option<&str>;
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// A header's value by lower-case name.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// Why a route did not match a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The route does not apply to the listener.
+    Listener,
+    /// The method is not among the route's methods.
+    Method,
+    /// The host differs.
+    Host,
+    /// The path differs.
+    Path,
+    /// A required header is missing or differs; the header's name.
+    Header(String),
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mismatch::Listener => f.write_str("route does not apply to this listener"),
+            Mismatch::Method => f.write_str("method not allowed by the route"),
+            Mismatch::Host => f.write_str("host does not match"),
+            Mismatch::Path => f.write_str("path does not match"),
+            Mismatch::Header(name) => write!(f, "header {name:?} missing or different"),
+        }
+    }
+}
+
+/// Strips a port from a host (`example.com:8080`, `[::1]:8080`).
+pub fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+impl RouteMatcher {
+    /// Checks a request against the conditions, cheapest first.
+    pub fn check(&self, request: &impl RequestView) -> Result<(), Mismatch> {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == request.method()) {
+            return Err(Mismatch::Method);
+        }
+        if let Some(host_match) = &self.host {
+            let host = request.host().map(host_without_port).unwrap_or("");
+            let ok = match host_match {
+                HostMatch::Exact(expected) => host.eq_ignore_ascii_case(expected),
+                HostMatch::Suffix(suffix) => {
+                    host.len() > suffix.len()
+                        && host.is_char_boundary(host.len() - suffix.len())
+                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                }
+            };
+            if !ok {
+                return Err(Mismatch::Host);
+            }
+        }
+        if let Some(path_match) = &self.path {
+            let path = request.path();
+            let ok = match path_match {
+                PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+                PathMatch::Exact(exact) => path == exact,
+                PathMatch::Regex(regex) => regex.is_match(path),
+            };
+            if !ok {
+                return Err(Mismatch::Path);
+            }
+        }
+        for (name, value) in &self.headers {
+            if request.header(name) != Some(value.as_bytes()) {
+                return Err(Mismatch::Header(name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One route's verdict in an explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The request takes this route.
+    Matched,
+    /// The route was tried and did not match.
+    Skipped(Mismatch),
+    /// An earlier route matched first.
+    NotReached,
+}
+
+impl CompiledPolicy {
+    /// The listener index for a name.
+    pub fn listener_index(&self, name: &str) -> Option<usize> {
+        self.listeners.iter().position(|l| l.name == name)
+    }
+
+    /// The index of the first route on `listener` that matches the request.
+    pub fn match_route(&self, listener: usize, request: &impl RequestView) -> Option<usize> {
+        self.routes_by_listener
+            .get(listener)?
+            .iter()
+            .copied()
+            .find(|&index| self.routes[index].matcher.check(request).is_ok())
+    }
+
+    /// Every route's verdict for a request, in match order. With `listener = None` the
+    /// listener restriction of each route is ignored.
+    pub fn explain(&self, listener: Option<usize>, request: &impl RequestView) -> Vec<Verdict> {
+        let mut matched = false;
+        self.routes
+            .iter()
+            .map(|route| {
+                if matched {
+                    return Verdict::NotReached;
+                }
+                if let (Some(listener), Some(allowed)) = (listener, &route.listeners) {
+                    if !allowed.contains(&listener) {
+                        return Verdict::Skipped(Mismatch::Listener);
+                    }
+                }
+                match route.matcher.check(request) {
+                    Ok(()) => {
+                        matched = true;
+                        Verdict::Matched
+                    }
+                    Err(mismatch) => Verdict::Skipped(mismatch),
+                }
+            })
+            .collect()
+    }
+
+    /// Names of the static parts (which take effect on restart) that differ from `other`.
+    pub fn static_changes(&self, other: &CompiledPolicy) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.server != other.server {
+            changed.push("server");
+        }
+        if self.admin != other.admin {
+            changed.push("admin");
+        }
+        if self.listeners != other.listeners {
+            changed.push("listeners");
+        }
+        changed
+    }
+}
+
+/// Whether `name` is a valid HTTP header name (RFC 9110 token).
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// One full cycle of smooth weighted round robin over `weights`, reduced by their greatest
+/// common divisor: index `i` appears `weights[i] / gcd` times, spread as evenly as possible.
+/// Zero weights never appear. Returns an empty schedule when every weight is zero.
+pub fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
+    let divisor = weights
+        .iter()
+        .copied()
+        .filter(|&w| w > 0)
+        .fold(0u32, gcd);
+    if divisor == 0 {
+        return Vec::new();
+    }
+    let reduced: Vec<i64> = weights.iter().map(|&w| i64::from(w / divisor)).collect();
+    let total: i64 = reduced.iter().sum();
+    let mut current = vec![0i64; reduced.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..reduced.len() {
+            current[i] += reduced[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        schedule.push(best as u32);
+    }
+    schedule
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_follows_weights_exactly_and_spreads_them() {
+        let schedule = smooth_weighted_schedule(&[90, 10]);
+        assert_eq!(schedule.len(), 10);
+        assert_eq!(schedule.iter().filter(|&&i| i == 0).count(), 9);
+        let schedule = smooth_weighted_schedule(&[3, 1, 0]);
+        assert_eq!(schedule, vec![0, 0, 1, 0]);
+        assert!(smooth_weighted_schedule(&[0, 0]).is_empty());
+        // 5:1:1 is interleaved, never five of the same in a row.
+        let schedule = smooth_weighted_schedule(&[5, 1, 1]);
+        assert_eq!(schedule.len(), 7);
+        assert!(schedule.windows(5).all(|w| w.iter().any(|&i| i != 0)));
+    }
+
+    #[test]
+    fn host_port_is_stripped() {
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("[::1]:80"), "::1");
+    }
+}

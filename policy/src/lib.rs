@@ -1,0 +1,15 @@
+//! meshgate's policy: the TOML schema, parsing with positions, whole-file validation, and the
+//! compiled snapshot the data plane queries.
+//!
+//! This crate knows nothing of sockets or Pingora: it turns text into a [`CompiledPolicy`] or a
+//! list of [`PolicyError`]s, each with its line, column and key path.
+
+pub mod compiled;
+pub mod duration;
+mod error;
+mod load;
+pub mod schema;
+
+pub use compiled::{CompiledPolicy, RequestView};
+pub use error::PolicyError;
+pub use load::load;

@@ -1,0 +1,693 @@
+//! Parsing, whole-file validation and compilation.
+//!
+//! Each section and each array element is deserialized on its own, so one bad upstream does not
+//! hide the errors of the next one; cross-references are then checked against every name the
+//! file declares, even in elements that failed to parse, so one mistake is not reported twice.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use crate::compiled::*;
+use crate::error::{ErrorSink, KeyPath, LineIndex, PathSegment, PolicyError};
+use crate::schema::*;
+
+const MAX_ROUTE_WEIGHT: u32 = 10_000;
+const MAX_ENDPOINT_WEIGHT: u32 = 256;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "version",
+    "server",
+    "admin",
+    "telemetry",
+    "listeners",
+    "upstreams",
+    "routes",
+];
+
+/// Parses, validates and compiles a policy. `base_dir` is the folder of the policy file:
+/// relative paths in the policy are resolved against it, and files it names must exist.
+/// On failure every error found is returned, sorted by position.
+pub fn load(source: &str, base_dir: &Path) -> Result<CompiledPolicy, Vec<PolicyError>> {
+    let (document, syntax_errors) = DeTable::parse_recoverable(source);
+    if !syntax_errors.is_empty() {
+        let lines = LineIndex::new(source);
+        return Err(syntax_errors
+            .iter()
+            .map(|e| {
+                let (line, column) = lines.position(e.span().map_or(0, |s| s.start));
+                PolicyError {
+                    line,
+                    column,
+                    path: "(syntax)".into(),
+                    message: e.message().to_owned(),
+                }
+            })
+            .collect());
+    }
+    let mut sink = ErrorSink::new(source, &document);
+    let compiled = Compiler {
+        document: &document,
+        base_dir,
+    }
+    .compile(&mut sink);
+    let mut errors = sink.errors;
+    if errors.is_empty() {
+        if let Some(compiled) = compiled {
+            return Ok(compiled);
+        }
+    }
+    errors.sort_by_key(|e| (e.line, e.column));
+    errors.dedup();
+    Err(errors)
+}
+
+struct Compiler<'a, 'd> {
+    document: &'a Spanned<DeTable<'d>>,
+    base_dir: &'a Path,
+}
+
+impl Compiler<'_, '_> {
+    fn compile(&self, sink: &mut ErrorSink<'_>) -> Option<CompiledPolicy> {
+        let root = KeyPath::root();
+        let table = self.document.get_ref();
+        for (key, _) in table.iter() {
+            if !TOP_LEVEL_KEYS.contains(&&**key.get_ref()) {
+                sink.at_span(
+                    &root.key(key.get_ref()),
+                    key.span(),
+                    format!(
+                        "unknown key `{}`; expected one of {}",
+                        key.get_ref(),
+                        TOP_LEVEL_KEYS.join(", ")
+                    ),
+                );
+            }
+        }
+
+        match table.get("version") {
+            None => sink.at(&root, "missing key `version` (write `version = 1`)"),
+            Some(value) => match self.deserialize::<u32>(value, &root.key("version"), sink) {
+                Some(1) | None => {}
+                Some(other) => sink.at(
+                    &root.key("version"),
+                    format!("unsupported policy version {other}; this build reads version 1"),
+                ),
+            },
+        }
+        let server = self.section::<ServerSection>("server", sink);
+        let admin = self.section::<AdminSection>("admin", sink);
+        let telemetry = self.section::<TelemetrySection>("telemetry", sink);
+        let listeners = self.array::<ListenerSpec>("listeners", sink);
+        let upstreams = self.array::<UpstreamSection>("upstreams", sink);
+        let routes = self.array::<RouteSection>("routes", sink);
+
+        let server = server.map(|s| self.compile_server(s, sink));
+        let admin = admin.and_then(|a| self.compile_admin(a, sink));
+        let telemetry = telemetry.and_then(|t| self.compile_telemetry(t, sink));
+        let listeners = self.compile_listeners(&listeners, sink);
+        let listener_names = self.declared_names("listeners");
+        let upstream_names = self.declared_names("upstreams");
+        let upstreams = self.compile_upstreams(&upstreams, sink);
+        let routes = self.compile_routes(
+            &routes,
+            &listener_names,
+            &upstream_names,
+            &listeners,
+            &upstreams,
+            sink,
+        );
+
+        let listeners: Vec<Listener> = listeners.into_iter().collect::<Option<_>>()?;
+        let upstreams: Vec<UpstreamSpec> = upstreams.into_iter().collect::<Option<_>>()?;
+        let routes: Vec<Route> = routes.into_iter().collect::<Option<_>>()?;
+        let routes_by_listener = (0..listeners.len())
+            .map(|listener| {
+                routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.listeners.as_ref().is_none_or(|l| l.contains(&listener)))
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
+        Some(CompiledPolicy {
+            server: server?,
+            admin: admin?,
+            telemetry: telemetry?,
+            listeners,
+            upstreams,
+            routes,
+            routes_by_listener,
+        })
+    }
+
+    /// Deserializes one value, recording its error (with the key path inside it) on failure.
+    fn deserialize<T: DeserializeOwned>(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        path: &KeyPath,
+        sink: &mut ErrorSink<'_>,
+    ) -> Option<T> {
+        let deserializer = ValueDeserializer::from(value.clone());
+        match serde_path_to_error::deserialize::<_, T>(deserializer) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                let mut full_path = path.clone();
+                for segment in error.path().iter() {
+                    match segment {
+                        serde_path_to_error::Segment::Seq { index } => {
+                            full_path.0.push(PathSegment::Index(*index))
+                        }
+                        serde_path_to_error::Segment::Map { key } => {
+                            full_path.0.push(PathSegment::Key(key.clone()))
+                        }
+                        serde_path_to_error::Segment::Enum { variant } => {
+                            full_path.0.push(PathSegment::Key(variant.clone()))
+                        }
+                        serde_path_to_error::Segment::Unknown => {}
+                    }
+                }
+                let inner = error.into_inner();
+                let span = inner
+                    .span()
+                    .unwrap_or_else(|| crate::error::span_of(self.document, &full_path));
+                sink.at_span(&full_path, span, inner.message().to_owned());
+                None
+            }
+        }
+    }
+
+    /// A top-level table; its default when absent.
+    fn section<T: DeserializeOwned + Default>(
+        &self,
+        key: &str,
+        sink: &mut ErrorSink<'_>,
+    ) -> Option<T> {
+        match self.document.get_ref().get(key) {
+            None => Some(T::default()),
+            Some(value) => self.deserialize(value, &KeyPath::root().key(key), sink),
+        }
+    }
+
+    /// A top-level array of tables, element by element (`None` where one failed).
+    fn array<T: DeserializeOwned>(&self, key: &str, sink: &mut ErrorSink<'_>) -> Vec<Option<T>> {
+        let path = KeyPath::root().key(key);
+        match self.document.get_ref().get(key) {
+            None => Vec::new(),
+            Some(value) => match value.get_ref() {
+                DeValue::Array(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.deserialize(item, &path.index(i), sink))
+                    .collect(),
+                other => {
+                    sink.at(
+                        &path,
+                        format!("expected an array of tables (`[[{key}]]`), found {}", other.type_str()),
+                    );
+                    Vec::new()
+                }
+            },
+        }
+    }
+
+    /// Every `name` string in a top-level array, parsed or not.
+    fn declared_names(&self, key: &str) -> HashSet<String> {
+        let Some(DeValue::Array(items)) = self.document.get_ref().get(key).map(|v| v.get_ref())
+        else {
+            return HashSet::new();
+        };
+        items
+            .iter()
+            .filter_map(|item| item.get_ref().as_table()?.get("name")?.get_ref().as_str())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn resolve_path(&self, path: &Path) -> std::path::PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    fn compile_server(&self, server: ServerSection, sink: &mut ErrorSink<'_>) -> ServerSettings {
+        let path = KeyPath::root().key("server");
+        let default_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = server.threads.unwrap_or(default_threads);
+        if !(1..=1024).contains(&threads) {
+            sink.at(&path.key("threads"), "threads must be between 1 and 1024");
+        }
+        ServerSettings {
+            threads,
+            grace_period: server.grace_period.map_or(DEFAULT_GRACE_PERIOD, |d| d.get()),
+        }
+    }
+
+    fn compile_admin(&self, admin: AdminSection, sink: &mut ErrorSink<'_>) -> Option<AdminSettings> {
+        let path = KeyPath::root().key("admin");
+        let listen_text = admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+        let listen = parse_socket_addr(listen_text)
+            .map_err(|message| sink.at(&path.key("listen"), message))
+            .ok();
+        let token_file_explicit = admin.token_file.is_some();
+        let token_file = match &admin.token_file {
+            Some(file) => {
+                let resolved = self.resolve_path(file);
+                if !resolved.is_file() {
+                    sink.at(
+                        &path.key("token_file"),
+                        format!("token file {} does not exist", resolved.display()),
+                    );
+                }
+                resolved
+            }
+            None => self.base_dir.join("admin.token"),
+        };
+        if let Some(addr) = listen {
+            if !addr.ip().is_loopback() && !token_file_explicit {
+                sink.at(
+                    &path.key("listen"),
+                    format!(
+                        "the admin API may listen on the non-loopback address {addr} only with an explicit `token_file`"
+                    ),
+                );
+            }
+        }
+        Some(AdminSettings {
+            listen: listen?,
+            token_file,
+            token_file_explicit,
+        })
+    }
+
+    fn compile_telemetry(
+        &self,
+        telemetry: TelemetrySection,
+        sink: &mut ErrorSink<'_>,
+    ) -> Option<TelemetrySettings> {
+        let access_log = match telemetry.access_log.as_deref() {
+            None | Some("stdout") => AccessLogTarget::Stdout,
+            Some("off") => AccessLogTarget::Off,
+            Some("") => {
+                sink.at(
+                    &KeyPath::root().key("telemetry").key("access_log"),
+                    "access_log must be \"off\", \"stdout\" or a file path",
+                );
+                return None;
+            }
+            Some(file) => {
+                let resolved = self.resolve_path(Path::new(file));
+                let parent_exists = resolved.parent().is_some_and(|p| p.is_dir());
+                if !parent_exists {
+                    sink.at(
+                        &KeyPath::root().key("telemetry").key("access_log"),
+                        format!(
+                            "the folder of access log file {} does not exist",
+                            resolved.display()
+                        ),
+                    );
+                }
+                AccessLogTarget::File(resolved)
+            }
+        };
+        Some(TelemetrySettings { access_log })
+    }
+
+    fn compile_listeners(
+        &self,
+        listeners: &[Option<ListenerSpec>],
+        sink: &mut ErrorSink<'_>,
+    ) -> Vec<Option<Listener>> {
+        let base = KeyPath::root().key("listeners");
+        let mut names = HashMap::new();
+        let mut addrs = HashMap::new();
+        listeners
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let spec = spec.as_ref()?;
+                let path = base.index(i);
+                check_name(&spec.name, &path.key("name"), sink);
+                if let Some(first) = names.insert(spec.name.clone(), i) {
+                    sink.at(
+                        &path.key("name"),
+                        format!("duplicate listener name {:?} (first at listeners[{first}])", spec.name),
+                    );
+                }
+                let addr = parse_socket_addr(&spec.listen)
+                    .map_err(|message| sink.at(&path.key("listen"), message))
+                    .ok()?;
+                if let Some(first) = addrs.insert(addr, i) {
+                    sink.at(
+                        &path.key("listen"),
+                        format!("address {addr} is already used by listeners[{first}]"),
+                    );
+                }
+                Some(Listener {
+                    name: spec.name.clone(),
+                    addr,
+                })
+            })
+            .collect()
+    }
+
+    fn compile_upstreams(
+        &self,
+        upstreams: &[Option<UpstreamSection>],
+        sink: &mut ErrorSink<'_>,
+    ) -> Vec<Option<UpstreamSpec>> {
+        let base = KeyPath::root().key("upstreams");
+        let mut names = HashMap::new();
+        upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let spec = spec.as_ref()?;
+                let path = base.index(i);
+                check_name(&spec.name, &path.key("name"), sink);
+                if let Some(first) = names.insert(spec.name.clone(), i) {
+                    sink.at(
+                        &path.key("name"),
+                        format!("duplicate upstream name {:?} (first at upstreams[{first}])", spec.name),
+                    );
+                }
+                let mut ok = true;
+                if spec.endpoints.is_empty() {
+                    sink.at(&path.key("endpoints"), "an upstream needs at least one endpoint");
+                    ok = false;
+                }
+                let mut seen = HashMap::new();
+                let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+                for (j, entry) in spec.endpoints.iter().enumerate() {
+                    let entry_path = path.key("endpoints").index(j);
+                    if !(1..=MAX_ENDPOINT_WEIGHT).contains(&entry.weight) {
+                        sink.at(
+                            &entry_path.key("weight"),
+                            format!("endpoint weight must be between 1 and {MAX_ENDPOINT_WEIGHT}"),
+                        );
+                        ok = false;
+                    }
+                    match parse_socket_addr(&entry.address) {
+                        Ok(addr) => {
+                            if let Some(first) = seen.insert(addr, j) {
+                                sink.at(
+                                    &entry_path,
+                                    format!("endpoint {addr} is listed twice (first at endpoints[{first}])"),
+                                );
+                                ok = false;
+                            }
+                            endpoints.push(EndpointSpec {
+                                addr,
+                                weight: entry.weight,
+                            });
+                        }
+                        Err(message) => {
+                            sink.at(&entry_path, message);
+                            ok = false;
+                        }
+                    }
+                }
+                let hash_key = match (&spec.hash_key, spec.balance) {
+                    (Some(key), Balance::ConsistentHash) => RequestKey::parse(key)
+                        .map_err(|message| {
+                            sink.at(&path.key("hash_key"), message);
+                            ok = false;
+                        })
+                        .ok(),
+                    (None, Balance::ConsistentHash) => Some(RequestKey::ClientIp),
+                    (Some(_), other) => {
+                        sink.at(
+                            &path.key("hash_key"),
+                            format!(
+                                "hash_key applies only to balance = \"consistent_hash\", not {:?}",
+                                other.as_str()
+                            ),
+                        );
+                        ok = false;
+                        None
+                    }
+                    (None, _) => None,
+                };
+                let connect_timeout = spec.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get());
+                if connect_timeout.is_zero() {
+                    sink.at(&path.key("connect_timeout"), "connect_timeout must be more than zero");
+                    ok = false;
+                }
+                if !ok {
+                    return None;
+                }
+                let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+                Some(UpstreamSpec {
+                    name: spec.name.clone(),
+                    schedule: smooth_weighted_schedule(&weights),
+                    endpoints,
+                    balance: spec.balance,
+                    hash_key,
+                    connect_timeout,
+                    protocol: spec.protocol,
+                })
+            })
+            .collect()
+    }
+
+    fn compile_routes(
+        &self,
+        routes: &[Option<RouteSection>],
+        listener_names: &HashSet<String>,
+        upstream_names: &HashSet<String>,
+        listeners: &[Option<Listener>],
+        upstreams: &[Option<UpstreamSpec>],
+        sink: &mut ErrorSink<'_>,
+    ) -> Vec<Option<Route>> {
+        let base = KeyPath::root().key("routes");
+        let mut names = HashMap::new();
+        routes
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let spec = spec.as_ref()?;
+                let path = base.index(i);
+                check_name(&spec.name, &path.key("name"), sink);
+                if let Some(first) = names.insert(spec.name.clone(), i) {
+                    sink.at(
+                        &path.key("name"),
+                        format!("duplicate route name {:?} (first at routes[{first}])", spec.name),
+                    );
+                }
+                let errors_before = sink.errors.len();
+
+                let route_listeners = spec.listeners.as_ref().map(|wanted| {
+                    if wanted.is_empty() {
+                        sink.at(&path.key("listeners"), "listeners must not be empty; leave it out to mean every listener");
+                    }
+                    wanted
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, name)| {
+                            let found = listeners
+                                .iter()
+                                .position(|l| l.as_ref().is_some_and(|l| &l.name == name));
+                            if found.is_none() && !listener_names.contains(name) {
+                                sink.at(
+                                    &path.key("listeners").index(j),
+                                    format!("unknown listener {name:?}"),
+                                );
+                            }
+                            found
+                        })
+                        .collect::<Vec<_>>()
+                });
+
+                let matcher = compile_matcher(&spec.matcher, &path.key("match"), sink);
+
+                if spec.split.is_empty() {
+                    sink.at(&path.key("split"), "a route needs at least one split");
+                }
+                let mut splits = Vec::with_capacity(spec.split.len());
+                let mut total_weight = 0u32;
+                for (j, split) in spec.split.iter().enumerate() {
+                    let split_path = path.key("split").index(j);
+                    if split.weight > MAX_ROUTE_WEIGHT {
+                        sink.at(
+                            &split_path.key("weight"),
+                            format!("split weight must be between 0 and {MAX_ROUTE_WEIGHT}"),
+                        );
+                    }
+                    total_weight = total_weight.saturating_add(split.weight);
+                    let found = upstreams
+                        .iter()
+                        .position(|u| u.as_ref().is_some_and(|u| u.name == split.upstream));
+                    match found {
+                        Some(upstream) => splits.push(Split {
+                            upstream,
+                            weight: split.weight,
+                        }),
+                        None if upstream_names.contains(&split.upstream) => {}
+                        None => sink.at(
+                            &split_path.key("upstream"),
+                            format!("unknown upstream {:?}", split.upstream),
+                        ),
+                    }
+                }
+                if !spec.split.is_empty() && total_weight == 0 {
+                    sink.at(&path.key("split"), "the split weights add up to zero, so no request could be routed");
+                } else if total_weight > MAX_ROUTE_WEIGHT {
+                    sink.at(
+                        &path.key("split"),
+                        format!("the split weights add up to {total_weight}; the most is {MAX_ROUTE_WEIGHT}"),
+                    );
+                }
+                let split_key = spec.split_key.as_ref().and_then(|key| {
+                    RequestKey::parse(key)
+                        .map_err(|message| sink.at(&path.key("split_key"), message))
+                        .ok()
+                });
+
+                if sink.errors.len() != errors_before || splits.len() != spec.split.len() {
+                    return None;
+                }
+                let weights: Vec<u32> = splits.iter().map(|s| s.weight).collect();
+                Some(Route {
+                    name: spec.name.clone(),
+                    listeners: route_listeners,
+                    matcher: matcher?,
+                    split_schedule: smooth_weighted_schedule(&weights),
+                    splits,
+                    split_key,
+                })
+            })
+            .collect()
+    }
+}
+
+fn compile_matcher(
+    spec: &MatchSection,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Option<RouteMatcher> {
+    let errors_before = sink.errors.len();
+    let host = spec.host.as_deref().and_then(|host| {
+        let lower = host.to_ascii_lowercase();
+        let (check, result) = match lower.strip_prefix('*') {
+            Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
+                (&suffix[1..], HostMatch::Suffix(suffix.to_owned()))
+            }
+            Some(_) => {
+                sink.at(&path.key("host"), "a wildcard host must look like \"*.example.com\"");
+                return None;
+            }
+            None => (lower.as_str(), HostMatch::Exact(lower.clone())),
+        };
+        let valid = !check.is_empty()
+            && check
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            sink.at(&path.key("host"), format!("{host:?} is not a valid host name (leave the port out)"));
+            return None;
+        }
+        Some(result)
+    });
+
+    let given: Vec<&str> = [
+        ("path_prefix", spec.path_prefix.is_some()),
+        ("path_exact", spec.path_exact.is_some()),
+        ("path_regex", spec.path_regex.is_some()),
+    ]
+    .iter()
+    .filter(|(_, present)| *present)
+    .map(|(name, _)| *name)
+    .collect();
+    if given.len() > 1 {
+        sink.at(
+            &path.key(given[1]),
+            format!("only one of path_prefix, path_exact and path_regex may be given; found {}", given.join(" and ")),
+        );
+    }
+    let path_match = if let Some(prefix) = &spec.path_prefix {
+        if !prefix.starts_with('/') {
+            sink.at(&path.key("path_prefix"), "path_prefix must start with \"/\"");
+        }
+        Some(PathMatch::Prefix(prefix.clone()))
+    } else if let Some(exact) = &spec.path_exact {
+        if !exact.starts_with('/') {
+            sink.at(&path.key("path_exact"), "path_exact must start with \"/\"");
+        }
+        Some(PathMatch::Exact(exact.clone()))
+    } else if let Some(pattern) = &spec.path_regex {
+        match regex::Regex::new(&format!("^(?:{pattern})$")) {
+            Ok(regex) => Some(PathMatch::Regex(regex)),
+            Err(e) => {
+                sink.at(&path.key("path_regex"), format!("invalid regular expression: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut methods = Vec::new();
+    if let Some(list) = &spec.methods {
+        if list.is_empty() {
+            sink.at(&path.key("methods"), "methods must not be empty; leave it out to allow every method");
+        }
+        for (i, method) in list.iter().enumerate() {
+            let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+            if !valid {
+                sink.at(
+                    &path.key("methods").index(i),
+                    format!("{method:?} is not a method; write it in upper case, such as \"GET\""),
+                );
+            }
+            methods.push(method.clone());
+        }
+    }
+
+    let mut headers = Vec::new();
+    for (name, value) in &spec.headers {
+        if !is_header_name(name) {
+            sink.at(&path.key("headers").key(name), format!("{name:?} is not a valid header name"));
+        }
+        headers.push((name.to_ascii_lowercase(), value.clone()));
+    }
+
+    if sink.errors.len() != errors_before {
+        return None;
+    }
+    Some(RouteMatcher {
+        host,
+        path: path_match,
+        methods,
+        headers,
+    })
+}
+
+fn check_name(name: &str, path: &KeyPath, sink: &mut ErrorSink<'_>) {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !valid {
+        sink.at(
+            path,
+            format!("invalid name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),
+        );
+    }
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("invalid address {text:?}: expected IP:port, such as \"127.0.0.1:8080\" or \"[::1]:8080\"")
+    })
+}
