@@ -149,40 +149,66 @@ impl Compiler<'_, '_> {
         })
     }
 
-    /// Deserializes one value, recording its error (with the key path inside it) on failure.
+    /// Deserializes one value, recording every error in it: after each error the offending
+    /// key is removed and the value deserialized again, so one bad key does not hide the next.
+    /// Returns `None` only when the value could not be repaired.
     fn deserialize<T: DeserializeOwned>(
         &self,
         value: &Spanned<DeValue<'_>>,
         path: &KeyPath,
         sink: &mut ErrorSink<'_>,
     ) -> Option<T> {
-        let deserializer = ValueDeserializer::from(value.clone());
-        match serde_path_to_error::deserialize::<_, T>(deserializer) {
-            Ok(parsed) => Some(parsed),
-            Err(error) => {
-                let mut full_path = path.clone();
-                for segment in error.path().iter() {
-                    match segment {
-                        serde_path_to_error::Segment::Seq { index } => {
-                            full_path.0.push(PathSegment::Index(*index))
-                        }
-                        serde_path_to_error::Segment::Map { key } => {
-                            full_path.0.push(PathSegment::Key(key.clone()))
-                        }
-                        serde_path_to_error::Segment::Enum { variant } => {
-                            full_path.0.push(PathSegment::Key(variant.clone()))
-                        }
-                        serde_path_to_error::Segment::Unknown => {}
+        let mut value = value.clone();
+        let mut removed: Vec<String> = Vec::new();
+        for _ in 0..64 {
+            let deserializer = ValueDeserializer::from(value.clone());
+            let error = match serde_path_to_error::deserialize::<_, T>(deserializer) {
+                // A repaired value is still returned so that its cross-references are checked;
+                // its errors are already in the sink, so the policy as a whole is refused.
+                Ok(parsed) => return Some(parsed),
+                Err(error) => error,
+            };
+            let mut inner_path = KeyPath::root();
+            for segment in error.path().iter() {
+                match segment {
+                    serde_path_to_error::Segment::Seq { index } => {
+                        inner_path.0.push(PathSegment::Index(*index))
                     }
+                    serde_path_to_error::Segment::Map { key } => {
+                        inner_path.0.push(PathSegment::Key(key.clone()))
+                    }
+                    serde_path_to_error::Segment::Enum { variant } => {
+                        inner_path.0.push(PathSegment::Key(variant.clone()))
+                    }
+                    serde_path_to_error::Segment::Unknown => {}
                 }
-                let inner = error.into_inner();
-                let span = inner
-                    .span()
-                    .unwrap_or_else(|| crate::error::span_of(self.document, &full_path));
-                sink.at_span(&full_path, span, inner.message().to_owned());
-                None
+            }
+            let inner = error.into_inner();
+            let message = inner.message().to_owned();
+            // An unknown key is reported at the table that holds it; name the key itself.
+            if let Some(key) = quoted_after(&message, "unknown field `") {
+                if inner_path.0.last() != Some(&PathSegment::Key(key.clone())) {
+                    inner_path.0.push(PathSegment::Key(key));
+                }
+            }
+            // A "missing field" for a key removed after its own error is no news.
+            if let Some(key) = quoted_after(&message, "missing field `") {
+                if removed.contains(&key) {
+                    return None;
+                }
+            }
+            let mut full_path = path.clone();
+            full_path.0.extend(inner_path.0.iter().cloned());
+            let span = inner
+                .span()
+                .unwrap_or_else(|| crate::error::span_of(self.document, &full_path));
+            sink.at_span(&full_path, span, message);
+            match remove_key(&mut value, &inner_path) {
+                Some(key) => removed.push(key),
+                None => return None,
             }
         }
+        None
     }
 
     /// A top-level table; its default when absent.
@@ -628,7 +654,9 @@ fn compile_matcher(
         match regex::Regex::new(&format!("^(?:{pattern})$")) {
             Ok(regex) => Some(PathMatch::Regex(regex)),
             Err(e) => {
-                sink.at(&path.key("path_regex"), format!("invalid regular expression: {e}"));
+                let detail = e.to_string();
+                let detail = detail.lines().last().unwrap_or_default().trim_start_matches("error: ");
+                sink.at(&path.key("path_regex"), format!("invalid regular expression {pattern:?}: {detail}"));
                 None
             }
         }
@@ -670,6 +698,36 @@ fn compile_matcher(
         methods,
         headers,
     })
+}
+
+/// The text between `prefix` and the next backquote, such as a key name in serde's messages.
+fn quoted_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = &message[message.find(prefix)? + prefix.len()..];
+    Some(rest[..rest.find('`')?].to_owned())
+}
+
+/// Removes the table key at `path` (or the key holding the array element it names) from
+/// `value`; returns the removed key's name.
+fn remove_key(value: &mut Spanned<DeValue<'_>>, path: &KeyPath) -> Option<String> {
+    let last_key = path
+        .0
+        .iter()
+        .rposition(|segment| matches!(segment, PathSegment::Key(_)))?;
+    let mut current = value;
+    for segment in &path.0[..last_key] {
+        current = match (segment, current.get_mut()) {
+            (PathSegment::Key(key), DeValue::Table(table)) => table.get_mut(key.as_str())?,
+            (PathSegment::Index(i), DeValue::Array(array)) => array.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    let PathSegment::Key(key) = &path.0[last_key] else {
+        return None;
+    };
+    match current.get_mut() {
+        DeValue::Table(table) => table.remove(key.as_str()).map(|_| key.clone()),
+        _ => None,
+    }
 }
 
 fn check_name(name: &str, path: &KeyPath, sink: &mut ErrorSink<'_>) {

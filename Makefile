@@ -1,0 +1,47 @@
+# meshgate's entry points. `make run` and `make test` work on a fresh Debian machine with a
+# Rust toolchain: `make deps` installs the system packages they need.
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages: cmake for Pingora's build, wrk for the reload-under-load test, nginx,
+# haproxy and procps for the benchmark, curl for the demo.
+APT_PACKAGES := cmake wrk nginx-light haproxy curl procps
+
+.PHONY: deps build run test lint bench clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --release --workspace
+
+# Starts two demo echo upstreams (v1 on :9001, v2 on :9002) and the gateway on
+# conf/meshgate.toml; Ctrl-C stops all three.
+run: build
+	@set -e; \
+	target/release/meshgate-echo -l 127.0.0.1:9001 -n v1 & v1=$$!; \
+	target/release/meshgate-echo -l 127.0.0.1:9002 -n v2 & v2=$$!; \
+	trap 'kill $$v1 $$v2 2>/dev/null' EXIT INT TERM; \
+	target/release/meshgate run -c conf/meshgate.toml
+
+test: deps
+	$(CARGO) build --workspace --all-targets
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: build
+	loadtest/bench.sh
+
+clean:
+	$(CARGO) clean

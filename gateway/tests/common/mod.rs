@@ -1,0 +1,220 @@
+//! Test harness: the real `meshgate` binary, real echo upstreams, real sockets on loopback.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A free loopback port (bound and released; the kernel does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts an in-process echo upstream named `name`; returns its address.
+pub async fn start_echo(name: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(meshgate_echo::serve(
+        listener,
+        meshgate_echo::Config::new(name, 1024),
+    ));
+    addr
+}
+
+/// A running gateway process and its files.
+pub struct Gateway {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub policy_path: PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// The policy's fixed head: one listener and the admin API on the given ports.
+pub fn policy_head(listen: SocketAddr, admin: SocketAddr, access_log: &str) -> String {
+    format!(
+        r#"version = 1
+
+[server]
+threads = 2
+grace_period = "1s"
+
+[admin]
+listen = "{admin}"
+token_file = "admin.token"
+
+[telemetry]
+access_log = "{access_log}"
+
+[[listeners]]
+name = "public"
+listen = "{listen}"
+"#
+    )
+}
+
+impl Gateway {
+    /// Starts a gateway whose policy is the standard head followed by `body`.
+    pub fn start(body: &str) -> Gateway {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let access_log = dir.path().join("access.log");
+        let policy = policy_head(listen, admin, access_log.to_str().unwrap()) + body;
+        Gateway::start_with(dir, &policy, listen, admin)
+    }
+
+    /// Starts a gateway on a complete policy text.
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        policy: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+    ) -> Gateway {
+        std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+        let policy_path = dir.path().join("meshgate.toml");
+        std::fs::write(&policy_path, policy).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .arg("run")
+            .arg("-c")
+            .arg(&policy_path)
+            .arg("--upgrade-sock")
+            .arg(dir.path().join("upgrade.sock"))
+            .arg("--pid-file")
+            .arg(dir.path().join("meshgate.pid"))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start meshgate");
+        let gateway = Gateway {
+            child,
+            dir,
+            policy_path,
+            listen,
+            admin,
+        };
+        gateway.wait_ready();
+        gateway
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_status(self.admin, "/readyz") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "gateway did not become ready; stderr:\n{}",
+            self.stderr()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    /// The policy text with the standard head, for PUTs.
+    pub fn policy_with_body(&self, body: &str) -> String {
+        let access_log = self.dir.path().join("access.log");
+        policy_head(self.listen, self.admin, access_log.to_str().unwrap()) + body
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of a plain HTTP/1.1 GET over std sockets, for code outside an async context.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// An async HTTP client for tests.
+pub fn client() -> ::reqwest::Client {
+    ::reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The standard demo body: two upstreams with a 90/10 split.
+pub fn split_policy(v1: SocketAddr, v2: SocketAddr, w1: u32, w2: u32) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "v1"
+endpoints = ["{v1}"]
+
+[[upstreams]]
+name = "v2"
+endpoints = ["{v2}"]
+
+[[routes]]
+name = "split"
+[routes.match]
+path_prefix = "/"
+[[routes.split]]
+upstream = "v1"
+weight = {w1}
+[[routes.split]]
+upstream = "v2"
+weight = {w2}
+"#
+    )
+}
+
+/// Sends `count` sequential GETs and counts answers per `x-echo-server`.
+pub async fn count_servers(
+    client: &::reqwest::Client,
+    url: &str,
+    count: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        let response = client.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let server = response
+            .headers()
+            .get("x-echo-server")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        *counts.entry(server).or_default() += 1;
+    }
+    counts
+}

@@ -1,0 +1,296 @@
+//! End to end: routing, splits, load balancing and protocols through the real binary.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_90_10_is_exact_over_1000_sequential_requests() {
+    let v1 = start_echo("v1").await;
+    let v2 = start_echo("v2").await;
+    let gateway = Gateway::start(&split_policy(v1, v2, 90, 10));
+    let counts = count_servers(&client(), &gateway.url("/"), 1000).await;
+    let to_v1 = counts.get("v1").copied().unwrap_or(0);
+    assert!((890..=910).contains(&to_v1), "v1 got {to_v1}: {counts:?}");
+    assert_eq!(to_v1 + counts.get("v2").copied().unwrap_or(0), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_route_is_404_with_reason_and_logged() {
+    let v1 = start_echo("v1").await;
+    let body = format!(
+        r#"
+[[upstreams]]
+name = "v1"
+endpoints = ["{v1}"]
+
+[[routes]]
+name = "api"
+match = {{ host = "*.example.com", path_prefix = "/api", methods = ["GET"], headers = {{ "x-canary" = "on" }} }}
+split = [{{ upstream = "v1" }}]
+"#
+    );
+    let gateway = Gateway::start(&body);
+    let client = client();
+    let ok = client
+        .get(gateway.url("/api/x"))
+        .header("host", "shop.example.com")
+        .header("x-canary", "on")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    for (host, path, canary) in [
+        ("example.com", "/api", "on"),
+        ("shop.example.com", "/other", "on"),
+        ("shop.example.com", "/api", "off"),
+    ] {
+        let response = client
+            .get(gateway.url(path))
+            .header("host", host)
+            .header("x-canary", canary)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{host}{path} {canary}");
+        assert_eq!(response.headers()["x-meshgate-reason"], "no-route");
+    }
+    let post = client
+        .post(gateway.url("/api"))
+        .header("host", "a.example.com")
+        .header("x-canary", "on")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 404);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let log = gateway.access_log();
+    assert!(log.contains(" 404 no-route "), "access log:\n{log}");
+    assert!(log.contains(" 200 - listener=public route=api upstream=v1"), "access log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_are_set_and_identity_headers_stripped() {
+    let v1 = start_echo("v1").await;
+    let gateway = Gateway::start(&split_policy(v1, v1, 1, 0));
+    let text = client()
+        .get(gateway.url("/headers"))
+        .header("host", "shop.example.com")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-client-cert", "URI=spiffe://evil/forged")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"), "{text}");
+    assert!(text.contains("x-forwarded-proto: http\n"), "{text}");
+    assert!(text.contains("x-forwarded-host: shop.example.com\n"), "{text}");
+    assert!(!text.contains("x-forwarded-client-cert"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_downstream_reaches_http1_upstream() {
+    let v1 = start_echo("v1").await;
+    let gateway = Gateway::start(&split_policy(v1, v1, 1, 0));
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2.get(gateway.url("/headers")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("HTTP/1.1"), "upstream saw: {text}");
+    assert!(text.contains(&format!("host: {}", gateway.listen)), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrade_is_proxied() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(message)) = socket.next().await {
+                    if message.is_text() {
+                        let echoed = format!("echo: {}", message.into_text().unwrap());
+                        socket.send(echoed.into()).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let gateway = Gateway::start(&split_policy(ws_addr, ws_addr, 1, 0));
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", gateway.listen))
+            .await
+            .expect("upgrade through the gateway");
+    assert_eq!(response.status(), 101);
+    for i in 0..3 {
+        socket.send(format!("hello {i}").into()).await.unwrap();
+        let reply = socket.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), format!("echo: hello {i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_over_h2c_upstream_works_end_to_end() {
+    let grpc_port = free_port();
+    let grpc_addr: std::net::SocketAddr = format!("127.0.0.1:{grpc_port}").parse().unwrap();
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("checkout", tonic_health::ServingStatus::Serving)
+        .await;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve(grpc_addr),
+    );
+    let body = format!(
+        r#"
+[[upstreams]]
+name = "grpc"
+endpoints = ["{grpc_addr}"]
+protocol = "h2c"
+
+[[routes]]
+name = "grpc"
+match = {{ path_prefix = "/grpc.health.v1.Health/" }}
+split = [{{ upstream = "grpc" }}]
+"#
+    );
+    let gateway = Gateway::start(&body);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.listen))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..5 {
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "checkout".into(),
+            })
+            .await
+            .expect("gRPC call through the gateway")
+            .into_inner();
+        assert_eq!(
+            answer.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+    let missing = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "gRPC status travels back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weighted_round_robin_and_sticky_balancing() {
+    let a = start_echo("a").await;
+    let b = start_echo("b").await;
+    let c = start_echo("c").await;
+    let body = format!(
+        r#"
+[[upstreams]]
+name = "weighted"
+endpoints = [{{ address = "{a}", weight = 3 }}, "{b}"]
+
+[[upstreams]]
+name = "hashed"
+endpoints = ["{a}", "{b}", "{c}"]
+balance = "consistent_hash"
+hash_key = "header:x-user"
+
+[[upstreams]]
+name = "least"
+endpoints = ["{a}", "{b}"]
+balance = "least_request"
+
+[[routes]]
+name = "weighted"
+match = {{ path_prefix = "/w" }}
+split = [{{ upstream = "weighted" }}]
+
+[[routes]]
+name = "hashed"
+match = {{ path_prefix = "/h" }}
+split = [{{ upstream = "hashed" }}]
+
+[[routes]]
+name = "least"
+match = {{ path_prefix = "/l" }}
+split = [{{ upstream = "least" }}]
+"#
+    );
+    let gateway = Gateway::start(&body);
+    let client = client();
+    let counts = count_servers(&client, &gateway.url("/w"), 400).await;
+    assert_eq!(counts.get("a"), Some(&300), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&100), "{counts:?}");
+
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..30 {
+        let mut servers = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let response = client
+                .get(gateway.url("/h"))
+                .header("x-user", format!("user-{user}"))
+                .send()
+                .await
+                .unwrap();
+            servers.insert(response.headers()["x-echo-server"].to_str().unwrap().to_owned());
+        }
+        assert_eq!(servers.len(), 1, "user-{user} moved between {servers:?}");
+        seen.extend(servers);
+    }
+    assert!(seen.len() >= 2, "30 users all hashed to {seen:?}");
+
+    let counts = count_servers(&client, &gateway.url("/l"), 100).await;
+    assert_eq!(counts.values().sum::<usize>(), 100);
+    assert!(counts.len() == 2, "least_request used only {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sticky_split_by_header_keeps_each_user_on_one_side() {
+    let v1 = start_echo("v1").await;
+    let v2 = start_echo("v2").await;
+    let body = split_policy(v1, v2, 50, 50).replace(
+        "name = \"split\"\n",
+        "name = \"split\"\nsplit_key = \"header:x-user-id\"\n",
+    );
+    let gateway = Gateway::start(&body);
+    let client = client();
+    let mut sides = std::collections::BTreeMap::new();
+    for user in 0..40 {
+        for _ in 0..3 {
+            let response = client
+                .get(gateway.url("/"))
+                .header("x-user-id", user.to_string())
+                .send()
+                .await
+                .unwrap();
+            let server = response.headers()["x-echo-server"].to_str().unwrap().to_owned();
+            let first = sides.entry(user).or_insert_with(|| server.clone());
+            assert_eq!(*first, server, "user {user} switched sides");
+        }
+    }
+    let on_v1 = sides.values().filter(|s| s.as_str() == "v1").count();
+    assert!((8..=32).contains(&on_v1), "{on_v1} of 40 users on v1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_failure_answers_502_with_reason() {
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = Gateway::start(&split_policy(dead, dead, 1, 0));
+    let response = client().get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-meshgate-reason"], "connect-failure");
+}
