@@ -76,7 +76,10 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
         .merge(protected)
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
         })
         .with_state(state)
 }
@@ -126,7 +129,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.backend.metrics(),
     )
         .into_response()
@@ -143,7 +149,10 @@ async fn get_policy(State(state): State<AppState>) -> Response {
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", active.hash)) {
         headers.insert(header::ETAG, etag);
     }
-    headers.insert("x-meshgate-policy-version", HeaderValue::from(active.version));
+    headers.insert(
+        "x-meshgate-policy-version",
+        HeaderValue::from(active.version),
+    );
     response
 }
 
@@ -171,9 +180,10 @@ fn apply_error_response(error: ApplyError) -> Response {
             })),
         )
             .into_response(),
-        ApplyError::NoPrevious => {
-            error_response(StatusCode::CONFLICT, "there is no previous policy to roll back to")
-        }
+        ApplyError::NoPrevious => error_response(
+            StatusCode::CONFLICT,
+            "there is no previous policy to roll back to",
+        ),
         ApplyError::Io(message) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &message),
     }
 }

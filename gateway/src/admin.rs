@@ -252,13 +252,18 @@ pub fn load_admin_token(settings: &AdminSettings) -> Result<String, String> {
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| format!("cannot create the admin token file {}: {e}", path.display()))?;
+                .map_err(|e| {
+                    format!("cannot create the admin token file {}: {e}", path.display())
+                })?;
             writeln!(file, "{token}")
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             tracing::info!("created a new admin token in {}", path.display());
             Ok(token)
         }
-        Err(e) => Err(format!("cannot read the admin token file {}: {e}", path.display())),
+        Err(e) => Err(format!(
+            "cannot read the admin token file {}: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -317,7 +322,8 @@ impl BackgroundService for AdminService {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = meshgate_admin::serve(listener, self.admin.clone(), &self.token, stop).await {
+        if let Err(e) = meshgate_admin::serve(listener, self.admin.clone(), &self.token, stop).await
+        {
             tracing::error!("admin API stopped: {e}");
         }
     }

@@ -21,7 +21,11 @@ enum Command {
     /// Run the gateway on a policy file.
     Run {
         /// The policy file.
-        #[arg(short = 'c', long = "config", default_value = "/etc/meshgate/meshgate.toml")]
+        #[arg(
+            short = 'c',
+            long = "config",
+            default_value = "/etc/meshgate/meshgate.toml"
+        )]
         config: PathBuf,
         /// Detach into the background (Pingora's daemon mode).
         #[arg(short, long)]

@@ -128,7 +128,9 @@ impl PolicyStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, StoreState> {
         // A panic while holding the lock cannot leave the state half-written: every field is
         // replaced in one step after all fallible work, so the data is still consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn compile(&self, source: &str) -> Result<CompiledPolicy, ApplyError> {
@@ -261,9 +263,8 @@ impl PolicyStore {
 
     /// Re-reads the policy file and applies it.
     pub fn reload_from_file(&self) -> Result<Applied, ApplyError> {
-        let source = std::fs::read_to_string(&self.path).map_err(|e| {
-            ApplyError::Io(format!("cannot read {}: {e}", self.path.display()))
-        })?;
+        let source = std::fs::read_to_string(&self.path)
+            .map_err(|e| ApplyError::Io(format!("cannot read {}: {e}", self.path.display())))?;
         self.apply(source, Origin::File, None)
     }
 

@@ -42,7 +42,11 @@ impl Snapshot {
                     .unwrap_or_else(|| Arc::new(UpstreamState::new(spec.clone())))
             })
             .collect();
-        let routes = policy.routes.iter().map(|_| RouteState::default()).collect();
+        let routes = policy
+            .routes
+            .iter()
+            .map(|_| RouteState::default())
+            .collect();
         Snapshot {
             policy,
             upstreams,
@@ -55,13 +59,10 @@ impl Snapshot {
     /// wildcard address on the same port.
     pub fn listener_for(&self, local: std::net::SocketAddr) -> Option<usize> {
         let listeners = &self.policy.listeners;
-        listeners
-            .iter()
-            .position(|l| l.addr == local)
-            .or_else(|| {
-                listeners.iter().position(|l| {
-                    l.addr.port() == local.port() && l.addr.ip().is_unspecified()
-                })
-            })
+        listeners.iter().position(|l| l.addr == local).or_else(|| {
+            listeners
+                .iter()
+                .position(|l| l.addr.port() == local.port() && l.addr.ip().is_unspecified())
+        })
     }
 }

@@ -19,15 +19,11 @@ async fn bad_put_is_refused_with_lines_and_the_old_split_keeps_serving() {
     let client = client();
     let before = std::fs::read_to_string(&gateway.policy_path).unwrap();
 
-    let bad = gateway.policy_with_body(&split_policy(v1, v2, 90, 10).replace(
-        "upstream = \"v2\"\nweight",
-        "upstream = \"v3\"\nweight",
-    ));
-    let bad_line = bad
-        .lines()
-        .position(|l| l.contains("\"v3\""))
-        .unwrap()
-        + 1;
+    let bad = gateway.policy_with_body(
+        &split_policy(v1, v2, 90, 10)
+            .replace("upstream = \"v2\"\nweight", "upstream = \"v3\"\nweight"),
+    );
+    let bad_line = bad.lines().position(|l| l.contains("\"v3\"")).unwrap() + 1;
     let response = bearer(client.put(gateway.admin_url("/policy")))
         .body(bad.clone())
         .send()
@@ -39,12 +35,18 @@ async fn bad_put_is_refused_with_lines_and_the_old_split_keeps_serving() {
     assert_eq!(errors.len(), 1, "{body}");
     assert_eq!(errors[0]["line"], bad_line as u64, "{body}");
     assert_eq!(errors[0]["path"], "routes[0].split[1].upstream");
-    assert!(errors[0]["message"].as_str().unwrap().contains("unknown upstream \"v3\""));
+    assert!(errors[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown upstream \"v3\""));
 
     // The old policy serves, and the file was not touched.
     let counts = count_servers(&client, &gateway.url("/"), 100).await;
     assert_eq!(counts.get("v1"), Some(&90), "{counts:?}");
-    assert_eq!(std::fs::read_to_string(&gateway.policy_path).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(&gateway.policy_path).unwrap(),
+        before
+    );
 
     // `meshgate check` points at the same line.
     let bad_file = gateway.dir.path().join("bad.toml");
@@ -77,7 +79,10 @@ async fn good_put_applies_at_once_persists_and_rolls_back() {
     let gateway = Gateway::start(&split_policy(v1, v2, 90, 10));
     let client = client();
 
-    let get = bearer(client.get(gateway.admin_url("/policy"))).send().await.unwrap();
+    let get = bearer(client.get(gateway.admin_url("/policy")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), 200);
     assert_eq!(get.headers()["x-meshgate-policy-version"], "1");
     let etag = get.headers()["etag"].to_str().unwrap().to_owned();
@@ -105,7 +110,10 @@ async fn good_put_applies_at_once_persists_and_rolls_back() {
     assert_eq!(applied["restart_required"], serde_json::json!([]));
     let counts = count_servers(&client, &gateway.url("/"), 20).await;
     assert_eq!(counts.get("v2"), Some(&20), "{counts:?}");
-    assert_eq!(std::fs::read_to_string(&gateway.policy_path).unwrap(), all_v2);
+    assert_eq!(
+        std::fs::read_to_string(&gateway.policy_path).unwrap(),
+        all_v2
+    );
 
     // Changing a listener is accepted but reported as needing a restart.
     let moved = all_v2.replace(&gateway.listen.to_string(), "127.0.0.1:1");
@@ -116,7 +124,10 @@ async fn good_put_applies_at_once_persists_and_rolls_back() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let validated: Value = response.json().await.unwrap();
-    assert_eq!(validated["restart_required"], serde_json::json!(["listeners"]));
+    assert_eq!(
+        validated["restart_required"],
+        serde_json::json!(["listeners"])
+    );
 
     let response = bearer(client.post(gateway.admin_url("/policy/rollback")))
         .send()
@@ -125,8 +136,14 @@ async fn good_put_applies_at_once_persists_and_rolls_back() {
     assert_eq!(response.status(), 200);
     let counts = count_servers(&client, &gateway.url("/"), 100).await;
     assert_eq!(counts.get("v1"), Some(&90), "{counts:?}");
-    assert_eq!(std::fs::read_to_string(&gateway.policy_path).unwrap(), original);
-    let get = bearer(client.get(gateway.admin_url("/policy"))).send().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&gateway.policy_path).unwrap(),
+        original
+    );
+    let get = bearer(client.get(gateway.admin_url("/policy")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.headers()["x-meshgate-policy-version"], "3");
 }
 
@@ -146,7 +163,11 @@ async fn file_edit_by_rename_applies_within_seconds_and_bad_edits_are_ignored() 
     assert_eq!(counts.get("v1"), Some(&10));
 
     // Like an editor: write a temporary file, rename it over the policy.
-    std::fs::write(&temp, gateway.policy_with_body(&split_policy(v1, v2, 0, 100))).unwrap();
+    std::fs::write(
+        &temp,
+        gateway.policy_with_body(&split_policy(v1, v2, 0, 100)),
+    )
+    .unwrap();
     let written = Instant::now();
     std::fs::rename(&temp, &gateway.policy_path).unwrap();
     loop {
@@ -154,15 +175,24 @@ async fn file_edit_by_rename_applies_within_seconds_and_bad_edits_are_ignored() 
         if counts.contains_key("v2") {
             break;
         }
-        assert!(written.elapsed() < Duration::from_secs(5), "edit not applied in 5 s");
+        assert!(
+            written.elapsed() < Duration::from_secs(5),
+            "edit not applied in 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("rename applied after {:?}", written.elapsed());
 
     // POST /reload re-reads the file too.
-    std::fs::write(&gateway.policy_path, gateway.policy_with_body(&split_policy(v1, v2, 100, 0)))
+    std::fs::write(
+        &gateway.policy_path,
+        gateway.policy_with_body(&split_policy(v1, v2, 100, 0)),
+    )
+    .unwrap();
+    let response = bearer(client.post(gateway.admin_url("/reload")))
+        .send()
+        .await
         .unwrap();
-    let response = bearer(client.post(gateway.admin_url("/reload"))).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let counts = count_servers(&client, &gateway.url("/"), 10).await;
     assert_eq!(counts.get("v1"), Some(&10));
@@ -180,7 +210,10 @@ async fn unchanged_upstreams_keep_their_state_across_reloads() {
     let v2b = start_echo("v2").await;
     let changed = split_policy(v1, v2, 50, 50)
         .replace(&format!("[\"{v2}\"]"), &format!("[\"{v2}\", \"{v2b}\"]"))
-        .replace("weight = 50\n[[routes.split]]", "weight = 60\n[[routes.split]]");
+        .replace(
+            "weight = 50\n[[routes.split]]",
+            "weight = 60\n[[routes.split]]",
+        );
     let response = bearer(client.put(gateway.admin_url("/policy")))
         .body(gateway.policy_with_body(&changed))
         .send()
@@ -265,9 +298,15 @@ async fn twenty_swaps_under_wrk_load_drop_nothing() {
     let text = String::from_utf8_lossy(&output.stdout);
     eprintln!("{text}");
     let (requests, non_2xx, socket_errors) = wrk_summary(&text);
-    assert!(requests > 1000, "wrk made only {requests} requests:\n{text}");
+    assert!(
+        requests > 1000,
+        "wrk made only {requests} requests:\n{text}"
+    );
     assert_eq!(non_2xx, 0, "{text}");
     assert_eq!(socket_errors, 0, "{text}");
-    let get = bearer(client.get(gateway.admin_url("/policy"))).send().await.unwrap();
+    let get = bearer(client.get(gateway.admin_url("/policy")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.headers()["x-meshgate-policy-version"], "21");
 }

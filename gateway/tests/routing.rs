@@ -67,7 +67,10 @@ split = [{{ upstream = "v1" }}]
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let log = gateway.access_log();
     assert!(log.contains(" 404 no-route "), "access log:\n{log}");
-    assert!(log.contains(" 200 - listener=public route=api upstream=v1"), "access log:\n{log}");
+    assert!(
+        log.contains(" 200 - listener=public route=api upstream=v1"),
+        "access log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,9 +88,15 @@ async fn forwarding_headers_are_set_and_identity_headers_stripped() {
         .text()
         .await
         .unwrap();
-    assert!(text.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"), "{text}");
+    assert!(
+        text.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
+        "{text}"
+    );
     assert!(text.contains("x-forwarded-proto: http\n"), "{text}");
-    assert!(text.contains("x-forwarded-host: shop.example.com\n"), "{text}");
+    assert!(
+        text.contains("x-forwarded-host: shop.example.com\n"),
+        "{text}"
+    );
     assert!(!text.contains("x-forwarded-client-cert"), "{text}");
 }
 
@@ -104,7 +113,10 @@ async fn h2c_downstream_reaches_http1_upstream() {
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     assert!(text.contains("HTTP/1.1"), "upstream saw: {text}");
-    assert!(text.contains(&format!("host: {}", gateway.listen)), "{text}");
+    assert!(
+        text.contains(&format!("host: {}", gateway.listen)),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,7 +145,10 @@ async fn websocket_upgrade_is_proxied() {
     for i in 0..3 {
         socket.send(format!("hello {i}").into()).await.unwrap();
         let reply = socket.next().await.unwrap().unwrap();
-        assert_eq!(reply.into_text().unwrap().as_str(), format!("echo: hello {i}"));
+        assert_eq!(
+            reply.into_text().unwrap().as_str(),
+            format!("echo: hello {i}")
+        );
     }
 }
 
@@ -189,7 +204,11 @@ split = [{{ upstream = "grpc" }}]
         })
         .await
         .unwrap_err();
-    assert_eq!(missing.code(), tonic::Code::NotFound, "gRPC status travels back");
+    assert_eq!(
+        missing.code(),
+        tonic::Code::NotFound,
+        "gRPC status travels back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -246,7 +265,12 @@ split = [{{ upstream = "least" }}]
                 .send()
                 .await
                 .unwrap();
-            servers.insert(response.headers()["x-echo-server"].to_str().unwrap().to_owned());
+            servers.insert(
+                response.headers()["x-echo-server"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
         }
         assert_eq!(servers.len(), 1, "user-{user} moved between {servers:?}");
         seen.extend(servers);
@@ -277,7 +301,10 @@ async fn sticky_split_by_header_keeps_each_user_on_one_side() {
                 .send()
                 .await
                 .unwrap();
-            let server = response.headers()["x-echo-server"].to_str().unwrap().to_owned();
+            let server = response.headers()["x-echo-server"]
+                .to_str()
+                .unwrap()
+                .to_owned();
             let first = sides.entry(user).or_insert_with(|| server.clone());
             assert_eq!(*first, server, "user {user} switched sides");
         }

@@ -358,20 +358,16 @@ impl CompiledPolicy {
 /// Whether `name` is a valid HTTP header name (RFC 9110 token).
 pub fn is_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// One full cycle of smooth weighted round robin over `weights`, reduced by their greatest
 /// common divisor: index `i` appears `weights[i] / gcd` times, spread as evenly as possible.
 /// Zero weights never appear. Returns an empty schedule when every weight is zero.
 pub fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
-    let divisor = weights
-        .iter()
-        .copied()
-        .filter(|&w| w > 0)
-        .fold(0u32, gcd);
+    let divisor = weights.iter().copied().filter(|&w| w > 0).fold(0u32, gcd);
     if divisor == 0 {
         return Vec::new();
     }

@@ -140,7 +140,12 @@ impl<'a> ErrorSink<'a> {
     }
 
     /// Records an error at an explicit byte span.
-    pub(crate) fn at_span(&mut self, path: &KeyPath, span: Range<usize>, message: impl Into<String>) {
+    pub(crate) fn at_span(
+        &mut self,
+        path: &KeyPath,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) {
         let (line, column) = self.lines.position(span.start);
         self.errors.push(PolicyError {
             line,

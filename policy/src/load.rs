@@ -237,7 +237,10 @@ impl Compiler<'_, '_> {
                 other => {
                     sink.at(
                         &path,
-                        format!("expected an array of tables (`[[{key}]]`), found {}", other.type_str()),
+                        format!(
+                            "expected an array of tables (`[[{key}]]`), found {}",
+                            other.type_str()
+                        ),
                     );
                     Vec::new()
                 }
@@ -275,11 +278,17 @@ impl Compiler<'_, '_> {
         }
         ServerSettings {
             threads,
-            grace_period: server.grace_period.map_or(DEFAULT_GRACE_PERIOD, |d| d.get()),
+            grace_period: server
+                .grace_period
+                .map_or(DEFAULT_GRACE_PERIOD, |d| d.get()),
         }
     }
 
-    fn compile_admin(&self, admin: AdminSection, sink: &mut ErrorSink<'_>) -> Option<AdminSettings> {
+    fn compile_admin(
+        &self,
+        admin: AdminSection,
+        sink: &mut ErrorSink<'_>,
+    ) -> Option<AdminSettings> {
         let path = KeyPath::root().key("admin");
         let listen_text = admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
         let listen = parse_socket_addr(listen_text)
@@ -367,7 +376,10 @@ impl Compiler<'_, '_> {
                 if let Some(first) = names.insert(spec.name.clone(), i) {
                     sink.at(
                         &path.key("name"),
-                        format!("duplicate listener name {:?} (first at listeners[{first}])", spec.name),
+                        format!(
+                            "duplicate listener name {:?} (first at listeners[{first}])",
+                            spec.name
+                        ),
                     );
                 }
                 let addr = parse_socket_addr(&spec.listen)
@@ -609,7 +621,10 @@ fn compile_matcher(
                 (&suffix[1..], HostMatch::Suffix(suffix.to_owned()))
             }
             Some(_) => {
-                sink.at(&path.key("host"), "a wildcard host must look like \"*.example.com\"");
+                sink.at(
+                    &path.key("host"),
+                    "a wildcard host must look like \"*.example.com\"",
+                );
                 return None;
             }
             None => (lower.as_str(), HostMatch::Exact(lower.clone())),
@@ -619,7 +634,10 @@ fn compile_matcher(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
         if !valid {
-            sink.at(&path.key("host"), format!("{host:?} is not a valid host name (leave the port out)"));
+            sink.at(
+                &path.key("host"),
+                format!("{host:?} is not a valid host name (leave the port out)"),
+            );
             return None;
         }
         Some(result)
@@ -637,12 +655,18 @@ fn compile_matcher(
     if given.len() > 1 {
         sink.at(
             &path.key(given[1]),
-            format!("only one of path_prefix, path_exact and path_regex may be given; found {}", given.join(" and ")),
+            format!(
+                "only one of path_prefix, path_exact and path_regex may be given; found {}",
+                given.join(" and ")
+            ),
         );
     }
     let path_match = if let Some(prefix) = &spec.path_prefix {
         if !prefix.starts_with('/') {
-            sink.at(&path.key("path_prefix"), "path_prefix must start with \"/\"");
+            sink.at(
+                &path.key("path_prefix"),
+                "path_prefix must start with \"/\"",
+            );
         }
         Some(PathMatch::Prefix(prefix.clone()))
     } else if let Some(exact) = &spec.path_exact {
@@ -655,8 +679,15 @@ fn compile_matcher(
             Ok(regex) => Some(PathMatch::Regex(regex)),
             Err(e) => {
                 let detail = e.to_string();
-                let detail = detail.lines().last().unwrap_or_default().trim_start_matches("error: ");
-                sink.at(&path.key("path_regex"), format!("invalid regular expression {pattern:?}: {detail}"));
+                let detail = detail
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                sink.at(
+                    &path.key("path_regex"),
+                    format!("invalid regular expression {pattern:?}: {detail}"),
+                );
                 None
             }
         }
@@ -667,7 +698,10 @@ fn compile_matcher(
     let mut methods = Vec::new();
     if let Some(list) = &spec.methods {
         if list.is_empty() {
-            sink.at(&path.key("methods"), "methods must not be empty; leave it out to allow every method");
+            sink.at(
+                &path.key("methods"),
+                "methods must not be empty; leave it out to allow every method",
+            );
         }
         for (i, method) in list.iter().enumerate() {
             let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
@@ -684,7 +718,10 @@ fn compile_matcher(
     let mut headers = Vec::new();
     for (name, value) in &spec.headers {
         if !is_header_name(name) {
-            sink.at(&path.key("headers").key(name), format!("{name:?} is not a valid header name"));
+            sink.at(
+                &path.key("headers").key(name),
+                format!("{name:?} is not a valid header name"),
+            );
         }
         headers.push((name.to_ascii_lowercase(), value.clone()));
     }

@@ -124,7 +124,9 @@ impl<'de> Deserialize<'de> for EndpointEntry {
         impl<'de> Visitor<'de> for EndpointVisitor {
             type Value = EndpointEntry;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(r#"an address such as "10.0.0.1:8080" or { address = "…", weight = N }"#)
+                f.write_str(
+                    r#"an address such as "10.0.0.1:8080" or { address = "…", weight = N }"#,
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointEntry, E> {
                 Ok(EndpointEntry {

@@ -79,7 +79,9 @@ async fn respond_with_reason(session: &mut Session, reason: Reason) -> Result<()
     let mut response = ResponseHeader::build(reason.status(), Some(2))?;
     response.insert_header(REASON_HEADER, reason.token())?;
     response.insert_header(http::header::CONTENT_LENGTH, "0")?;
-    session.write_response_header(Box::new(response), true).await
+    session
+        .write_response_header(Box::new(response), true)
+        .await
 }
 
 fn reason_for_error(error: &Error) -> Option<Reason> {
@@ -121,7 +123,11 @@ impl ProxyHttp for MeshProxy {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         let snapshot = self.store.snapshot();
         ctx.listener = session
             .as_downstream()

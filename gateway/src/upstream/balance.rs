@@ -57,7 +57,10 @@ impl UpstreamState {
         let load = |index: usize| {
             let endpoint = &self.endpoints[index];
             // Compare in_flight / weight without dividing: (a_in+1) * b_w vs (b_in+1) * a_w.
-            (endpoint.in_flight.load(Ordering::Relaxed) + 1, u64::from(endpoint.weight))
+            (
+                endpoint.in_flight.load(Ordering::Relaxed) + 1,
+                u64::from(endpoint.weight),
+            )
         };
         let candidates = match (
             self.endpoints[first].eligible(),
@@ -147,7 +150,9 @@ mod tests {
         let pool = pool(Balance::ConsistentHash, &[1, 1, 1]);
         let first = pool.select(Some(b"user-42")).unwrap();
         assert!((0..20).all(|_| pool.select(Some(b"user-42")) == Some(first)));
-        pool.endpoints[first].healthy.store(false, Ordering::Relaxed);
+        pool.endpoints[first]
+            .healthy
+            .store(false, Ordering::Relaxed);
         let second = pool.select(Some(b"user-42")).unwrap();
         assert_ne!(first, second);
     }

@@ -114,10 +114,7 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "gateway did not become ready; stderr:\n{}",
-            self.stderr()
-        );
+        panic!("gateway did not become ready; stderr:\n{}", self.stderr());
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -159,7 +156,11 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()

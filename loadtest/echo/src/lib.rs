@@ -32,7 +32,10 @@ impl Config {
     }
 }
 
-async fn handle(config: Arc<Config>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    config: Arc<Config>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let builder = Response::builder()
         .header("x-echo-server", config.name.as_str())
         .header("content-type", "text/plain");
@@ -44,9 +47,15 @@ async fn handle(config: Arc<Config>, request: Request<Incoming>) -> Result<Respo
             request.version()
         );
         for (name, value) in request.headers() {
-            text.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
+            text.push_str(&format!(
+                "{}: {}\n",
+                name,
+                String::from_utf8_lossy(value.as_bytes())
+            ));
         }
-        return Ok(builder.body(Full::new(Bytes::from(text))).expect("valid response"));
+        return Ok(builder
+            .body(Full::new(Bytes::from(text)))
+            .expect("valid response"));
     }
     // Read the request body to the end so keepalive connections stay usable.
     let _ = request.into_body().collect().await;
@@ -68,11 +77,11 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Arc<Config>) -> st
         let _ = stream.set_nodelay(true);
         let config = config.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(config.clone(), request));
+            let service =
+                hyper::service::service_fn(move |request| handle(config.clone(), request));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
-

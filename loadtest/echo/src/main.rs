@@ -20,7 +20,6 @@ struct Args {
     threads: usize,
 }
 
-
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let config = Config::new(&args.name, args.body_size);

@@ -1,0 +1,155 @@
+//! The policy loader on whole files: the bundled config, every error with its position, keys
+//! that this build does not know yet.
+
+use std::path::Path;
+
+use meshgate_policy::{load, PolicyError};
+
+fn refused(source: &str) -> Vec<PolicyError> {
+    load(source, Path::new(".")).expect_err("policy should be refused")
+}
+
+fn has(errors: &[PolicyError], line: usize, path: &str, message: &str) -> bool {
+    errors
+        .iter()
+        .any(|e| e.line == line && e.path == path && e.message.contains(message))
+}
+
+#[test]
+fn bundled_config_loads() {
+    let source = include_str!("../../conf/meshgate.toml");
+    let policy = load(source, Path::new(env!("CARGO_MANIFEST_DIR"))).expect("conf/meshgate.toml");
+    assert_eq!(policy.routes.len(), 1);
+    assert_eq!(policy.routes[0].split_schedule.len(), 10);
+    assert_eq!(policy.routes_by_listener, vec![vec![0]]);
+}
+
+#[test]
+fn every_error_is_reported_with_its_line_and_path() {
+    let source = r#"version = 1
+[server]
+threads = 0
+[[listeners]]
+name = "a"
+listen = "nope"
+[[listeners]]
+name = "a"
+listen = "127.0.0.1:1"
+[[upstreams]]
+name = "u"
+endpoints = ["10.0.0.1:80", { address = "10.0.0.2:80", weight = 0 }]
+connect_timeout = "soon"
+hash_key = "client_ip"
+[[upstreams]]
+name = "u"
+endpoints = []
+[[routes]]
+name = "r"
+match = { path_prefix = "api", path_exact = "/x", methods = ["get"] }
+split = [{ upstream = "missing", weight = 20000 }]
+split_key = "cookie"
+[[routes]]
+name = "r2"
+split = [{ upstream = "u", weight = "heavy" }, { upstream = "u", extra = 1 }]
+"#;
+    let errors = refused(source);
+    for (line, path, message) in [
+        (3, "server.threads", "between 1 and 1024"),
+        (6, "listeners[0].listen", "invalid address"),
+        (8, "listeners[1].name", "duplicate listener name"),
+        (12, "upstreams[0].endpoints[1].weight", "between 1 and 256"),
+        (13, "upstreams[0].connect_timeout", "invalid duration"),
+        (16, "upstreams[1].name", "duplicate upstream name"),
+        (17, "upstreams[1].endpoints", "at least one endpoint"),
+        (20, "routes[0].match.path_exact", "only one of"),
+        (20, "routes[0].match.path_prefix", "must start with"),
+        (20, "routes[0].match.methods[0]", "upper case"),
+        (21, "routes[0].split[0].weight", "between 0 and 10000"),
+        (
+            21,
+            "routes[0].split[0].upstream",
+            "unknown upstream \"missing\"",
+        ),
+        (22, "routes[0].split_key", "unknown key"),
+        (25, "routes[1].split[0].weight", "invalid type"),
+        (25, "routes[1].split[1].extra", "unknown field `extra`"),
+    ] {
+        assert!(
+            has(&errors, line, path, message),
+            "missing {line} {path} {message}: {errors:#?}"
+        );
+    }
+    // hash_key without consistent_hash is an error too.
+    assert!(
+        has(&errors, 14, "upstreams[0].hash_key", "only to balance"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn keys_of_later_features_are_refused_as_unknown_never_ignored() {
+    let source = r#"version = 1
+[[upstreams]]
+name = "u"
+endpoints = ["10.0.0.1:80"]
+[upstreams.health_check]
+path = "/healthz"
+[[routes]]
+name = "r"
+split = [{ upstream = "u" }]
+[routes.retry]
+attempts = 2
+[rate_limit_store]
+redis = "redis://127.0.0.1/0"
+"#;
+    let errors = refused(source);
+    assert!(
+        has(&errors, 5, "upstreams[0].health_check", "unknown field"),
+        "{errors:#?}"
+    );
+    assert!(
+        has(&errors, 10, "routes[0].retry", "unknown field"),
+        "{errors:#?}"
+    );
+    assert!(
+        has(&errors, 12, "rate_limit_store", "unknown key"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let errors = refused("version = 1\n[[routes]\nname = \"x\"\n");
+    assert_eq!(errors[0].line, 2, "{errors:#?}");
+    assert_eq!(errors[0].path, "(syntax)");
+}
+
+#[test]
+fn admin_off_loopback_needs_an_explicit_token_file() {
+    let errors = refused("version = 1\n[admin]\nlisten = \"0.0.0.0:9901\"\n");
+    assert!(
+        has(&errors, 3, "admin.listen", "explicit `token_file`"),
+        "{errors:#?}"
+    );
+    let errors = refused("version = 1\n[admin]\ntoken_file = \"/nonexistent/admin.token\"\n");
+    assert!(
+        has(&errors, 3, "admin.token_file", "does not exist"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn nothing_panics_on_odd_input() {
+    for source in [
+        "",
+        "version = \"one\"",
+        "listeners = 3\nversion = 1",
+        "version = 1\n[[routes]]\nmatch = 1\n",
+        "version = 1\nroutes = [1, \"x\"]",
+        "version = 1\n[[upstreams]]\nendpoints = [[1]]\nname = \"\"\n",
+        "version = 1\n[[routes]]\nname = \"r\"\nmatch = { host = \"*\" }\nsplit = []",
+        "\u{feff}version = 1",
+    ] {
+        let _ = load(source, Path::new("."));
+    }
+}
