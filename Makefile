@@ -41,6 +41,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: build
+	$(CARGO) build --release --example bare_pingora
 	loadtest/bench.sh
 
 clean:

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# meshgate's benchmark: meshgate, NGINX and HAProxy as reverse proxies in front of the same
+# echo upstream, plus direct-to-upstream, in one run on this machine.
+#
+# The proxy under test is pinned to CPU 0; wrk and the echo upstream share CPU 1. Every proxy
+# runs one worker, keeps upstream connections alive, and serves a 1 KiB body over HTTP/1.1
+# keepalive. CPU per request is the proxy's utime+stime from /proc/PID/stat over the run,
+# divided by the requests wrk completed.
+#
+#   DURATION=10s CONNECTIONS=32 loadtest/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+ECHO_PORT=18001; BARE_PORT=18079; MESHGATE_PORT=18080; NGINX_PORT=18081; HAPROXY_PORT=18082; ADMIN_PORT=18901
+WORK=$(mktemp -d /tmp/meshgate-bench.XXXXXX)
+RESULTS=loadtest/results
+mkdir -p "$RESULTS"
+TICKS=$(getconf CLK_TCK)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for tool in wrk nginx haproxy taskset; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (run make deps)" >&2; exit 1; }
+done
+[ -x target/release/meshgate ] || { echo "bench: build first (make build)" >&2; exit 1; }
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench: port $1 did not open" >&2; exit 1
+}
+
+# Sum of utime+stime, in clock ticks, over the given PIDs.
+cpu_ticks() {
+  local total=0 pid fields
+  for pid in "$@"; do
+    fields=$(sed 's/^.*) //' "/proc/$pid/stat")
+    set -- $fields
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+
+# run NAME PORT PIDS... : drives wrk at the port and prints a table row.
+run() {
+  local name=$1 port=$2; shift 2
+  local pids=("$@")
+  wait_port "$port"
+  # Warm up connections and pools.
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null
+  local before=0 after=0
+  [ ${#pids[@]} -gt 0 ] && before=$(cpu_ticks "${pids[@]}")
+  local out
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$port/")
+  [ ${#pids[@]} -gt 0 ] && after=$(cpu_ticks "${pids[@]}")
+  local requests rps p50 p99 errors non2xx
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  errors=$(echo "$out" | awk -F'[ ,]+' '/Socket errors/ {print $4+$6+$8+$10}')
+  non2xx=$(echo "$out" | awk -F': ' '/Non-2xx/ {print $2}')
+  local cpu_us="-"
+  if [ ${#pids[@]} -gt 0 ]; then
+    cpu_us=$(awk -v t=$((after - before)) -v hz="$TICKS" -v n="$requests" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+  fi
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$cpu_us" "$p50" "$p99" "${errors:-0}/${non2xx:-0}"
+}
+
+taskset -c "$LOAD_CPU" target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 -t 1 2>/dev/null &
+PIDS+=($!)
+
+cat > "$WORK/meshgate.toml" <<TOML
+version = 1
+[server]
+threads = 1
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[telemetry]
+access_log = "off"
+[[listeners]]
+name = "bench"
+listen = "127.0.0.1:$MESHGATE_PORT"
+[[upstreams]]
+name = "echo"
+endpoints = ["127.0.0.1:$ECHO_PORT"]
+[[routes]]
+name = "all"
+match = { path_prefix = "/" }
+split = [{ upstream = "echo", weight = 100 }]
+TOML
+MESHGATE_LOG=warn taskset -c "$PROXY_CPU" target/release/meshgate run -c "$WORK/meshgate.toml" \
+  --upgrade-sock "$WORK/upgrade.sock" --pid-file "$WORK/meshgate.pid" 2>"$WORK/meshgate.err" &
+MESHGATE_PID=$!; PIDS+=($MESHGATE_PID)
+
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
+
+cat > "$WORK/haproxy.cfg" <<HAPROXY
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend echo
+backend echo
+  server echo 127.0.0.1:$ECHO_PORT
+HAPROXY
+taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db &
+HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
+
+BARE=target/release/examples/bare_pingora
+if [ -x "$BARE" ]; then
+  taskset -c "$PROXY_CPU" "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$ECHO_PORT" 1 2>/dev/null &
+  BARE_PID=$!; PIDS+=($BARE_PID)
+fi
+
+wait_port "$NGINX_PORT"
+NGINX_PIDS=($NGINX_MASTER $(pgrep -P "$NGINX_MASTER" || true))
+
+{
+  echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, wrk -t1 -c$CONNECTIONS -d$DURATION, 1 KiB responses, proxy on CPU $PROXY_CPU, wrk and upstream on CPU $LOAD_CPU."
+  echo
+  echo "| target | requests/s | proxy CPU µs/request | p50 | p99 | socket errors/non-2xx |"
+  echo "|---|---|---|---|---|---|"
+  run "direct to upstream" "$ECHO_PORT"
+  [ -n "${BARE_PID:-}" ] && run "bare Pingora (baseline)" "$BARE_PORT" "$BARE_PID"
+  run "meshgate" "$MESHGATE_PORT" "$MESHGATE_PID"
+  run "nginx" "$NGINX_PORT" "${NGINX_PIDS[@]}"
+  run "haproxy" "$HAPROXY_PORT" "$HAPROXY_PID"
+} | tee "$RESULTS/latest.md"
