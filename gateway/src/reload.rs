@@ -94,7 +94,12 @@ impl PolicyStore {
         Ok(PolicyStore {
             path: path.to_path_buf(),
             base_dir,
-            current: ArcSwap::from_pointee(Snapshot::build(compiled, None, 1)),
+            current: ArcSwap::from_pointee(Snapshot::build(
+                compiled,
+                None,
+                1,
+                &telemetry.metrics.requests_total,
+            )),
             state: Mutex::new(StoreState {
                 active: PolicyText { source, hash },
                 previous: None,
@@ -241,7 +246,12 @@ impl PolicyStore {
             tracing::warn!("access log not reopened, keeping the old one: {e}");
         }
         let version = state.next_version;
-        let snapshot = Snapshot::build(compiled, Some(&old), version);
+        let snapshot = Snapshot::build(
+            compiled,
+            Some(&old),
+            version,
+            &self.telemetry.metrics.requests_total,
+        );
         self.current.store(Arc::new(snapshot));
         state.next_version += 1;
         let previous = std::mem::replace(

@@ -2,17 +2,75 @@
 //! its upstreams and routes. A request loads one `Arc<Snapshot>` and keeps it to the end.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use meshgate_policy::CompiledPolicy;
+use prometheus::{IntCounter, IntCounterVec};
 
 use crate::upstream::UpstreamState;
+
+const FIRST_CODE: u16 = 100;
+const CODE_SLOTS: usize = 500;
+
+/// `meshgate_requests_total` handles for one (listener, route, upstream), one per status code,
+/// created on first use: a request increments an atomic, with no label hashing or lock.
+pub struct CodeCounters {
+    labels: [String; 3],
+    family: IntCounterVec,
+    slots: OnceLock<Box<[OnceLock<IntCounter>]>>,
+}
+
+impl CodeCounters {
+    fn new(family: &IntCounterVec, listener: &str, route: &str, upstream: &str) -> Self {
+        CodeCounters {
+            labels: [listener.to_owned(), route.to_owned(), upstream.to_owned()],
+            family: family.clone(),
+            slots: OnceLock::new(),
+        }
+    }
+
+    /// Counts one upstream response with `code` (no reason token).
+    pub fn inc(&self, code: u16) {
+        let [listener, route, upstream] = &self.labels;
+        let label = |code: u16| {
+            let status = http::StatusCode::from_u16(code).ok();
+            let text = status.as_ref().map_or("0", |s| s.as_str()).to_owned();
+            self.family
+                .with_label_values(&[listener.as_str(), route, upstream, &text, ""])
+        };
+        let index = usize::from(code.wrapping_sub(FIRST_CODE));
+        if index >= CODE_SLOTS {
+            return label(code).inc();
+        }
+        let slots = self.slots.get_or_init(|| {
+            (0..CODE_SLOTS).map(|_| OnceLock::new()).collect()
+        });
+        slots[index].get_or_init(|| label(code)).inc();
+    }
+}
+
+impl std::fmt::Debug for CodeCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeCounters")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Per-route runtime state.
 #[derive(Debug, Default)]
 pub struct RouteState {
     /// Position in the route's split schedule.
     pub split_cursor: AtomicU64,
+    /// Request counters by `listener * splits + split`.
+    pub counters: Vec<CodeCounters>,
+}
+
+impl RouteState {
+    /// The counters of requests that came on `listener` and went to `split`.
+    pub fn counters(&self, listener: usize, split: usize, splits: usize) -> Option<&CodeCounters> {
+        self.counters.get(listener * splits + split)
+    }
 }
 
 /// One applied policy and its runtime state.
@@ -31,7 +89,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot, taking over the pool of every upstream of `previous` whose name and
     /// spec are unchanged.
-    pub fn build(policy: CompiledPolicy, previous: Option<&Snapshot>, version: u64) -> Snapshot {
+    pub fn build(
+        policy: CompiledPolicy,
+        previous: Option<&Snapshot>,
+        version: u64,
+        requests_total: &IntCounterVec,
+    ) -> Snapshot {
         let upstreams = policy
             .upstreams
             .iter()
@@ -45,7 +108,23 @@ impl Snapshot {
         let routes = policy
             .routes
             .iter()
-            .map(|_| RouteState::default())
+            .map(|route| RouteState {
+                split_cursor: AtomicU64::new(0),
+                counters: policy
+                    .listeners
+                    .iter()
+                    .flat_map(|listener| {
+                        route.splits.iter().map(|split| {
+                            CodeCounters::new(
+                                requests_total,
+                                &listener.name,
+                                &route.name,
+                                &policy.upstreams[split.upstream].name,
+                            )
+                        })
+                    })
+                    .collect(),
+            })
             .collect();
         Snapshot {
             policy,

@@ -26,6 +26,11 @@ use request::{key_hash, request_host, HeaderView};
 /// copy is removed before routing.
 const IDENTITY_HEADERS: &[&str] = &["x-forwarded-client-cert"];
 
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+const HTTP_SCHEME: http::HeaderValue = http::HeaderValue::from_static("http");
+
 /// meshgate's proxy logic.
 pub struct MeshProxy {
     store: Arc<PolicyStore>,
@@ -46,6 +51,8 @@ pub struct RequestCtx {
     listener: Option<usize>,
     route: Option<usize>,
     upstream: Option<usize>,
+    /// Index of the chosen split in the route.
+    split: Option<usize>,
     /// The endpoint whose in-flight count this request holds.
     endpoint: Option<usize>,
     /// Address of the last endpoint chosen, for the access log.
@@ -116,6 +123,7 @@ impl ProxyHttp for MeshProxy {
             listener: None,
             route: None,
             upstream: None,
+            split: None,
             endpoint: None,
             last_endpoint: None,
             reason: None,
@@ -182,6 +190,7 @@ impl ProxyHttp for MeshProxy {
         };
         let split = route.split_schedule[slot % route.split_schedule.len()] as usize;
         let upstream_index = route.splits[split].upstream;
+        ctx.split = Some(split);
         ctx.upstream = Some(upstream_index);
         let upstream = &snapshot.upstreams[upstream_index];
 
@@ -213,17 +222,17 @@ impl ProxyHttp for MeshProxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(ip) = client_ip(session) {
-            let forwarded_for = match upstream_request.headers.get("x-forwarded-for") {
+            let forwarded_for = match upstream_request.headers.get(&X_FORWARDED_FOR) {
                 Some(existing) => {
                     format!("{}, {ip}", String::from_utf8_lossy(existing.as_bytes()))
                 }
                 None => ip.to_string(),
             };
-            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+            upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        upstream_request.insert_header(X_FORWARDED_PROTO, HTTP_SCHEME.clone())?;
         if let Some(host) = request_host(session.req_header()).map(str::to_owned) {
-            upstream_request.insert_header("x-forwarded-host", host.as_str())?;
+            upstream_request.insert_header(X_FORWARDED_HOST, host.as_str())?;
             // An HTTP/2 client sends only `:authority`; an HTTP/1.1 upstream needs `Host`.
             if upstream_request.headers.get(http::header::HOST).is_none() {
                 upstream_request.insert_header(http::header::HOST, host.as_str())?;
@@ -292,13 +301,27 @@ impl ProxyHttp for MeshProxy {
         let upstream_state = ctx.upstream.map(|i| &snapshot.upstreams[i]);
         let upstream = upstream_state.map_or("", |u| u.spec.name.as_str());
         let reason = ctx.reason.map_or("", Reason::token);
-        let status_code = http::StatusCode::from_u16(status).ok();
-        let code = status_code.as_ref().map_or("0", |s| s.as_str());
-        self.telemetry
-            .metrics
-            .requests_total
-            .with_label_values(&[listener, route, upstream, code, reason])
-            .inc();
+        let resolved = match (ctx.reason, ctx.listener, ctx.route, ctx.split) {
+            (None, Some(listener), Some(route), Some(split)) => snapshot.routes[route].counters(
+                listener,
+                split,
+                snapshot.policy.routes[route].splits.len(),
+            ),
+            _ => None,
+        };
+        match resolved {
+            Some(counters) => counters.inc(status),
+            // Gateway-made answers carry a reason token; they are the rare path.
+            None => {
+                let status_code = http::StatusCode::from_u16(status).ok();
+                let code = status_code.as_ref().map_or("0", |s| s.as_str());
+                self.telemetry
+                    .metrics
+                    .requests_total
+                    .with_label_values(&[listener, route, upstream, code, reason])
+                    .inc();
+            }
+        }
 
         if let Some(log) = self.telemetry.access_log().as_ref() {
             let header = session.req_header();
