@@ -42,9 +42,9 @@ impl CodeCounters {
         if index >= CODE_SLOTS {
             return label(code).inc();
         }
-        let slots = self.slots.get_or_init(|| {
-            (0..CODE_SLOTS).map(|_| OnceLock::new()).collect()
-        });
+        let slots = self
+            .slots
+            .get_or_init(|| (0..CODE_SLOTS).map(|_| OnceLock::new()).collect());
         slots[index].get_or_init(|| label(code)).inc();
     }
 }

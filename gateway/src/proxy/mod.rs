@@ -301,14 +301,12 @@ impl ProxyHttp for MeshProxy {
         let upstream_state = ctx.upstream.map(|i| &snapshot.upstreams[i]);
         let upstream = upstream_state.map_or("", |u| u.spec.name.as_str());
         let reason = ctx.reason.map_or("", Reason::token);
-        let resolved = match (ctx.reason, ctx.listener, ctx.route, ctx.split) {
-            (None, Some(listener), Some(route), Some(split)) => snapshot.routes[route].counters(
-                listener,
-                split,
-                snapshot.policy.routes[route].splits.len(),
-            ),
-            _ => None,
-        };
+        let resolved =
+            match (ctx.reason, ctx.listener, ctx.route, ctx.split) {
+                (None, Some(listener), Some(route), Some(split)) => snapshot.routes[route]
+                    .counters(listener, split, snapshot.policy.routes[route].splits.len()),
+                _ => None,
+            };
         match resolved {
             Some(counters) => counters.inc(status),
             // Gateway-made answers carry a reason token; they are the rare path.
