@@ -82,8 +82,35 @@ pub struct UpstreamStatus {
     pub protocol: String,
     /// Requests currently in flight across all endpoints.
     pub in_flight: u64,
+    /// The circuit breaker's limits and counters.
+    pub circuit_breaker: BreakerStatus,
     /// Its endpoints.
     pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One upstream's circuit breaker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakerStatus {
+    /// True while any limit is reached, so new requests would overflow.
+    pub open: bool,
+    /// Limit on requests in flight.
+    pub max_requests: u32,
+    /// Limit on tries waiting for a connection.
+    pub max_pending: u32,
+    /// Limit on connections in use.
+    pub max_connections: u32,
+    /// Limit on retries in flight.
+    pub max_retries: u32,
+    /// Requests in flight.
+    pub active_requests: u64,
+    /// Tries waiting for a connection.
+    pub pending: u64,
+    /// Connections in use.
+    pub active_connections: u64,
+    /// Retries in flight.
+    pub active_retries: u64,
+    /// Requests refused by a limit since the upstream was created.
+    pub overflows_total: u64,
 }
 
 /// One endpoint's state.
@@ -101,6 +128,10 @@ pub struct EndpointStatus {
     pub in_flight: u64,
     /// Requests sent to it since its upstream was created.
     pub requests_total: u64,
+    /// Failures in a row, as outlier detection counts them.
+    pub consecutive_failures: u32,
+    /// Times outlier detection ejected it.
+    pub ejections: u32,
 }
 
 /// `GET /explain` query: the request to explain.

@@ -105,6 +105,28 @@ impl AdminBackend for GatewayAdmin {
                     meshgate_policy::compiled::UpstreamProtocol::H2c => "h2c".into(),
                 },
                 in_flight: upstream.in_flight(),
+                circuit_breaker: {
+                    let limits = upstream.spec.circuit_breaker;
+                    let counters = &upstream.breaker;
+                    let active_requests = counters.active_requests.load(Ordering::Relaxed);
+                    let pending = counters.pending.load(Ordering::Relaxed);
+                    let active_connections = counters.active_connections.load(Ordering::Relaxed);
+                    let active_retries = counters.active_retries.load(Ordering::Relaxed);
+                    BreakerStatus {
+                        open: active_requests >= u64::from(limits.max_requests)
+                            || pending >= u64::from(limits.max_pending)
+                            || active_connections >= u64::from(limits.max_connections),
+                        max_requests: limits.max_requests,
+                        max_pending: limits.max_pending,
+                        max_connections: limits.max_connections,
+                        max_retries: limits.max_retries,
+                        active_requests,
+                        pending,
+                        active_connections,
+                        active_retries,
+                        overflows_total: counters.overflows.load(Ordering::Relaxed),
+                    }
+                },
                 endpoints: upstream
                     .endpoints
                     .iter()
@@ -115,6 +137,8 @@ impl AdminBackend for GatewayAdmin {
                         ejected: e.ejected.load(Ordering::Relaxed),
                         in_flight: e.in_flight.load(Ordering::Relaxed),
                         requests_total: e.requests_total.load(Ordering::Relaxed),
+                        consecutive_failures: e.consecutive_failures.load(Ordering::Relaxed),
+                        ejections: e.ejections.load(Ordering::Relaxed),
                     })
                     .collect(),
             })
@@ -204,8 +228,9 @@ impl AdminBackend for GatewayAdmin {
                             endpoints: upstream
                                 .endpoints
                                 .iter()
-                                .filter(|e| e.eligible())
-                                .map(|e| e.addr.to_string())
+                                .enumerate()
+                                .filter(|(i, _)| upstream.eligible(*i))
+                                .map(|(_, e)| e.addr.to_string())
                                 .collect(),
                         }
                     })

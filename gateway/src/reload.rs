@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
+use crate::upstream::UpstreamState;
 
 /// Where a policy to apply came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,8 @@ struct StoreState {
 
 /// The active policy, its history, and the snapshot the data plane reads.
 pub struct PolicyStore {
+    health_checks: tokio::sync::mpsc::UnboundedSender<Weak<UpstreamState>>,
+    health_receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Weak<UpstreamState>>>>,
     path: PathBuf,
     base_dir: PathBuf,
     current: ArcSwap<Snapshot>,
@@ -91,15 +94,19 @@ impl PolicyStore {
             .map_err(|e| format!("cannot open the access log: {e}"))?;
         telemetry.metrics.policy_version.set(1);
         let hash = policy_hash(&source);
+        let snapshot = Snapshot::build(compiled, None, 1, &telemetry.metrics.requests_total);
+        let (health_checks, health_receiver) = tokio::sync::mpsc::unbounded_channel();
+        for upstream in &snapshot.upstreams {
+            if upstream.spec.health_check.is_some() {
+                let _ = health_checks.send(Arc::downgrade(upstream));
+            }
+        }
         Ok(PolicyStore {
+            health_checks,
+            health_receiver: Mutex::new(Some(health_receiver)),
             path: path.to_path_buf(),
             base_dir,
-            current: ArcSwap::from_pointee(Snapshot::build(
-                compiled,
-                None,
-                1,
-                &telemetry.metrics.requests_total,
-            )),
+            current: ArcSwap::from_pointee(snapshot),
             state: Mutex::new(StoreState {
                 active: PolicyText { source, hash },
                 previous: None,
@@ -113,6 +120,17 @@ impl PolicyStore {
     #[inline]
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// The queue of upstreams whose health checks should start; taken once by the service
+    /// that runs them.
+    pub fn take_health_registrations(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<Weak<UpstreamState>>> {
+        self.health_receiver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 
     /// The policy file's path.
@@ -252,6 +270,12 @@ impl PolicyStore {
             version,
             &self.telemetry.metrics.requests_total,
         );
+        for upstream in &snapshot.upstreams {
+            let new = !old.upstreams.iter().any(|o| Arc::ptr_eq(o, upstream));
+            if new && upstream.spec.health_check.is_some() {
+                let _ = self.health_checks.send(Arc::downgrade(upstream));
+            }
+        }
         self.current.store(Arc::new(snapshot));
         state.next_version += 1;
         let previous = std::mem::replace(

@@ -30,7 +30,7 @@ pub struct RunOptions {
     pub pid_file: String,
 }
 
-/// Starts the access log and the file watcher once Pingora has started (after a daemon fork,
+/// Starts the access log, the health checks and the file watcher once Pingora has started (after a daemon fork,
 /// so their threads live in the serving process).
 struct ControlService {
     store: Arc<PolicyStore>,
@@ -40,6 +40,9 @@ struct ControlService {
 #[async_trait]
 impl BackgroundService for ControlService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Some(registrations) = self.store.take_health_registrations() {
+            tokio::spawn(crate::upstream::health::supervise(registrations));
+        }
         let target = self.store.snapshot().policy.telemetry.access_log.clone();
         if let Err(e) = self.telemetry.configure_access_log(&target) {
             tracing::error!("cannot open the access log: {e}");

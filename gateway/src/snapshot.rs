@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use meshgate_policy::CompiledPolicy;
 use prometheus::{IntCounter, IntCounterVec};
 
+use crate::proxy::RetryBudget;
 use crate::upstream::UpstreamState;
 
 const FIRST_CODE: u16 = 100;
@@ -57,11 +58,57 @@ impl std::fmt::Debug for CodeCounters {
     }
 }
 
+/// A route's header rules, parsed once.
+#[derive(Debug, Default)]
+pub struct HeaderEdits {
+    /// Set, replacing any value.
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Added.
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Removed.
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderEdits {
+    fn new(set: &[(String, String)], add: &[(String, String)], remove: &[String]) -> Self {
+        // The policy crate validated names and values, so nothing is dropped here in practice.
+        let pairs = |list: &[(String, String)]| {
+            list.iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        http::HeaderValue::from_str(value).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        HeaderEdits {
+            set: pairs(set),
+            add: pairs(add),
+            remove: remove
+                .iter()
+                .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
 /// Per-route runtime state.
 #[derive(Debug, Default)]
 pub struct RouteState {
     /// Position in the route's split schedule.
     pub split_cursor: AtomicU64,
+    /// Requests and retries of the last 10 s.
+    pub retry_budget: RetryBudget,
+    /// Header rules for the upstream request.
+    pub request_headers: HeaderEdits,
+    /// Header rules for the response.
+    pub response_headers: HeaderEdits,
     /// Request counters by `listener * splits + split`.
     pub counters: Vec<CodeCounters>,
 }
@@ -110,6 +157,17 @@ impl Snapshot {
             .iter()
             .map(|route| RouteState {
                 split_cursor: AtomicU64::new(0),
+                retry_budget: RetryBudget::default(),
+                request_headers: HeaderEdits::new(
+                    &route.headers.request_set,
+                    &route.headers.request_add,
+                    &route.headers.request_remove,
+                ),
+                response_headers: HeaderEdits::new(
+                    &route.headers.response_set,
+                    &route.headers.response_add,
+                    &route.headers.response_remove,
+                ),
                 counters: policy
                     .listeners
                     .iter()

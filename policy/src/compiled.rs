@@ -135,6 +135,142 @@ pub struct UpstreamSpec {
     pub protocol: UpstreamProtocol,
     /// Endpoint indexes in smooth weighted round-robin order, one full cycle of the weights.
     pub schedule: Vec<u32>,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// Active health checks.
+    pub health_check: Option<HealthCheckSpec>,
+    /// Concurrency limits.
+    pub circuit_breaker: BreakerSpec,
+    /// Passive ejection of failing endpoints.
+    pub outlier_detection: Option<OutlierSpec>,
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckSpec {
+    /// HTTP GET path; a TCP connect check when `None`.
+    pub path: Option<String>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Passing checks in a row to become healthy.
+    pub healthy_threshold: u32,
+    /// Failing checks in a row to become unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+/// Circuit breaker limits of one upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSpec {
+    /// Connections in use at once.
+    pub max_connections: u32,
+    /// Requests waiting for a connection at once.
+    pub max_pending: u32,
+    /// Requests in flight at once.
+    pub max_requests: u32,
+    /// Retries in flight at once.
+    pub max_retries: u32,
+}
+
+/// Outlier detection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierSpec {
+    /// Failures in a row that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// Ejection time per ejection so far.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// Most of the pool ejected at once, in percent.
+    pub max_ejection_percent: u32,
+}
+
+/// When a failed try is retried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Any failure to connect, timeouts included.
+    pub connect_failure: bool,
+    /// The endpoint refused the connection (or an HTTP/2 stream).
+    pub refused: bool,
+    /// The connection broke after it was made, or a read timed out.
+    pub reset: bool,
+    /// Any 5xx response.
+    pub server_error: bool,
+    /// 502, 503 or 504.
+    pub gateway_error: bool,
+    /// These status codes.
+    pub codes: Vec<u16>,
+}
+
+impl RetryOn {
+    /// Whether a response with `status` is retried.
+    pub fn status(&self, status: u16) -> bool {
+        (self.server_error && (500..600).contains(&status))
+            || (self.gateway_error && matches!(status, 502..=504))
+            || self.codes.contains(&status)
+    }
+}
+
+/// A route's retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySpec {
+    /// Retries after the first try.
+    pub retries: u32,
+    /// Conditions.
+    pub on: RetryOn,
+    /// Time limit of each try.
+    pub per_try_timeout: Option<Duration>,
+    /// Base backoff.
+    pub backoff: Duration,
+    /// Retries allowed over 10 s, in percent of requests.
+    pub budget_percent: u32,
+    /// Retries per second always allowed.
+    pub min_retries_per_second: u32,
+    /// Retry non-idempotent requests whose body was sent.
+    pub non_idempotent: bool,
+}
+
+/// Header rewriting of a route; names are lower-case and valid, values valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// Set on the upstream request.
+    pub request_set: Vec<(String, String)>,
+    /// Added to the upstream request.
+    pub request_add: Vec<(String, String)>,
+    /// Removed from the upstream request.
+    pub request_remove: Vec<String>,
+    /// Set on the response.
+    pub response_set: Vec<(String, String)>,
+    /// Added to the response.
+    pub response_add: Vec<(String, String)>,
+    /// Removed from the response.
+    pub response_remove: Vec<String>,
+}
+
+impl HeaderRules {
+    /// Whether any request-side rule exists.
+    pub fn touches_request(&self) -> bool {
+        !(self.request_set.is_empty()
+            && self.request_add.is_empty()
+            && self.request_remove.is_empty())
+    }
+
+    /// Whether any response-side rule exists.
+    pub fn touches_response(&self) -> bool {
+        !(self.response_set.is_empty()
+            && self.response_add.is_empty()
+            && self.response_remove.is_empty())
+    }
+}
+
+/// Fault injection of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSpec {
+    /// Delay and the share of requests (0 to 100) it applies to.
+    pub delay: Option<(Duration, f64)>,
+    /// Abort status and the share of requests (0 to 100) aborted.
+    pub abort: Option<(u16, f64)>,
 }
 
 /// A compiled route.
@@ -152,6 +288,14 @@ pub struct Route {
     pub split_schedule: Vec<u32>,
     /// Makes the split sticky.
     pub split_key: Option<RequestKey>,
+    /// Time limit of the whole request.
+    pub timeout: Option<Duration>,
+    /// Retry policy.
+    pub retry: Option<RetrySpec>,
+    /// Header rewriting.
+    pub headers: HeaderRules,
+    /// Fault injection.
+    pub fault: Option<FaultSpec>,
 }
 
 /// One weighted target of a route.

@@ -20,6 +20,8 @@ use crate::schema::*;
 const MAX_ROUTE_WEIGHT: u32 = 10_000;
 const MAX_ENDPOINT_WEIGHT: u32 = 256;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_BREAKER_LIMIT: u32 = 1024;
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -481,11 +483,30 @@ impl Compiler<'_, '_> {
                     sink.at(&path.key("connect_timeout"), "connect_timeout must be more than zero");
                     ok = false;
                 }
-                if !ok {
+                let errors_before = sink.errors.len();
+                let health_check = spec
+                    .health_check
+                    .as_ref()
+                    .map(|h| compile_health_check(h, &path.key("health_check"), sink));
+                let circuit_breaker = compile_breaker(
+                    spec.circuit_breaker.as_ref(),
+                    &path.key("circuit_breaker"),
+                    sink,
+                );
+                let outlier_detection = spec
+                    .outlier_detection
+                    .as_ref()
+                    .map(|o| compile_outlier(o, &path.key("outlier_detection"), sink));
+                let idle_timeout = spec.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get());
+                if !ok || sink.errors.len() != errors_before {
                     return None;
                 }
                 let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
                 Some(UpstreamSpec {
+                    idle_timeout,
+                    health_check,
+                    circuit_breaker,
+                    outlier_detection,
                     name: spec.name.clone(),
                     schedule: smooth_weighted_schedule(&weights),
                     endpoints,
@@ -591,6 +612,24 @@ impl Compiler<'_, '_> {
                         .ok()
                 });
 
+                let timeout = spec.timeouts.as_ref().and_then(|t| t.request).map(|d| d.get());
+                if timeout.is_some_and(|t| t.is_zero()) {
+                    sink.at(&path.key("timeouts").key("request"), "the request timeout must be more than zero");
+                }
+                let retry = spec
+                    .retry
+                    .as_ref()
+                    .map(|r| compile_retry(r, &path.key("retry"), sink));
+                let headers = spec
+                    .headers
+                    .as_ref()
+                    .map(|h| compile_header_rules(h, &path.key("headers"), sink))
+                    .unwrap_or_default();
+                let fault = spec
+                    .fault
+                    .as_ref()
+                    .map(|f| compile_fault(f, &path.key("fault"), sink));
+
                 if sink.errors.len() != errors_before || splits.len() != spec.split.len() {
                     return None;
                 }
@@ -602,6 +641,10 @@ impl Compiler<'_, '_> {
                     split_schedule: smooth_weighted_schedule(&weights),
                     splits,
                     split_key,
+                    timeout,
+                    retry,
+                    headers,
+                    fault,
                 })
             })
             .collect()
@@ -735,6 +778,309 @@ fn compile_matcher(
         methods,
         headers,
     })
+}
+
+fn positive(value: Option<u32>, default: u32, path: &KeyPath, sink: &mut ErrorSink<'_>) -> u32 {
+    let value = value.unwrap_or(default);
+    if value == 0 {
+        sink.at(path, "must be at least 1");
+    }
+    value
+}
+
+fn nonzero_duration(
+    value: Option<crate::duration::Duration>,
+    default: Duration,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Duration {
+    let value = value.map_or(default, |d| d.get());
+    if value.is_zero() {
+        sink.at(path, "must be more than zero");
+    }
+    value
+}
+
+fn percent(value: Option<f64>, path: &KeyPath, sink: &mut ErrorSink<'_>) -> f64 {
+    let value = value.unwrap_or(0.0);
+    if !(0.0..=100.0).contains(&value) {
+        sink.at(path, "a percentage must be between 0 and 100");
+    }
+    value
+}
+
+fn compile_health_check(
+    spec: &HealthCheckSection,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> HealthCheckSpec {
+    if let Some(check_path) = &spec.path {
+        if !check_path.starts_with('/') || check_path.bytes().any(|b| b.is_ascii_whitespace()) {
+            sink.at(
+                &path.key("path"),
+                "the health check path must start with \"/\" and hold no spaces",
+            );
+        }
+    }
+    let interval = nonzero_duration(
+        spec.interval,
+        Duration::from_secs(5),
+        &path.key("interval"),
+        sink,
+    );
+    let timeout = nonzero_duration(
+        spec.timeout,
+        Duration::from_secs(1),
+        &path.key("timeout"),
+        sink,
+    );
+    if timeout > interval {
+        sink.at(
+            &path.key("timeout"),
+            "the health check timeout must not be longer than its interval",
+        );
+    }
+    HealthCheckSpec {
+        path: spec.path.clone(),
+        interval,
+        timeout,
+        healthy_threshold: positive(
+            spec.healthy_threshold,
+            2,
+            &path.key("healthy_threshold"),
+            sink,
+        ),
+        unhealthy_threshold: positive(
+            spec.unhealthy_threshold,
+            3,
+            &path.key("unhealthy_threshold"),
+            sink,
+        ),
+    }
+}
+
+fn compile_breaker(
+    spec: Option<&CircuitBreakerSection>,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> BreakerSpec {
+    let default = CircuitBreakerSection::default();
+    let spec = spec.unwrap_or(&default);
+    BreakerSpec {
+        max_connections: positive(
+            spec.max_connections,
+            DEFAULT_BREAKER_LIMIT,
+            &path.key("max_connections"),
+            sink,
+        ),
+        max_pending: positive(
+            spec.max_pending,
+            DEFAULT_BREAKER_LIMIT,
+            &path.key("max_pending"),
+            sink,
+        ),
+        max_requests: positive(
+            spec.max_requests,
+            DEFAULT_BREAKER_LIMIT,
+            &path.key("max_requests"),
+            sink,
+        ),
+        max_retries: positive(
+            spec.max_retries,
+            DEFAULT_BREAKER_LIMIT,
+            &path.key("max_retries"),
+            sink,
+        ),
+    }
+}
+
+fn compile_outlier(
+    spec: &OutlierDetectionSection,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> OutlierSpec {
+    let max_ejection_percent = spec.max_ejection_percent.unwrap_or(50);
+    if max_ejection_percent > 100 {
+        sink.at(
+            &path.key("max_ejection_percent"),
+            "must be between 0 and 100",
+        );
+    }
+    let base_ejection = nonzero_duration(
+        spec.base_ejection,
+        Duration::from_secs(30),
+        &path.key("base_ejection"),
+        sink,
+    );
+    let max_ejection = nonzero_duration(
+        spec.max_ejection,
+        Duration::from_secs(300),
+        &path.key("max_ejection"),
+        sink,
+    );
+    if max_ejection < base_ejection {
+        sink.at(
+            &path.key("max_ejection"),
+            "max_ejection must not be shorter than base_ejection",
+        );
+    }
+    OutlierSpec {
+        consecutive_failures: positive(
+            spec.consecutive_failures,
+            5,
+            &path.key("consecutive_failures"),
+            sink,
+        ),
+        base_ejection,
+        max_ejection,
+        max_ejection_percent,
+    }
+}
+
+fn compile_retry(spec: &RetrySection, path: &KeyPath, sink: &mut ErrorSink<'_>) -> RetrySpec {
+    if spec.attempts > 10 {
+        sink.at(&path.key("attempts"), "at most 10 retries");
+    }
+    let mut on = RetryOn::default();
+    match &spec.on {
+        None => {
+            on.connect_failure = true;
+            on.refused = true;
+            on.reset = true;
+            on.gateway_error = true;
+        }
+        Some(conditions) => {
+            if conditions.is_empty() {
+                sink.at(
+                    &path.key("on"),
+                    "on must not be empty; leave it out for the defaults",
+                );
+            }
+            for (i, condition) in conditions.iter().enumerate() {
+                match condition {
+                    RetryCondition::Name(name) => match name.as_str() {
+                        "connect-failure" => on.connect_failure = true,
+                        "refused" => on.refused = true,
+                        "reset" => on.reset = true,
+                        "5xx" => on.server_error = true,
+                        "gateway-error" => on.gateway_error = true,
+                        other => sink.at(
+                            &path.key("on").index(i),
+                            format!("unknown retry condition {other:?}: expected connect-failure, refused, reset, 5xx, gateway-error or a status code"),
+                        ),
+                    },
+                    RetryCondition::Code(code) if (100..600).contains(code) => on.codes.push(*code),
+                    RetryCondition::Code(code) => sink.at(
+                        &path.key("on").index(i),
+                        format!("{code} is not an HTTP status code"),
+                    ),
+                }
+            }
+        }
+    }
+    let per_try_timeout = spec.per_try_timeout.map(|d| d.get());
+    if per_try_timeout.is_some_and(|t| t.is_zero()) {
+        sink.at(&path.key("per_try_timeout"), "must be more than zero");
+    }
+    let budget_percent = spec.budget_percent.unwrap_or(20);
+    if budget_percent > 100 {
+        sink.at(&path.key("budget_percent"), "must be between 0 and 100");
+    }
+    RetrySpec {
+        retries: spec.attempts,
+        on,
+        per_try_timeout,
+        backoff: spec.backoff.map_or(Duration::from_millis(25), |d| d.get()),
+        budget_percent,
+        min_retries_per_second: spec.min_retries_per_second.unwrap_or(10),
+        non_idempotent: spec.retry_non_idempotent.unwrap_or(false),
+    }
+}
+
+fn compile_header_rules(
+    spec: &HeaderRulesSection,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> HeaderRules {
+    let mut pairs = |key: &str, map: &std::collections::BTreeMap<String, String>| {
+        map.iter()
+            .map(|(name, value)| {
+                if !is_header_name(name) {
+                    sink.at(
+                        &path.key(key).key(name),
+                        format!("{name:?} is not a valid header name"),
+                    );
+                }
+                if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    sink.at(
+                        &path.key(key).key(name),
+                        "a header value must not hold CR, LF or NUL",
+                    );
+                }
+                (name.to_ascii_lowercase(), value.clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    let request_set = pairs("request_set", &spec.request_set);
+    let request_add = pairs("request_add", &spec.request_add);
+    let response_set = pairs("response_set", &spec.response_set);
+    let response_add = pairs("response_add", &spec.response_add);
+    let mut names = |key: &str, list: &[String]| {
+        list.iter()
+            .enumerate()
+            .map(|(i, name)| {
+                if !is_header_name(name) {
+                    sink.at(
+                        &path.key(key).index(i),
+                        format!("{name:?} is not a valid header name"),
+                    );
+                }
+                name.to_ascii_lowercase()
+            })
+            .collect::<Vec<_>>()
+    };
+    HeaderRules {
+        request_set,
+        request_add,
+        request_remove: names("request_remove", &spec.request_remove),
+        response_set,
+        response_add,
+        response_remove: names("response_remove", &spec.response_remove),
+    }
+}
+
+fn compile_fault(spec: &FaultSection, path: &KeyPath, sink: &mut ErrorSink<'_>) -> FaultSpec {
+    let delay_percent = percent(
+        spec.delay_percent.or(spec.delay.map(|_| 100.0)),
+        &path.key("delay_percent"),
+        sink,
+    );
+    let abort_percent = percent(
+        spec.abort_percent.or(spec.abort_status.map(|_| 100.0)),
+        &path.key("abort_percent"),
+        sink,
+    );
+    if spec.delay_percent.is_some() && spec.delay.is_none() {
+        sink.at(&path.key("delay_percent"), "delay_percent needs a delay");
+    }
+    if spec.abort_percent.is_some() && spec.abort_status.is_none() {
+        sink.at(
+            &path.key("abort_percent"),
+            "abort_percent needs an abort_status",
+        );
+    }
+    if let Some(status) = spec.abort_status {
+        if !(200..600).contains(&status) {
+            sink.at(
+                &path.key("abort_status"),
+                "abort_status must be a status code from 200 to 599",
+            );
+        }
+    }
+    FaultSpec {
+        delay: spec.delay.map(|d| (d.get(), delay_percent)),
+        abort: spec.abort_status.map(|status| (status, abort_percent)),
+    }
 }
 
 /// The text between `prefix` and the next backquote, such as a key name in serde's messages.

@@ -95,6 +95,58 @@ pub struct UpstreamSection {
     /// Protocol spoken to the endpoints.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// How long an idle pooled connection is kept (default 60s).
+    pub idle_timeout: Option<Duration>,
+    /// Active health checks; none when absent.
+    pub health_check: Option<HealthCheckSection>,
+    /// Concurrency limits; Envoy-like defaults when absent.
+    pub circuit_breaker: Option<CircuitBreakerSection>,
+    /// Passive ejection of failing endpoints; off when absent.
+    pub outlier_detection: Option<OutlierDetectionSection>,
+}
+
+/// `[upstreams.health_check]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// HTTP GET path; a TCP connect check when absent.
+    pub path: Option<String>,
+    /// Time between checks (default 5s).
+    pub interval: Option<Duration>,
+    /// Time a check may take (default 1s).
+    pub timeout: Option<Duration>,
+    /// Passing checks in a row to become healthy (default 2).
+    pub healthy_threshold: Option<u32>,
+    /// Failing checks in a row to become unhealthy (default 3).
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// `[upstreams.circuit_breaker]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSection {
+    /// Upstream connections in use at once (default 1024).
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection at once (default 1024).
+    pub max_pending: Option<u32>,
+    /// Requests in flight at once (default 1024).
+    pub max_requests: Option<u32>,
+    /// Retries in flight at once (default 1024).
+    pub max_retries: Option<u32>,
+}
+
+/// `[upstreams.outlier_detection]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionSection {
+    /// Failures in a row that eject an endpoint (default 5).
+    pub consecutive_failures: Option<u32>,
+    /// Ejection time, multiplied by the number of ejections (default 30s).
+    pub base_ejection: Option<Duration>,
+    /// Longest ejection (default 300s).
+    pub max_ejection: Option<Duration>,
+    /// Most of the pool ejected at once, in percent (default 50).
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// An endpoint as written: a bare address or a table with a weight.
@@ -199,6 +251,90 @@ pub struct RouteSection {
     pub split: Vec<SplitEntry>,
     /// Makes the split sticky: `header:<name>`, `client_ip` or `path`.
     pub split_key: Option<String>,
+    /// Time limits.
+    pub timeouts: Option<TimeoutsSection>,
+    /// Retry policy; no retries when absent.
+    pub retry: Option<RetrySection>,
+    /// Header rewriting.
+    pub headers: Option<HeaderRulesSection>,
+    /// Fault injection.
+    pub fault: Option<FaultSection>,
+}
+
+/// `[routes.timeouts]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// The whole request, every try included.
+    pub request: Option<Duration>,
+}
+
+/// `[routes.retry]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Retries after the first try (as Istio's `attempts`).
+    pub attempts: u32,
+    /// Conditions: `connect-failure`, `refused`, `reset`, `5xx`, `gateway-error`, or a status code.
+    pub on: Option<Vec<RetryCondition>>,
+    /// Time limit of each try.
+    pub per_try_timeout: Option<Duration>,
+    /// Base backoff between tries, with jitter (default 25ms).
+    pub backoff: Option<Duration>,
+    /// Retries allowed over 10 s, in percent of requests (default 20).
+    pub budget_percent: Option<u32>,
+    /// Retries per second always allowed (default 10).
+    pub min_retries_per_second: Option<u32>,
+    /// Retry non-idempotent requests after their body was sent (default false).
+    pub retry_non_idempotent: Option<bool>,
+}
+
+/// One retry condition as written: a name or a status code.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RetryCondition {
+    /// A named condition.
+    Name(String),
+    /// A status code.
+    Code(u16),
+}
+
+/// `[routes.headers]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesSection {
+    /// Set on the request to the upstream, replacing any value.
+    #[serde(default)]
+    pub request_set: BTreeMap<String, String>,
+    /// Added to the request to the upstream.
+    #[serde(default)]
+    pub request_add: BTreeMap<String, String>,
+    /// Removed from the request to the upstream.
+    #[serde(default)]
+    pub request_remove: Vec<String>,
+    /// Set on the response to the client.
+    #[serde(default)]
+    pub response_set: BTreeMap<String, String>,
+    /// Added to the response to the client.
+    #[serde(default)]
+    pub response_add: BTreeMap<String, String>,
+    /// Removed from the response to the client.
+    #[serde(default)]
+    pub response_remove: Vec<String>,
+}
+
+/// `[routes.fault]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSection {
+    /// Delay added to delayed requests.
+    pub delay: Option<Duration>,
+    /// Share of requests delayed, in percent.
+    pub delay_percent: Option<f64>,
+    /// Status of aborted requests.
+    pub abort_status: Option<u16>,
+    /// Share of requests aborted, in percent.
+    pub abort_percent: Option<f64>,
 }
 
 /// `[routes.match]`; every condition present must hold.

@@ -92,23 +92,23 @@ fn keys_of_later_features_are_refused_as_unknown_never_ignored() {
 [[upstreams]]
 name = "u"
 endpoints = ["10.0.0.1:80"]
-[upstreams.health_check]
-path = "/healthz"
+[upstreams.tls]
+sni = "u.internal"
 [[routes]]
 name = "r"
 split = [{ upstream = "u" }]
-[routes.retry]
-attempts = 2
+[routes.rate_limit]
+requests_per_second = 2
 [rate_limit_store]
 redis = "redis://127.0.0.1/0"
 "#;
     let errors = refused(source);
     assert!(
-        has(&errors, 5, "upstreams[0].health_check", "unknown field"),
+        has(&errors, 5, "upstreams[0].tls", "unknown field"),
         "{errors:#?}"
     );
     assert!(
-        has(&errors, 10, "routes[0].retry", "unknown field"),
+        has(&errors, 10, "routes[0].rate_limit", "unknown field"),
         "{errors:#?}"
     );
     assert!(

@@ -5,8 +5,10 @@
 
 mod reason;
 mod request;
+mod retry;
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,10 +19,15 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::reload::PolicyStore;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{HeaderEdits, Snapshot};
 use crate::telemetry::Telemetry;
+use crate::upstream::{breaker_give_back, Overflow, UpstreamState};
 pub use reason::{Reason, REASON_HEADER};
 use request::{key_hash, request_host, HeaderView};
+pub use retry::RetryBudget;
+
+/// Response header naming the circuit breaker limit that refused a request.
+pub const OVERFLOW_HEADER: &str = "x-meshgate-overflow";
 
 /// Headers that carry a caller's identity: only the gateway may set them, so any incoming
 /// copy is removed before routing.
@@ -60,15 +67,66 @@ pub struct RequestCtx {
     reason: Option<Reason>,
     /// Status of a response the gateway wrote itself after a failure.
     error_status: u16,
+    /// When the route's request timeout runs out.
+    deadline: Option<Instant>,
+    /// Retries taken so far.
+    retries: u32,
+    /// Whether this request holds a unit of the upstream's `active_requests`.
+    holds_request: bool,
+    /// Units of the upstream's `active_retries` this request holds.
+    held_retries: u32,
+    /// Whether the current try waits for a connection (`pending`).
+    holds_pending: bool,
+    /// Whether the current try uses a connection (`active_connections`).
+    holds_connection: bool,
+    /// The breaker limit that refused the request.
+    overflow: Option<Overflow>,
+    /// The endpoint of the previous try, avoided by a retry.
+    previous_endpoint: Option<usize>,
+    /// Set when `upstream_response_filter` turned a response into a retry.
+    retry_on_status: bool,
 }
 
 impl RequestCtx {
-    /// Gives back the in-flight slot of the current endpoint, if any.
-    fn release_endpoint(&mut self) {
-        if let (Some(snapshot), Some(upstream), Some(endpoint)) =
-            (&self.snapshot, self.upstream, self.endpoint.take())
-        {
-            snapshot.upstreams[upstream].release(endpoint);
+    fn upstream_state(&self) -> Option<&Arc<UpstreamState>> {
+        Some(&self.snapshot.as_ref()?.upstreams[self.upstream?])
+    }
+
+    /// Ends the current try: gives back its endpoint, pending and connection units.
+    fn end_try(&mut self) {
+        let Some(upstream) = self.upstream_state().cloned() else {
+            return;
+        };
+        if let Some(endpoint) = self.endpoint.take() {
+            upstream.release(endpoint);
+            self.previous_endpoint = Some(endpoint);
+        }
+        if std::mem::take(&mut self.holds_pending) {
+            breaker_give_back(&upstream.breaker.pending);
+        }
+        if std::mem::take(&mut self.holds_connection) {
+            breaker_give_back(&upstream.breaker.active_connections);
+        }
+    }
+
+    /// Ends the request: the current try and every breaker unit it holds.
+    fn end_request(&mut self) {
+        self.end_try();
+        let Some(upstream) = self.upstream_state().cloned() else {
+            return;
+        };
+        if std::mem::take(&mut self.holds_request) {
+            breaker_give_back(&upstream.breaker.active_requests);
+        }
+        for _ in 0..std::mem::take(&mut self.held_retries) {
+            breaker_give_back(&upstream.breaker.active_retries);
+        }
+    }
+
+    /// Records the outcome of the current try for outlier detection.
+    fn report(&self, success: bool) {
+        if let (Some(upstream), Some(endpoint)) = (self.upstream_state(), self.endpoint) {
+            upstream.report_outcome(endpoint, success);
         }
     }
 }
@@ -82,9 +140,23 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
 }
 
 /// Writes a gateway-made, empty response with its reason token.
-async fn respond_with_reason(session: &mut Session, reason: Reason) -> Result<()> {
-    let mut response = ResponseHeader::build(reason.status(), Some(2))?;
+async fn respond_with_reason(
+    session: &mut Session,
+    status: u16,
+    reason: Reason,
+    overflow: Option<Overflow>,
+    closing: bool,
+) -> Result<()> {
+    let mut response = ResponseHeader::build(status, Some(4))?;
     response.insert_header(REASON_HEADER, reason.token())?;
+    // Tell an HTTP/1.1 client when the connection ends with this answer, so that it does not
+    // send its next request on a connection about to close.
+    if closing && !session.as_downstream().is_http2() {
+        response.insert_header(http::header::CONNECTION, "close")?;
+    }
+    if let Some(overflow) = overflow {
+        response.insert_header(OVERFLOW_HEADER, overflow.limit())?;
+    }
     response.insert_header(http::header::CONTENT_LENGTH, "0")?;
     session
         .write_response_header(Box::new(response), true)
@@ -128,6 +200,15 @@ impl ProxyHttp for MeshProxy {
             last_endpoint: None,
             reason: None,
             error_status: 0,
+            deadline: None,
+            retries: 0,
+            holds_request: false,
+            held_retries: 0,
+            holds_pending: false,
+            holds_connection: false,
+            overflow: None,
+            previous_endpoint: None,
+            retry_on_status: false,
         }
     }
 
@@ -157,17 +238,35 @@ impl ProxyHttp for MeshProxy {
                 .policy
                 .match_route(listener, &HeaderView(session.req_header()))
         });
-        match route {
-            Some(route) => {
-                ctx.route = Some(route);
-                Ok(false)
+        let Some(route_index) = route else {
+            ctx.reason = Some(Reason::NoRoute);
+            respond_with_reason(session, 404, Reason::NoRoute, None, false).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route_index);
+        let route = &snapshot.policy.routes[route_index];
+        ctx.deadline = route.timeout.map(|t| ctx.started + t);
+        if route.retry.is_some() {
+            snapshot.routes[route_index].retry_budget.record_request();
+            // Keep the request body (up to Pingora's retry buffer) so a retry can send it again.
+            session.as_mut().enable_retry_buffering();
+        }
+        if let Some(fault) = &route.fault {
+            let roll = || rand::random::<f64>() * 100.0;
+            if let Some((status, percent)) = fault.abort {
+                if roll() < percent {
+                    ctx.reason = Some(Reason::FaultAbort);
+                    respond_with_reason(session, status, Reason::FaultAbort, None, false).await?;
+                    return Ok(true);
+                }
             }
-            None => {
-                ctx.reason = Some(Reason::NoRoute);
-                respond_with_reason(session, Reason::NoRoute).await?;
-                Ok(true)
+            if let Some((delay, percent)) = fault.delay {
+                if roll() < percent {
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -175,51 +274,131 @@ impl ProxyHttp for MeshProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        // Pingora calls this again for a retry: give back the previous endpoint first.
-        ctx.release_endpoint();
+        // Pingora calls this again for each retry: end the previous try first.
+        ctx.end_try();
         let snapshot = ctx.snapshot.clone().expect("set in early_request_filter");
         let route_index = ctx.route.expect("set in request_filter");
         let route = &snapshot.policy.routes[route_index];
         let header = session.req_header();
 
-        let slot = match &route.split_key {
-            Some(key) => key_hash(key, header, client_ip(session)) as usize,
-            None => snapshot.routes[route_index]
-                .split_cursor
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize,
-        };
-        let split = route.split_schedule[slot % route.split_schedule.len()] as usize;
-        let upstream_index = route.splits[split].upstream;
-        ctx.split = Some(split);
-        ctx.upstream = Some(upstream_index);
-        let upstream = &snapshot.upstreams[upstream_index];
+        let retrying = ctx.upstream.is_some();
+        if !retrying {
+            let slot = match &route.split_key {
+                Some(key) => key_hash(key, header, client_ip(session)) as usize,
+                None => snapshot.routes[route_index]
+                    .split_cursor
+                    .fetch_add(1, Ordering::Relaxed) as usize,
+            };
+            let split = route.split_schedule[slot % route.split_schedule.len()] as usize;
+            ctx.split = Some(split);
+            ctx.upstream = Some(route.splits[split].upstream);
+        }
+        let upstream = snapshot.upstreams[ctx.upstream.expect("chosen above")].clone();
+
+        if retrying {
+            if let Some(retry) = &route.retry {
+                // Exponential backoff with full jitter, never past the request's deadline.
+                let ceiling = retry
+                    .backoff
+                    .saturating_mul(1 << ctx.retries.saturating_sub(1).min(6));
+                let mut pause = ceiling.mul_f64(rand::random::<f64>());
+                if let Some(deadline) = ctx.deadline {
+                    pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+                }
+                tokio::time::sleep(pause).await;
+            }
+        } else if let Err(overflow) = upstream.admit_request() {
+            return refuse_overflow(ctx, overflow);
+        } else {
+            ctx.holds_request = true;
+        }
+
+        let remaining = ctx
+            .deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        if remaining.is_some_and(|r| r.is_zero()) {
+            ctx.reason = Some(Reason::UpstreamTimeout);
+            return Error::e_explain(
+                ErrorType::HTTPStatus(Reason::UpstreamTimeout.status()),
+                "the route's request timeout ran out",
+            );
+        }
+        if let Err(overflow) = upstream.admit_connect() {
+            return refuse_overflow(ctx, overflow);
+        }
+        ctx.holds_pending = true;
 
         let hash_input = upstream
             .spec
             .hash_key
             .as_ref()
-            .map(|key| key_hash(key, header, client_ip(session)).to_le_bytes());
-        match upstream.acquire(hash_input.as_ref().map(|h| h.as_slice())) {
-            Some(endpoint) => {
-                ctx.endpoint = Some(endpoint);
-                ctx.last_endpoint = Some(upstream.endpoints[endpoint].addr);
-                Ok(Box::new(upstream.endpoints[endpoint].peer.clone()))
-            }
-            None => {
-                ctx.reason = Some(Reason::NoHealthyUpstream);
-                Error::e_explain(
-                    ErrorType::HTTPStatus(Reason::NoHealthyUpstream.status()),
-                    "every endpoint is unhealthy or ejected",
-                )
+            .map(|key| key_hash(key, session.req_header(), client_ip(session)).to_le_bytes());
+        let hash_input = hash_input.as_ref().map(|h| h.as_slice());
+        let mut chosen = upstream.acquire(hash_input);
+        // A retry goes to another endpoint where there is one.
+        if retrying && chosen.is_some() && chosen == ctx.previous_endpoint {
+            for _ in 0..upstream.endpoints.len() {
+                if let Some(endpoint) = chosen {
+                    upstream.release(endpoint);
+                }
+                chosen = upstream.acquire(hash_input);
+                if chosen != ctx.previous_endpoint {
+                    break;
+                }
             }
         }
+        let Some(endpoint) = chosen else {
+            ctx.reason = Some(Reason::NoHealthyUpstream);
+            return Error::e_explain(
+                ErrorType::HTTPStatus(Reason::NoHealthyUpstream.status()),
+                "every endpoint is unhealthy or ejected",
+            );
+        };
+        ctx.endpoint = Some(endpoint);
+        ctx.last_endpoint = Some(upstream.endpoints[endpoint].addr);
+
+        let mut peer = upstream.endpoints[endpoint].peer.clone();
+        let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
+        let try_limit = match (per_try, remaining) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(limit) = try_limit {
+            peer.options.read_timeout = Some(limit);
+            peer.options.write_timeout = Some(limit);
+            peer.options.total_connection_timeout = Some(limit.min(upstream.spec.connect_timeout));
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(upstream) = ctx.upstream_state().cloned() {
+            if std::mem::take(&mut ctx.holds_pending) {
+                breaker_give_back(&upstream.breaker.pending);
+            }
+            upstream
+                .breaker
+                .active_connections
+                .fetch_add(1, Ordering::AcqRel);
+            ctx.holds_connection = true;
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(ip) = client_ip(session) {
             let forwarded_for = match upstream_request.headers.get(&X_FORWARDED_FOR) {
@@ -238,19 +417,114 @@ impl ProxyHttp for MeshProxy {
                 upstream_request.insert_header(http::header::HOST, host.as_str())?;
             }
         }
+        if let (Some(snapshot), Some(route)) = (&ctx.snapshot, ctx.route) {
+            let edits = &snapshot.routes[route].request_headers;
+            if !edits.is_empty() {
+                for name in &edits.remove {
+                    upstream_request.remove_header(name);
+                }
+                for (name, value) in &edits.set {
+                    upstream_request.insert_header(name.clone(), value.clone())?;
+                }
+                for (name, value) in &edits.add {
+                    upstream_request.append_header(name.clone(), value.clone())?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if status < 200 {
+            return Ok(());
+        }
+        ctx.report(status < 500);
+        let retried = ctx.snapshot.clone().and_then(|snapshot| {
+            let retry = snapshot.policy.routes[ctx.route?].retry.as_ref()?;
+            retry.on.status(status).then_some(())?;
+            self.take_retry(session, ctx, true).then_some(())
+        });
+        if retried.is_some() {
+            ctx.retry_on_status = true;
+            return Error::e_explain(
+                ErrorType::HTTPStatus(status),
+                "retrying on the response status",
+            );
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(snapshot), Some(route)) = (&ctx.snapshot, ctx.route) {
+            apply_response_edits(&snapshot.routes[route].response_headers, upstream_response)?;
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        error: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut error = error.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.retry_on_status) {
+            // The retry was decided (and counted) when the status arrived.
+            error.set_retry(true);
+            ctx.end_try();
+            return error;
+        }
+        let after_connect_retry = ctx.snapshot.clone().is_some_and(|snapshot| {
+            ctx.route
+                .and_then(|route| snapshot.policy.routes[route].retry.as_ref())
+                .is_some_and(|retry| retry::reset_retried(&retry.on))
+        });
+        ctx.report(false);
+        let retry = if after_connect_retry {
+            self.take_retry(session, ctx, true)
+        } else {
+            // Without a retry policy, keep Pingora's safe default: an idempotent request that
+            // failed on a reused keepalive connection (closed by the upstream meanwhile) is
+            // sent once more on a fresh one.
+            session.req_header().method.is_idempotent()
+                && !session.as_ref().retry_buffer_truncated()
+                && client_reused
+        };
+        error.set_retry(retry);
+        ctx.end_try();
+        error
     }
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut error: Box<Error>,
     ) -> Box<Error> {
-        // Retries are the resilience policy's decision, not Pingora's default.
-        error.set_retry(false);
-        ctx.release_endpoint();
+        ctx.report(false);
+        let wanted = ctx.snapshot.clone().is_some_and(|snapshot| {
+            ctx.route
+                .and_then(|route| snapshot.policy.routes[route].retry.as_ref())
+                .is_some_and(|retry| retry::connect_failure_retried(&retry.on, error.etype()))
+        });
+        // Nothing was sent yet, so any method may be retried.
+        let retry = wanted && self.take_retry(session, ctx, false);
+        error.set_retry(retry);
+        ctx.end_try();
         error
     }
 
@@ -271,7 +545,9 @@ impl ProxyHttp for MeshProxy {
         ctx.error_status = status;
         if status > 0 && session.response_written().is_none() {
             let written = match reason {
-                Some(reason) => respond_with_reason(session, reason).await,
+                Some(reason) => {
+                    respond_with_reason(session, status, reason, ctx.overflow, true).await
+                }
                 None => session.respond_error(status).await,
             };
             if let Err(e) = written {
@@ -285,7 +561,7 @@ impl ProxyHttp for MeshProxy {
     }
 
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
-        ctx.release_endpoint();
+        ctx.end_request();
         let Some(snapshot) = ctx.snapshot.as_ref() else {
             return;
         };
@@ -341,6 +617,86 @@ impl ProxyHttp for MeshProxy {
             ));
         }
     }
+}
+
+impl MeshProxy {
+    /// Decides whether a failed try is retried, and if so takes the retry from the route's
+    /// budget and the upstream's breaker. `sent` is whether the request already went out.
+    /// A retry of a request that never reached an upstream (`sent == false`) moves the
+    /// request rather than adding work, so it does not draw on the budget; `attempts` and
+    /// `max_retries` still bound it.
+    fn take_retry(&self, session: &Session, ctx: &mut RequestCtx, sent: bool) -> bool {
+        let Some(snapshot) = ctx.snapshot.clone() else {
+            return false;
+        };
+        let Some(route_index) = ctx.route else {
+            return false;
+        };
+        let Some(retry) = snapshot.policy.routes[route_index].retry.as_ref() else {
+            return false;
+        };
+        if ctx.retries >= retry.retries {
+            return false;
+        }
+        if sent && !retry.non_idempotent && !session.req_header().method.is_idempotent() {
+            return false;
+        }
+        if session.as_ref().retry_buffer_truncated() {
+            return false;
+        }
+        if ctx
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return false;
+        }
+        let Some(upstream) = ctx.upstream_state().cloned() else {
+            return false;
+        };
+        if sent
+            && !snapshot.routes[route_index]
+                .retry_budget
+                .try_retry(retry.budget_percent, retry.min_retries_per_second)
+        {
+            return false;
+        }
+        if !upstream.admit_retry() {
+            return false;
+        }
+        ctx.held_retries += 1;
+        ctx.retries += 1;
+        self.telemetry
+            .metrics
+            .retries_total
+            .with_label_values(&[snapshot.policy.routes[route_index].name.as_str()])
+            .inc();
+        true
+    }
+}
+
+fn refuse_overflow(ctx: &mut RequestCtx, overflow: Overflow) -> Result<Box<HttpPeer>> {
+    ctx.reason = Some(Reason::Overflow);
+    ctx.overflow = Some(overflow);
+    Error::e_explain(
+        ErrorType::HTTPStatus(Reason::Overflow.status()),
+        "the upstream's circuit breaker is full",
+    )
+}
+
+fn apply_response_edits(edits: &HeaderEdits, response: &mut ResponseHeader) -> Result<()> {
+    if edits.is_empty() {
+        return Ok(());
+    }
+    for name in &edits.remove {
+        response.remove_header(name);
+    }
+    for (name, value) in &edits.set {
+        response.insert_header(name.clone(), value.clone())?;
+    }
+    for (name, value) in &edits.add {
+        response.append_header(name.clone(), value.clone())?;
+    }
+    Ok(())
 }
 
 fn or_dash(value: &str) -> &str {

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     /// `meshgate_access_log_dropped_total`.
     pub access_log_dropped: IntCounter,
+    /// `meshgate_retries_total{route}`.
+    pub retries_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -46,6 +48,11 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind.",
         )
         .expect("static metric definition");
+        let retries_total = IntCounterVec::new(
+            Opts::new("meshgate_retries_total", "Retries taken, by route."),
+            &["route"],
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("meshgate_build_info", "Build information; always 1."),
             &["version"],
@@ -59,6 +66,7 @@ impl Metrics {
             Box::new(policy_version.clone()),
             Box::new(policy_reloads.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(retries_total.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -71,6 +79,7 @@ impl Metrics {
             policy_version,
             policy_reloads,
             access_log_dropped,
+            retries_total,
         }
     }
 

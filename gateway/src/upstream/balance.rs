@@ -38,7 +38,7 @@ impl UpstreamState {
         let len = schedule.len();
         (0..len)
             .map(|offset| schedule[(start + offset) % len] as usize)
-            .find(|&index| self.endpoints[index].eligible())
+            .find(|&index| self.eligible(index))
     }
 
     /// Power of two random choices on in-flight requests per unit of weight, as Envoy and
@@ -46,7 +46,7 @@ impl UpstreamState {
     fn select_least_request(&self) -> Option<usize> {
         let count = self.endpoints.len();
         if count == 1 {
-            return self.endpoints[0].eligible().then_some(0);
+            return self.eligible(0).then_some(0);
         }
         let mut rng = rand::rng();
         let first = rng.random_range(0..count);
@@ -62,10 +62,7 @@ impl UpstreamState {
                 u64::from(endpoint.weight),
             )
         };
-        let candidates = match (
-            self.endpoints[first].eligible(),
-            self.endpoints[second].eligible(),
-        ) {
+        let candidates = match (self.eligible(first), self.eligible(second)) {
             (true, true) => {
                 let (first_load, first_weight) = load(first);
                 let (second_load, second_weight) = load(second);
@@ -79,7 +76,7 @@ impl UpstreamState {
             (false, false) => 0..count,
         };
         candidates
-            .filter(|&index| self.endpoints[index].eligible())
+            .filter(|&index| self.eligible(index))
             .min_by_key(|&index| {
                 let (in_flight, weight) = load(index);
                 in_flight * 1024 / weight.max(1)
@@ -93,7 +90,7 @@ impl UpstreamState {
         ring.node_iter(key)
             .take(self.endpoints.len() * 160)
             .filter_map(|addr| positions.get(addr).copied())
-            .find(|&index| self.endpoints[index].eligible())
+            .find(|&index| self.eligible(index))
     }
 }
 
@@ -102,7 +99,8 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use meshgate_policy::compiled::{
-        smooth_weighted_schedule, Balance, EndpointSpec, UpstreamProtocol, UpstreamSpec,
+        smooth_weighted_schedule, Balance, BreakerSpec, EndpointSpec, UpstreamProtocol,
+        UpstreamSpec,
     };
 
     use super::UpstreamState;
@@ -124,6 +122,15 @@ mod tests {
             hash_key: None,
             connect_timeout: std::time::Duration::from_secs(1),
             protocol: UpstreamProtocol::Http1,
+            idle_timeout: std::time::Duration::from_secs(60),
+            health_check: None,
+            circuit_breaker: BreakerSpec {
+                max_connections: 10,
+                max_pending: 10,
+                max_requests: 10,
+                max_retries: 10,
+            },
+            outlier_detection: None,
         })
     }
 
@@ -133,6 +140,9 @@ mod tests {
         let picks: Vec<usize> = (0..8).map(|_| pool.select(None).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
         pool.endpoints[0].ejected.store(true, Ordering::Relaxed);
+        pool.endpoints[0]
+            .ejected_until_ms
+            .store(u64::MAX, Ordering::Relaxed);
         assert!((0..8).all(|_| pool.select(None) == Some(1)));
         pool.endpoints[1].healthy.store(false, Ordering::Relaxed);
         assert_eq!(pool.select(None), None);

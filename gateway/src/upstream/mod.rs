@@ -5,10 +5,14 @@
 //! health and (in Pingora's pool, keyed by peer) connections carry over.
 
 mod balance;
+mod breaker;
+pub mod health;
+mod outlier;
+pub use outlier::now_ms;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use meshgate_policy::compiled::{Balance, UpstreamProtocol, UpstreamSpec};
 use pingora::protocols::ALPN;
@@ -31,14 +35,12 @@ pub struct EndpointState {
     pub healthy: AtomicBool,
     /// Outlier detection's view.
     pub ejected: AtomicBool,
-}
-
-impl EndpointState {
-    /// Whether the endpoint may take requests now.
-    #[inline]
-    pub fn eligible(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.ejected.load(Ordering::Relaxed)
-    }
+    /// Failures in a row (5xx, connect failures, resets).
+    pub consecutive_failures: AtomicU32,
+    /// Times outlier detection ejected it.
+    pub ejections: AtomicU32,
+    /// When the current ejection ends, in ms since the process started.
+    ejected_until_ms: AtomicU64,
 }
 
 /// An upstream pool.
@@ -49,7 +51,13 @@ pub struct UpstreamState {
     pub endpoints: Vec<EndpointState>,
     cursor: AtomicU64,
     ring: Option<(pingora_ketama::Continuum, HashMap<SocketAddr, usize>)>,
+    /// Circuit breaker counters.
+    pub breaker: breaker::BreakerState,
+    /// Endpoints ejected now.
+    ejected_count: AtomicU32,
 }
+
+pub use breaker::{give_back as breaker_give_back, BreakerState, Overflow};
 
 impl std::fmt::Debug for UpstreamState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,6 +77,7 @@ impl UpstreamState {
             .map(|endpoint| {
                 let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
                 peer.options.connection_timeout = Some(spec.connect_timeout);
+                peer.options.idle_timeout = Some(spec.idle_timeout);
                 if spec.protocol == UpstreamProtocol::H2c {
                     peer.options.alpn = ALPN::H2;
                     peer.options.max_h2_streams = 128;
@@ -81,6 +90,9 @@ impl UpstreamState {
                     requests_total: AtomicU64::new(0),
                     healthy: AtomicBool::new(true),
                     ejected: AtomicBool::new(false),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejections: AtomicU32::new(0),
+                    ejected_until_ms: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -103,7 +115,20 @@ impl UpstreamState {
             endpoints,
             cursor: AtomicU64::new(0),
             ring,
+            breaker: breaker::BreakerState::default(),
+            ejected_count: AtomicU32::new(0),
         }
+    }
+
+    /// Whether endpoint `index` may take requests now: healthy, and not ejected (an ejection
+    /// whose time is up ends here, and the endpoint comes back on probation).
+    #[inline]
+    pub fn eligible(&self, index: usize) -> bool {
+        let endpoint = &self.endpoints[index];
+        if !endpoint.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        !endpoint.ejected.load(Ordering::Relaxed) || self.end_ejection_if_due(index)
     }
 
     /// Requests in flight across every endpoint.

@@ -29,6 +29,25 @@ pub async fn start_echo(name: &str) -> SocketAddr {
     addr
 }
 
+/// Starts an in-process upstream that answers `status` after `delay`; returns its address,
+/// its config (with the count of requests it received) and its task, whose abort stops it
+/// accepting connections.
+pub async fn start_upstream(
+    name: &str,
+    status: u16,
+    delay: Duration,
+) -> (
+    SocketAddr,
+    std::sync::Arc<meshgate_echo::Config>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = meshgate_echo::Config::with_behaviour(name, 64, status, delay);
+    let task = tokio::spawn(meshgate_echo::serve(listener, config.clone()));
+    (addr, config, task)
+}
+
 /// A running gateway process and its files.
 pub struct Gateway {
     child: Child,

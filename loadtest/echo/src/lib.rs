@@ -5,7 +5,9 @@
 //! request gets a fixed body. HTTP/1.1 and h2c are both served.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,14 +22,33 @@ pub struct Config {
     pub name: String,
     /// The fixed response body.
     pub body: Bytes,
+    /// Status of every response except `/headers` (200 unless set to fail).
+    pub status: u16,
+    /// Wait before answering.
+    pub delay: Duration,
+    /// Requests received.
+    pub requests: AtomicU64,
 }
 
 impl Config {
-    /// A config with a body of `body_size` bytes.
+    /// A healthy server with a body of `body_size` bytes.
     pub fn new(name: &str, body_size: usize) -> Arc<Config> {
+        Self::with_behaviour(name, body_size, 200, Duration::ZERO)
+    }
+
+    /// A server that answers `status` after `delay`, to play a failing or slow upstream.
+    pub fn with_behaviour(
+        name: &str,
+        body_size: usize,
+        status: u16,
+        delay: Duration,
+    ) -> Arc<Config> {
         Arc::new(Config {
             name: name.to_owned(),
             body: Bytes::from(vec![b'x'; body_size]),
+            status,
+            delay,
+            requests: AtomicU64::new(0),
         })
     }
 }
@@ -36,7 +57,12 @@ async fn handle(
     config: Arc<Config>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    config.requests.fetch_add(1, Ordering::Relaxed);
+    if !config.delay.is_zero() {
+        tokio::time::sleep(config.delay).await;
+    }
     let builder = Response::builder()
+        .status(config.status)
         .header("x-echo-server", config.name.as_str())
         .header("content-type", "text/plain");
     if request.uri().path().starts_with("/headers") {
