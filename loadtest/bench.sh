@@ -15,7 +15,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-ECHO_PORT=18001; BARE_PORT=18079; MESHGATE_PORT=18080; NGINX_PORT=18081; HAPROXY_PORT=18082; ADMIN_PORT=18901
+ECHO_PORT=18001; BARE_PORT=18079; MESHGATE_PORT=18080; RESILIENT_PORT=18083; RESILIENT_ADMIN_PORT=18902; NGINX_PORT=18081; HAPROXY_PORT=18082; ADMIN_PORT=18901
 WORK=$(mktemp -d /tmp/meshgate-bench.XXXXXX)
 RESULTS=loadtest/results
 mkdir -p "$RESULTS"
@@ -82,28 +82,49 @@ run() {
 taskset -c "$LOAD_CPU" target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 -t 1 2>/dev/null &
 PIDS+=($!)
 
-cat > "$WORK/meshgate.toml" <<TOML
+# meshgate_policy PORT ADMIN_PORT [UPSTREAM_KEYS] [ROUTE_KEYS]: a one-route policy.
+meshgate_policy() {
+  cat <<TOML
 version = 1
 [server]
 threads = 1
 [admin]
-listen = "127.0.0.1:$ADMIN_PORT"
+listen = "127.0.0.1:$2"
 [telemetry]
 access_log = "off"
 [[listeners]]
 name = "bench"
-listen = "127.0.0.1:$MESHGATE_PORT"
+listen = "127.0.0.1:$1"
 [[upstreams]]
 name = "echo"
 endpoints = ["127.0.0.1:$ECHO_PORT"]
+${3:-}
 [[routes]]
 name = "all"
 match = { path_prefix = "/" }
 split = [{ upstream = "echo", weight = 100 }]
+${4:-}
 TOML
-MESHGATE_LOG=warn taskset -c "$PROXY_CPU" target/release/meshgate run -c "$WORK/meshgate.toml" \
-  --upgrade-sock "$WORK/upgrade.sock" --pid-file "$WORK/meshgate.pid" 2>"$WORK/meshgate.err" &
+}
+
+start_meshgate() {  # NAME POLICY_FILE
+  MESHGATE_LOG=warn taskset -c "$PROXY_CPU" target/release/meshgate run -c "$2" \
+    --upgrade-sock "$WORK/$1.sock" --pid-file "$WORK/$1.pid" 2>"$WORK/$1.err" &
+}
+
+meshgate_policy "$MESHGATE_PORT" "$ADMIN_PORT" > "$WORK/meshgate.toml"
+start_meshgate plain "$WORK/meshgate.toml"
 MESHGATE_PID=$!; PIDS+=($MESHGATE_PID)
+
+# The same route with the resilience features on: outlier detection, breaker limits that never
+# trip at this load, a retry policy with its budget, and timeouts.
+meshgate_policy "$RESILIENT_PORT" "$RESILIENT_ADMIN_PORT" \
+  'circuit_breaker = { max_requests = 512, max_pending = 512, max_connections = 512, max_retries = 64 }
+outlier_detection = { consecutive_failures = 5 }' \
+  'retry = { attempts = 2, on = ["connect-failure", "5xx"], per_try_timeout = "2s" }
+timeouts = { request = "5s" }' > "$WORK/resilient.toml"
+start_meshgate resilient "$WORK/resilient.toml"
+RESILIENT_PID=$!; PIDS+=($RESILIENT_PID)
 
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<NGINX
@@ -166,6 +187,7 @@ NGINX_PIDS=($NGINX_MASTER $(pgrep -P "$NGINX_MASTER" || true))
   run "direct to upstream" "$ECHO_PORT"
   [ -n "${BARE_PID:-}" ] && run "bare Pingora (baseline)" "$BARE_PORT" "$BARE_PID"
   run "meshgate" "$MESHGATE_PORT" "$MESHGATE_PID"
+  run "meshgate, resilience on" "$RESILIENT_PORT" "$RESILIENT_PID"
   run "nginx" "$NGINX_PORT" "${NGINX_PIDS[@]}"
   run "haproxy" "$HAPROXY_PORT" "$HAPROXY_PID"
 } | tee "$RESULTS/latest.md"

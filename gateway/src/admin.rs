@@ -245,7 +245,9 @@ impl AdminBackend for GatewayAdmin {
     }
 
     fn metrics(&self) -> String {
-        self.telemetry.metrics.render()
+        let mut text = self.telemetry.metrics.render();
+        crate::telemetry::upstream_state::render(&self.store.snapshot(), &mut text);
+        text
     }
 
     fn ready(&self) -> bool {

@@ -2,6 +2,7 @@
 
 mod access_log;
 mod metrics;
+pub mod upstream_state;
 
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
