@@ -324,6 +324,37 @@ async fn health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
     }
     let counts = count_servers(&client(), &gateway.url("/"), 20).await;
     assert_eq!(counts.get("flaky"), Some(&10), "{counts:?}");
+
+    // An upstream added by a reload gets its checks too.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let with_new =
+        format!("{body}\n[[upstreams]]\nname = \"added\"\nendpoints = [\"{dead}\"]\n{check}\n");
+    let response = client()
+        .put(gateway.admin_url("/policy"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(gateway.policy_with_body(&with_new))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let applied = Instant::now();
+    loop {
+        let state = upstreams_json(&gateway).await;
+        let added = state["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "added")
+            .unwrap();
+        if added["endpoints"][0]["healthy"] == false {
+            break;
+        }
+        assert!(
+            applied.elapsed() < Duration::from_secs(3),
+            "added upstream unchecked: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
