@@ -189,15 +189,9 @@ split = [{{ upstream = "v1" }}]
     let client = client();
     let auth = format!("Bearer {TOKEN}");
 
-    let explanation: Value = client
-        .get(gateway.admin_url("/explain?path=/api/orders&header=x-team:b"))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let explanation = gateway
+        .admin_json("/explain?path=/api/orders&header=x-team:b")
+        .await;
     assert_eq!(explanation["matched"], "rest", "{explanation}");
     assert_eq!(explanation["routes"][0]["result"], "skipped");
     assert!(explanation["routes"][0]["reason"]
@@ -206,15 +200,7 @@ split = [{{ upstream = "v1" }}]
         .contains("x-team"));
     assert_eq!(explanation["candidates"][0]["endpoints"][0], v1.to_string());
 
-    let routes: Value = client
-        .get(gateway.admin_url("/routes"))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let routes = gateway.admin_json("/routes").await;
     assert_eq!(routes["routes"][0]["name"], "api");
     assert_eq!(routes["routes"][0]["path"], "prefix /api");
     assert_eq!(routes["routes"][1]["name"], "rest");
@@ -228,14 +214,7 @@ split = [{{ upstream = "v1" }}]
             .unwrap();
     }
     client.get(gateway.url("/x")).send().await.unwrap();
-    let metrics = client
-        .get(gateway.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics().await;
     assert!(
         metrics.contains(r#"meshgate_requests_total{code="200",listener="public",reason="",route="api",upstream="v1"} 7"#),
         "{metrics}"

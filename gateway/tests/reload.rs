@@ -220,13 +220,7 @@ async fn unchanged_upstreams_keep_their_state_across_reloads() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let upstreams: Value = bearer(client.get(gateway.admin_url("/upstreams")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let upstreams = gateway.admin_json("/upstreams").await;
     let totals = |name: &str| -> u64 {
         upstreams["upstreams"]
             .as_array()

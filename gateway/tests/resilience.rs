@@ -23,18 +23,6 @@ split = [{{ upstream = "pool" }}]
     )
 }
 
-async fn upstreams_json(gateway: &Gateway) -> Value {
-    client()
-        .get(gateway.admin_url("/upstreams"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 fn endpoint<'a>(upstreams: &'a Value, address: &str) -> &'a Value {
     upstreams["upstreams"][0]["endpoints"]
         .as_array()
@@ -146,7 +134,7 @@ async fn outlier_detection_ejects_the_failing_endpoint_but_never_the_whole_pool(
         }
     }
     assert!(failed <= 5, "{failed} of 100 failed");
-    let state = upstreams_json(&gateway).await;
+    let state = gateway.admin_json("/upstreams").await;
     assert_eq!(
         endpoint(&state, &bad.to_string())["ejected"],
         true,
@@ -171,7 +159,7 @@ async fn outlier_detection_ejects_the_failing_endpoint_but_never_the_whole_pool(
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let state = upstreams_json(&gateway).await;
+    let state = gateway.admin_json("/upstreams").await;
     assert_eq!(
         endpoint(&state, &bad.to_string())["ejected"],
         true,
@@ -189,7 +177,7 @@ async fn outlier_detection_ejects_the_failing_endpoint_but_never_the_whole_pool(
     for _ in 0..30 {
         client.get(gateway.url("/")).send().await.unwrap();
     }
-    let state = upstreams_json(&gateway).await;
+    let state = gateway.admin_json("/upstreams").await;
     let ejected = state["upstreams"][0]["endpoints"]
         .as_array()
         .unwrap()
@@ -239,7 +227,7 @@ async fn a_full_breaker_answers_503_overflow_at_once() {
         }
     }
     assert!(fast_overflows >= 8, "{fast_overflows} fast overflows of 12");
-    let state = upstreams_json(&gateway).await;
+    let state = gateway.admin_json("/upstreams").await;
     assert!(
         state["upstreams"][0]["circuit_breaker"]["overflows_total"]
             .as_u64()
@@ -291,7 +279,7 @@ async fn health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
     flaky_task.abort();
     let killed = Instant::now();
     loop {
-        let state = upstreams_json(&gateway).await;
+        let state = gateway.admin_json("/upstreams").await;
         if endpoint(&state, &flaky.to_string())["healthy"] == false {
             break;
         }
@@ -312,7 +300,7 @@ async fn health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
     ));
     let revived = Instant::now();
     loop {
-        let state = upstreams_json(&gateway).await;
+        let state = gateway.admin_json("/upstreams").await;
         if endpoint(&state, &flaky.to_string())["healthy"] == true {
             break;
         }
@@ -339,7 +327,7 @@ async fn health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
     assert_eq!(response.status(), 200);
     let applied = Instant::now();
     loop {
-        let state = upstreams_json(&gateway).await;
+        let state = gateway.admin_json("/upstreams").await;
         let added = state["upstreams"]
             .as_array()
             .unwrap()
