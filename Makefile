@@ -4,8 +4,9 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages: cmake for Pingora's build, wrk for the reload-under-load test, nginx,
-# haproxy and procps for the benchmark, curl for the demo.
-APT_PACKAGES := cmake wrk nginx-light haproxy curl procps
+# haproxy and procps for the benchmark, ab (apache2-utils) and valgrind for the
+# instruction-count benchmark, curl for the demo and the scripts.
+APT_PACKAGES := cmake wrk nginx-light haproxy curl procps apache2-utils valgrind
 
 .PHONY: deps build run test lint bench clean
 
@@ -43,6 +44,7 @@ lint:
 bench: build
 	$(CARGO) build --release --example bare_pingora
 	loadtest/bench.sh
+	loadtest/callgrind.sh
 
 clean:
 	$(CARGO) clean

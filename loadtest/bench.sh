@@ -10,6 +10,7 @@
 #   DURATION=10s CONNECTIONS=32 loadtest/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
@@ -23,7 +24,8 @@ TICKS=$(getconf CLK_TCK)
 PIDS=()
 
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # SIGINT is a fast shutdown for Pingora, NGINX and HAProxy (SIGTERM would make Pingora drain).
+  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -82,31 +84,6 @@ run() {
 taskset -c "$LOAD_CPU" target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 -t 1 2>/dev/null &
 PIDS+=($!)
 
-# meshgate_policy PORT ADMIN_PORT [UPSTREAM_KEYS] [ROUTE_KEYS]: a one-route policy.
-meshgate_policy() {
-  cat <<TOML
-version = 1
-[server]
-threads = 1
-[admin]
-listen = "127.0.0.1:$2"
-[telemetry]
-access_log = "off"
-[[listeners]]
-name = "bench"
-listen = "127.0.0.1:$1"
-[[upstreams]]
-name = "echo"
-endpoints = ["127.0.0.1:$ECHO_PORT"]
-${3:-}
-[[routes]]
-name = "all"
-match = { path_prefix = "/" }
-split = [{ upstream = "echo", weight = 100 }]
-${4:-}
-TOML
-}
-
 start_meshgate() {  # NAME POLICY_FILE
   MESHGATE_LOG=warn taskset -c "$PROXY_CPU" target/release/meshgate run -c "$2" \
     --upgrade-sock "$WORK/$1.sock" --pid-file "$WORK/$1.pid" 2>"$WORK/$1.err" &
@@ -118,11 +95,8 @@ MESHGATE_PID=$!; PIDS+=($MESHGATE_PID)
 
 # The same route with the resilience features on: outlier detection, breaker limits that never
 # trip at this load, a retry policy with its budget, and timeouts.
-meshgate_policy "$RESILIENT_PORT" "$RESILIENT_ADMIN_PORT" \
-  'circuit_breaker = { max_requests = 512, max_pending = 512, max_connections = 512, max_retries = 64 }
-outlier_detection = { consecutive_failures = 5 }' \
-  'retry = { attempts = 2, on = ["connect-failure", "5xx"], per_try_timeout = "2s" }
-timeouts = { request = "5s" }' > "$WORK/resilient.toml"
+meshgate_policy "$RESILIENT_PORT" "$RESILIENT_ADMIN_PORT" "$RESILIENT_UPSTREAM_KEYS" \
+  "$RESILIENT_ROUTE_KEYS" > "$WORK/resilient.toml"
 start_meshgate resilient "$WORK/resilient.toml"
 RESILIENT_PID=$!; PIDS+=($RESILIENT_PID)
 

@@ -1,0 +1,35 @@
+# Shared by the benchmark scripts: the policies meshgate is measured with.
+
+# meshgate_policy PORT ADMIN_PORT [UPSTREAM_KEYS] [ROUTE_KEYS]: a one-route policy to the echo
+# upstream on $ECHO_PORT, one worker thread, access log off.
+meshgate_policy() {
+  cat <<TOML
+version = 1
+[server]
+threads = 1
+[admin]
+listen = "127.0.0.1:$2"
+[telemetry]
+access_log = "off"
+[[listeners]]
+name = "bench"
+listen = "127.0.0.1:$1"
+[[upstreams]]
+name = "echo"
+endpoints = ["127.0.0.1:$ECHO_PORT"]
+${3:-}
+[[routes]]
+name = "all"
+match = { path_prefix = "/" }
+split = [{ upstream = "echo", weight = 100 }]
+${4:-}
+TOML
+}
+
+
+# The resilience features on, with limits that never trip at benchmark load: outlier
+# detection, breaker limits, a retry policy with its budget, and a request timeout.
+RESILIENT_UPSTREAM_KEYS='circuit_breaker = { max_requests = 512, max_pending = 512, max_connections = 512, max_retries = 64 }
+outlier_detection = { consecutive_failures = 5 }'
+RESILIENT_ROUTE_KEYS='retry = { attempts = 2, on = ["connect-failure", "5xx"], per_try_timeout = "2s" }
+timeouts = { request = "5s" }'
