@@ -133,6 +133,7 @@ async fn outlier_detection_ejects_the_failing_endpoint_but_never_the_whole_pool(
             failed += 1;
         }
     }
+    eprintln!("{failed} of 100 requests failed before the ejection");
     assert!(failed <= 5, "{failed} of 100 failed");
     let state = gateway.admin_json("/upstreams").await;
     assert_eq!(
@@ -226,6 +227,7 @@ async fn a_full_breaker_answers_503_overflow_at_once() {
             }
         }
     }
+    eprintln!("{fast_overflows} of 12 got a fast 503 overflow");
     assert!(fast_overflows >= 8, "{fast_overflows} fast overflows of 12");
     let state = gateway.admin_json("/upstreams").await;
     assert!(
@@ -377,6 +379,7 @@ fault = {{ delay = "300ms", delay_percent = 100 }}
             aborted += 1;
         }
     }
+    eprintln!("{aborted} of 200 aborted");
     assert!((70..=130).contains(&aborted), "{aborted} of 200 aborted");
     let started = Instant::now();
     let response = client.get(gateway.url("/delay")).send().await.unwrap();
