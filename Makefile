@@ -3,19 +3,29 @@
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages: cmake for Pingora's build, wrk for the reload-under-load test, nginx,
-# haproxy and procps for the benchmark, ab (apache2-utils) and valgrind for the
-# instruction-count benchmark, curl for the demo and the scripts.
-APT_PACKAGES := cmake wrk nginx-light haproxy curl procps apache2-utils valgrind
+# Debian packages. To build, test and run: cmake for Pingora's build, wrk for the
+# reload-under-load test, curl for the demo. To benchmark, also: NGINX and HAProxy to compare
+# with, procps and util-linux (taskset) for pinning, ab (apache2-utils) and valgrind for the
+# instruction counts.
+PACKAGES := cmake wrk curl
+BENCH_PACKAGES := nginx-light haproxy procps util-linux apache2-utils valgrind
 
-.PHONY: deps build run test lint bench clean
+.PHONY: deps bench-deps build run test lint bench clean
 
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# install-missing PACKAGES...: apt-get install whichever are not installed yet.
+define install-missing
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+endef
+
+deps:
+	$(call install-missing,$(PACKAGES))
+
+bench-deps:
+	$(call install-missing,$(BENCH_PACKAGES))
 
 build: deps
 	$(CARGO) build --release --workspace
@@ -41,7 +51,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: build
+bench: build bench-deps
 	$(CARGO) build --release --example bare_pingora
 	loadtest/bench.sh
 	loadtest/callgrind.sh
