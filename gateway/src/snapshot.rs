@@ -96,7 +96,63 @@ impl HeaderEdits {
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
+
+    /// Applies the rules: removals, then sets, then adds.
+    pub fn apply(&self, headers: &mut impl EditableHeaders) -> pingora::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name, value)?;
+        }
+        for (name, value) in &self.add {
+            headers.append(name, value)?;
+        }
+        Ok(())
+    }
 }
+
+/// Pingora's request and response headers, which share these operations but no trait.
+pub trait EditableHeaders {
+    /// Removes every value of `name`.
+    fn remove(&mut self, name: &http::HeaderName);
+    /// Replaces the values of `name`.
+    fn insert(&mut self, name: &http::HeaderName, value: &http::HeaderValue)
+        -> pingora::Result<()>;
+    /// Adds a value of `name`.
+    fn append(&mut self, name: &http::HeaderName, value: &http::HeaderValue)
+        -> pingora::Result<()>;
+}
+
+macro_rules! editable_headers {
+    ($header:ty) => {
+        impl EditableHeaders for $header {
+            fn remove(&mut self, name: &http::HeaderName) {
+                self.remove_header(name);
+            }
+            fn insert(
+                &mut self,
+                name: &http::HeaderName,
+                value: &http::HeaderValue,
+            ) -> pingora::Result<()> {
+                self.insert_header(name.clone(), value.clone())
+            }
+            fn append(
+                &mut self,
+                name: &http::HeaderName,
+                value: &http::HeaderValue,
+            ) -> pingora::Result<()> {
+                self.append_header(name.clone(), value.clone()).map(|_| ())
+            }
+        }
+    };
+}
+
+editable_headers!(pingora::http::RequestHeader);
+editable_headers!(pingora::http::ResponseHeader);
 
 /// Per-route runtime state.
 #[derive(Debug, Default)]

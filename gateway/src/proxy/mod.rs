@@ -19,7 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::reload::PolicyStore;
-use crate::snapshot::{HeaderEdits, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
 use crate::upstream::{breaker_give_back, Overflow, UpstreamState};
 pub use reason::{Reason, REASON_HEADER};
@@ -418,18 +418,9 @@ impl ProxyHttp for MeshProxy {
             }
         }
         if let (Some(snapshot), Some(route)) = (&ctx.snapshot, ctx.route) {
-            let edits = &snapshot.routes[route].request_headers;
-            if !edits.is_empty() {
-                for name in &edits.remove {
-                    upstream_request.remove_header(name);
-                }
-                for (name, value) in &edits.set {
-                    upstream_request.insert_header(name.clone(), value.clone())?;
-                }
-                for (name, value) in &edits.add {
-                    upstream_request.append_header(name.clone(), value.clone())?;
-                }
-            }
+            snapshot.routes[route]
+                .request_headers
+                .apply(upstream_request)?;
         }
         Ok(())
     }
@@ -467,7 +458,9 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(snapshot), Some(route)) = (&ctx.snapshot, ctx.route) {
-            apply_response_edits(&snapshot.routes[route].response_headers, upstream_response)?;
+            snapshot.routes[route]
+                .response_headers
+                .apply(upstream_response)?;
         }
         Ok(())
     }
@@ -681,22 +674,6 @@ fn refuse_overflow(ctx: &mut RequestCtx, overflow: Overflow) -> Result<Box<HttpP
         ErrorType::HTTPStatus(Reason::Overflow.status()),
         "the upstream's circuit breaker is full",
     )
-}
-
-fn apply_response_edits(edits: &HeaderEdits, response: &mut ResponseHeader) -> Result<()> {
-    if edits.is_empty() {
-        return Ok(());
-    }
-    for name in &edits.remove {
-        response.remove_header(name);
-    }
-    for (name, value) in &edits.set {
-        response.insert_header(name.clone(), value.clone())?;
-    }
-    for (name, value) in &edits.add {
-        response.append_header(name.clone(), value.clone())?;
-    }
-    Ok(())
 }
 
 fn or_dash(value: &str) -> &str {
