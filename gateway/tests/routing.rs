@@ -321,3 +321,46 @@ async fn connect_failure_answers_502_with_reason() {
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-meshgate-reason"], "connect-failure");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_client_connections_are_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let v1 = start_echo("v1").await;
+    let body = split_policy(v1, v1, 1, 0);
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_head(listen, admin, "off").replace(
+        "grace_period = \"1s\"",
+        "grace_period = \"1s\"\nclient_idle_timeout = \"1s\"",
+    ) + &body;
+    let gateway = Gateway::start_with(dir, &policy, listen, admin);
+    let mut stream = tokio::net::TcpStream::connect(gateway.listen)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let read = stream.read(&mut buffer).await.unwrap();
+    assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    // Read until the gateway closes the idle connection (or give up after 10 s).
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection still open after 10 s");
+    let idle = started.elapsed();
+    assert!(
+        idle >= std::time::Duration::from_millis(900),
+        "closed too early: {idle:?}"
+    );
+    eprintln!("idle connection closed after {idle:?}");
+}

@@ -38,6 +38,8 @@ pub struct ServerSettings {
     pub threads: usize,
     /// Drain time on shutdown and upgrade.
     pub grace_period: Duration,
+    /// How long an idle HTTP/1.1 client connection is kept between requests.
+    pub client_idle_timeout: Duration,
 }
 
 /// The admin API's settings; static.

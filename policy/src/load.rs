@@ -22,6 +22,7 @@ const MAX_ENDPOINT_WEIGHT: u32 = 256;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_BREAKER_LIMIT: u32 = 1024;
+const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -278,11 +279,21 @@ impl Compiler<'_, '_> {
         if !(1..=1024).contains(&threads) {
             sink.at(&path.key("threads"), "threads must be between 1 and 1024");
         }
+        let client_idle_timeout = server
+            .client_idle_timeout
+            .map_or(DEFAULT_CLIENT_IDLE_TIMEOUT, |d| d.get());
+        if client_idle_timeout < Duration::from_secs(1) {
+            sink.at(
+                &path.key("client_idle_timeout"),
+                "client_idle_timeout must be at least 1s",
+            );
+        }
         ServerSettings {
             threads,
             grace_period: server
                 .grace_period
                 .map_or(DEFAULT_GRACE_PERIOD, |d| d.get()),
+            client_idle_timeout,
         }
     }
 

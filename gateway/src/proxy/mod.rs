@@ -42,12 +42,19 @@ const HTTP_SCHEME: http::HeaderValue = http::HeaderValue::from_static("http");
 pub struct MeshProxy {
     store: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
+    /// `[server].client_idle_timeout` in seconds, fixed at start like the rest of `[server]`.
+    client_idle_seconds: u64,
 }
 
 impl MeshProxy {
     /// A proxy that serves whatever policy `store` holds.
     pub fn new(store: Arc<PolicyStore>, telemetry: Arc<Telemetry>) -> Self {
-        MeshProxy { store, telemetry }
+        let idle = store.snapshot().policy.server.client_idle_timeout;
+        MeshProxy {
+            store,
+            telemetry,
+            client_idle_seconds: idle.as_secs().max(1),
+        }
     }
 }
 
@@ -217,6 +224,14 @@ impl ProxyHttp for MeshProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Pingora keeps an idle HTTP/1.1 connection forever (`Some(0)`) unless told otherwise,
+        // which would let idle clients hold sockets without limit. A client that asked to
+        // close keeps `None`.
+        if session.as_downstream().get_keepalive() == Some(0) {
+            session
+                .as_downstream_mut()
+                .set_keepalive(Some(self.client_idle_seconds));
+        }
         let snapshot = self.store.snapshot();
         ctx.listener = session
             .as_downstream()
