@@ -78,6 +78,8 @@ pub struct RequestCtx {
     deadline: Option<Instant>,
     /// Retries taken so far.
     retries: u32,
+    /// Tries started (calls of `upstream_peer`).
+    tries: u32,
     /// Whether this request holds a unit of the upstream's `active_requests`.
     holds_request: bool,
     /// Units of the upstream's `active_retries` this request holds.
@@ -209,6 +211,7 @@ impl ProxyHttp for MeshProxy {
             error_status: 0,
             deadline: None,
             retries: 0,
+            tries: 0,
             holds_request: false,
             held_retries: 0,
             holds_pending: false,
@@ -281,6 +284,26 @@ impl ProxyHttp for MeshProxy {
                 }
             }
         }
+
+        // Choose the split, and admit the request to its upstream's breaker here, so that an
+        // overflow is answered like any other gateway response and the connection is kept.
+        let slot = match &route.split_key {
+            Some(key) => key_hash(key, session.req_header(), client_ip(session)) as usize,
+            None => snapshot.routes[route_index]
+                .split_cursor
+                .fetch_add(1, Ordering::Relaxed) as usize,
+        };
+        let split = route.split_schedule[slot % route.split_schedule.len()] as usize;
+        let upstream_index = route.splits[split].upstream;
+        ctx.split = Some(split);
+        ctx.upstream = Some(upstream_index);
+        if let Err(overflow) = snapshot.upstreams[upstream_index].admit_request() {
+            ctx.reason = Some(Reason::Overflow);
+            ctx.overflow = Some(overflow);
+            respond_with_reason(session, 503, Reason::Overflow, Some(overflow), false).await?;
+            return Ok(true);
+        }
+        ctx.holds_request = true;
         Ok(false)
     }
 
@@ -294,22 +317,10 @@ impl ProxyHttp for MeshProxy {
         let snapshot = ctx.snapshot.clone().expect("set in early_request_filter");
         let route_index = ctx.route.expect("set in request_filter");
         let route = &snapshot.policy.routes[route_index];
-        let header = session.req_header();
 
-        let retrying = ctx.upstream.is_some();
-        if !retrying {
-            let slot = match &route.split_key {
-                Some(key) => key_hash(key, header, client_ip(session)) as usize,
-                None => snapshot.routes[route_index]
-                    .split_cursor
-                    .fetch_add(1, Ordering::Relaxed) as usize,
-            };
-            let split = route.split_schedule[slot % route.split_schedule.len()] as usize;
-            ctx.split = Some(split);
-            ctx.upstream = Some(route.splits[split].upstream);
-        }
-        let upstream = snapshot.upstreams[ctx.upstream.expect("chosen above")].clone();
-
+        let retrying = ctx.tries > 0;
+        ctx.tries += 1;
+        let upstream = snapshot.upstreams[ctx.upstream.expect("chosen in request_filter")].clone();
         if retrying {
             if let Some(retry) = &route.retry {
                 // Exponential backoff with full jitter, never past the request's deadline.
@@ -322,10 +333,6 @@ impl ProxyHttp for MeshProxy {
                 }
                 tokio::time::sleep(pause).await;
             }
-        } else if let Err(overflow) = upstream.admit_request() {
-            return refuse_overflow(ctx, overflow);
-        } else {
-            ctx.holds_request = true;
         }
 
         let remaining = ctx
