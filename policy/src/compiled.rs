@@ -250,22 +250,6 @@ pub struct HeaderRules {
     pub response_remove: Vec<String>,
 }
 
-impl HeaderRules {
-    /// Whether any request-side rule exists.
-    pub fn touches_request(&self) -> bool {
-        !(self.request_set.is_empty()
-            && self.request_add.is_empty()
-            && self.request_remove.is_empty())
-    }
-
-    /// Whether any response-side rule exists.
-    pub fn touches_response(&self) -> bool {
-        !(self.response_set.is_empty()
-            && self.response_add.is_empty()
-            && self.response_remove.is_empty())
-    }
-}
-
 /// Fault injection of a route.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultSpec {

@@ -258,7 +258,14 @@ impl ProxyHttp for MeshProxy {
         });
         let Some(route_index) = route else {
             ctx.reason = Some(Reason::NoRoute);
-            respond_with_reason(session, 404, Reason::NoRoute, None, false).await?;
+            respond_with_reason(
+                session,
+                Reason::NoRoute.status(),
+                Reason::NoRoute,
+                None,
+                false,
+            )
+            .await?;
             return Ok(true);
         };
         ctx.route = Some(route_index);
@@ -300,7 +307,14 @@ impl ProxyHttp for MeshProxy {
         if let Err(overflow) = snapshot.upstreams[upstream_index].admit_request() {
             ctx.reason = Some(Reason::Overflow);
             ctx.overflow = Some(overflow);
-            respond_with_reason(session, 503, Reason::Overflow, Some(overflow), false).await?;
+            respond_with_reason(
+                session,
+                Reason::Overflow.status(),
+                Reason::Overflow,
+                Some(overflow),
+                false,
+            )
+            .await?;
             return Ok(true);
         }
         ctx.holds_request = true;

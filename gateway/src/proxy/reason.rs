@@ -43,7 +43,8 @@ impl Reason {
         }
     }
 
-    /// The status code the gateway answers with.
+    /// The status code the gateway answers with (a fault abort answers with its route's
+    /// `abort_status` instead).
     pub fn status(self) -> u16 {
         match self {
             Reason::NoRoute => 404,

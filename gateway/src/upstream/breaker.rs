@@ -15,8 +15,6 @@ pub enum Overflow {
     Pending,
     /// `max_connections`.
     Connections,
-    /// `max_retries`.
-    Retries,
 }
 
 impl Overflow {
@@ -26,7 +24,6 @@ impl Overflow {
             Overflow::Requests => "max_requests",
             Overflow::Pending => "max_pending",
             Overflow::Connections => "max_connections",
-            Overflow::Retries => "max_retries",
         }
     }
 }
@@ -89,7 +86,8 @@ impl UpstreamState {
         }
     }
 
-    /// Admits a retry (`max_retries`).
+    /// Admits a retry (`max_retries`). A retry over the limit is simply not made: the
+    /// failure of the last try is the answer.
     pub fn admit_retry(&self) -> bool {
         let admitted = take(
             &self.breaker.active_retries,

@@ -158,10 +158,6 @@ impl Gateway {
         policy_head(self.listen, self.admin, access_log.to_str().unwrap()) + body
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// GET an authenticated admin endpoint and parse its JSON.
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
         client()
