@@ -2,10 +2,11 @@
 //!
 //! The crate wires the policy (`meshgate-policy`) and the admin API (`meshgate-admin`) to
 //! Pingora's proxy: [`proxy`] holds the request phases, [`upstream`] the pools and load
-//! balancing, [`reload`] the atomic policy swap, [`telemetry`] metrics and the access log.
+//! balancing, [`limit`] the rate limits, [`reload`] the atomic policy swap, [`telemetry`] metrics and the access log.
 
 pub mod admin;
 pub mod cli;
+pub mod limit;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -94,7 +94,7 @@ impl PolicyStore {
             .map_err(|e| format!("cannot open the access log: {e}"))?;
         telemetry.metrics.policy_version.set(1);
         let hash = policy_hash(&source);
-        let snapshot = Snapshot::build(compiled, None, 1, &telemetry.metrics.requests_total);
+        let snapshot = Snapshot::build(compiled, None, 1, &telemetry.metrics);
         let (health_checks, health_receiver) = tokio::sync::mpsc::unbounded_channel();
         for upstream in &snapshot.upstreams {
             if upstream.spec.health_check.is_some() {
@@ -264,12 +264,7 @@ impl PolicyStore {
             tracing::warn!("access log not reopened, keeping the old one: {e}");
         }
         let version = state.next_version;
-        let snapshot = Snapshot::build(
-            compiled,
-            Some(&old),
-            version,
-            &self.telemetry.metrics.requests_total,
-        );
+        let snapshot = Snapshot::build(compiled, Some(&old), version, &self.telemetry.metrics);
         for upstream in &snapshot.upstreams {
             let new = !old.upstreams.iter().any(|o| Arc::ptr_eq(o, upstream));
             if new && upstream.spec.health_check.is_some() {

@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use meshgate_policy::CompiledPolicy;
 use prometheus::{IntCounter, IntCounterVec};
 
+use crate::limit::{RateLimitStore, RateLimiter};
 use crate::proxy::RetryBudget;
+use crate::telemetry::Metrics;
 use crate::upstream::UpstreamState;
 
 const FIRST_CODE: u16 = 100;
@@ -167,6 +169,8 @@ pub struct RouteState {
     pub response_headers: HeaderEdits,
     /// Request counters by `listener * splits + split`.
     pub counters: Vec<CodeCounters>,
+    /// The route's rate limit, shared with the previous snapshot while its spec is unchanged.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 impl RouteState {
@@ -185,19 +189,35 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<UpstreamState>>,
     /// Route state, parallel to `policy.routes`.
     pub routes: Vec<RouteState>,
+    /// The store of global rate limits, shared with the previous snapshot while its settings
+    /// are unchanged.
+    pub rate_limit_store: Option<Arc<RateLimitStore>>,
     /// The applied policy's number.
     pub version: u64,
 }
 
 impl Snapshot {
-    /// Builds a snapshot, taking over the pool of every upstream of `previous` whose name and
-    /// spec are unchanged.
+    /// Builds a snapshot, taking over from `previous` the pool of every upstream whose name and
+    /// spec are unchanged, the buckets of every rate limit whose route and spec are unchanged,
+    /// and the rate-limit store when its settings are unchanged.
     pub fn build(
         policy: CompiledPolicy,
         previous: Option<&Snapshot>,
         version: u64,
-        requests_total: &IntCounterVec,
+        metrics: &Metrics,
     ) -> Snapshot {
+        let requests_total = &metrics.requests_total;
+        let rate_limit_store = policy.rate_limit_store.as_ref().map(|settings| {
+            previous
+                .and_then(|old| old.rate_limit_store.as_ref())
+                .filter(|old| old.settings == *settings)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(RateLimitStore::new(settings, metrics)))
+        });
+        let key_prefix = policy
+            .rate_limit_store
+            .as_ref()
+            .map_or("meshgate", |s| s.key_prefix.as_str());
         let upstreams = policy
             .upstreams
             .iter()
@@ -212,6 +232,21 @@ impl Snapshot {
             .routes
             .iter()
             .map(|route| RouteState {
+                rate_limiter: route.rate_limit.as_ref().map(|spec| {
+                    previous
+                        .and_then(|old| {
+                            let index = old
+                                .policy
+                                .routes
+                                .iter()
+                                .position(|r| r.name == route.name)?;
+                            old.routes[index].rate_limiter.clone()
+                        })
+                        .filter(|old| old.spec == *spec)
+                        .unwrap_or_else(|| {
+                            Arc::new(RateLimiter::new(&route.name, spec, key_prefix, metrics))
+                        })
+                }),
                 split_cursor: AtomicU64::new(0),
                 retry_budget: RetryBudget::default(),
                 request_headers: HeaderEdits::new(
@@ -244,6 +279,7 @@ impl Snapshot {
             policy,
             upstreams,
             routes,
+            rate_limit_store,
             version,
         }
     }

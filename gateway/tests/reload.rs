@@ -238,32 +238,6 @@ async fn unchanged_upstreams_keep_their_state_across_reloads() {
     assert_eq!(totals("v2"), 0, "v2 changed and starts fresh: {upstreams}");
 }
 
-/// Parses wrk's summary: (requests, non-2xx/3xx responses, socket errors).
-fn wrk_summary(output: &str) -> (u64, u64, u64) {
-    let requests = output
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let non_2xx = output
-        .lines()
-        .find(|l| l.contains("Non-2xx or 3xx responses"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    let socket_errors = output
-        .lines()
-        .find(|l| l.contains("Socket errors"))
-        .map(|l| {
-            l.split(',')
-                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    (requests, non_2xx, socket_errors)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_swaps_under_wrk_load_drop_nothing() {
     let v1 = start_echo("v1").await;

@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use regex::Regex;
 
-pub use crate::schema::{Balance, UpstreamProtocol};
+pub use crate::schema::{
+    Balance, RateLimitMode, RateLimitScope, StoreErrorAction, UpstreamProtocol,
+};
 
 /// A validated, compiled policy.
 #[derive(Debug)]
@@ -29,6 +32,76 @@ pub struct CompiledPolicy {
     pub routes: Vec<Route>,
     /// For each listener (by index), the routes that apply to it, in file order.
     pub routes_by_listener: Vec<Vec<usize>>,
+    /// `[server].trusted_proxies`: peers whose `x-forwarded-for` is believed. Unlike the rest
+    /// of `[server]` it applies on reload.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `[rate_limit_store]`, when present.
+    pub rate_limit_store: Option<RateLimitStoreSettings>,
+}
+
+/// `[rate_limit_store]`: the Redis that `scope = "global"` limits share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitStoreSettings {
+    /// The `redis://` URL.
+    pub redis_url: String,
+    /// What a global limit does when the store fails.
+    pub on_error: StoreErrorAction,
+    /// How long one decision may wait for the store.
+    pub timeout: Duration,
+    /// Multiplexed connections to the store.
+    pub pool_size: u32,
+    /// Prefix of every key written.
+    pub key_prefix: String,
+}
+
+/// What a rate limit's buckets belong to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    /// The client's address ([`CompiledPolicy::trusted_proxies`] decides which one).
+    ClientIp,
+    /// The caller's certificate identity; callers without one share a bucket.
+    Identity,
+    /// A request header's value (lower-case name); requests without it share a bucket.
+    Header(String),
+    /// The whole route: one bucket.
+    Route,
+}
+
+impl LimitKey {
+    /// Parses `client_ip`, `identity`, `header:<name>` or `route`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "client_ip" => Ok(LimitKey::ClientIp),
+            "identity" => Ok(LimitKey::Identity),
+            "route" => Ok(LimitKey::Route),
+            _ => match text.strip_prefix("header:") {
+                Some(name) if is_header_name(name) => Ok(LimitKey::Header(name.to_ascii_lowercase())),
+                Some(name) => Err(format!("{name:?} is not a valid header name")),
+                None => Err(format!(
+                    "unknown key {text:?}: expected \"client_ip\", \"identity\", \"header:<name>\" or \"route\""
+                )),
+            },
+        }
+    }
+}
+
+/// A route's token-bucket rate limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSpec {
+    /// Refill rate of each bucket.
+    pub requests_per_second: f64,
+    /// Bucket capacity.
+    pub burst: u32,
+    /// What a bucket belongs to.
+    pub key: LimitKey,
+    /// Local or shared through the store.
+    pub scope: RateLimitScope,
+    /// Enforce or shadow.
+    pub mode: RateLimitMode,
+    /// Whether admitted responses carry the `RateLimit` headers.
+    pub headers_on_success: bool,
+    /// Most keys a local limit tracks.
+    pub max_keys: u32,
 }
 
 /// Process-wide settings; static.
@@ -282,6 +355,8 @@ pub struct Route {
     pub headers: HeaderRules,
     /// Fault injection.
     pub fault: Option<FaultSpec>,
+    /// Rate limit.
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// One weighted target of a route.

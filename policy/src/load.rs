@@ -33,7 +33,11 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "listeners",
     "upstreams",
     "routes",
+    "rate_limit_store",
 ];
+const DEFAULT_MAX_LIMIT_KEYS: u32 = 100_000;
+const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+const DEFAULT_STORE_POOL: u32 = 4;
 
 /// Parses, validates and compiles a policy. `base_dir` is the folder of the policy file:
 /// relative paths in the policy are resolved against it, and files it names must exist.
@@ -112,6 +116,19 @@ impl Compiler<'_, '_> {
         let upstreams = self.array::<UpstreamSection>("upstreams", sink);
         let routes = self.array::<RouteSection>("routes", sink);
 
+        let rate_limit_store = match table.get("rate_limit_store") {
+            None => None,
+            Some(value) => {
+                let path = root.key("rate_limit_store");
+                self.deserialize::<RateLimitStoreSection>(value, &path, sink)
+                    .map(|store| compile_rate_limit_store(store, &path, sink))
+            }
+        };
+        let store_declared = table.contains_key("rate_limit_store");
+        let trusted_proxies = server
+            .as_ref()
+            .map(|s| compile_trusted_proxies(&s.trusted_proxies, sink))
+            .unwrap_or_default();
         let server = server.map(|s| self.compile_server(s, sink));
         let admin = admin.and_then(|a| self.compile_admin(a, sink));
         let telemetry = telemetry.and_then(|t| self.compile_telemetry(t, sink));
@@ -121,10 +138,13 @@ impl Compiler<'_, '_> {
         let upstreams = self.compile_upstreams(&upstreams, sink);
         let routes = self.compile_routes(
             &routes,
-            &listener_names,
-            &upstream_names,
-            &listeners,
-            &upstreams,
+            &RouteContext {
+                listener_names: &listener_names,
+                upstream_names: &upstream_names,
+                listeners: &listeners,
+                upstreams: &upstreams,
+                store_declared,
+            },
             sink,
         );
 
@@ -149,6 +169,11 @@ impl Compiler<'_, '_> {
             upstreams,
             routes,
             routes_by_listener,
+            trusted_proxies,
+            rate_limit_store: match (store_declared, rate_limit_store) {
+                (true, None) => return None,
+                (_, store) => store,
+            },
         })
     }
 
@@ -533,12 +558,16 @@ impl Compiler<'_, '_> {
     fn compile_routes(
         &self,
         routes: &[Option<RouteSection>],
-        listener_names: &HashSet<String>,
-        upstream_names: &HashSet<String>,
-        listeners: &[Option<Listener>],
-        upstreams: &[Option<UpstreamSpec>],
+        context: &RouteContext<'_>,
         sink: &mut ErrorSink<'_>,
     ) -> Vec<Option<Route>> {
+        let RouteContext {
+            listener_names,
+            upstream_names,
+            listeners,
+            upstreams,
+            store_declared,
+        } = *context;
         let base = KeyPath::root().key("routes");
         let mut names = HashMap::new();
         routes
@@ -640,6 +669,9 @@ impl Compiler<'_, '_> {
                     .fault
                     .as_ref()
                     .map(|f| compile_fault(f, &path.key("fault"), sink));
+                let rate_limit = spec.rate_limit.as_ref().map(|r| {
+                    compile_rate_limit(r, store_declared, &path.key("rate_limit"), sink)
+                });
 
                 if sink.errors.len() != errors_before || splits.len() != spec.split.len() {
                     return None;
@@ -656,9 +688,181 @@ impl Compiler<'_, '_> {
                     retry,
                     headers,
                     fault,
+                    rate_limit,
                 })
             })
             .collect()
+    }
+}
+
+/// What route compilation needs to know of the rest of the file.
+#[derive(Clone, Copy)]
+struct RouteContext<'a> {
+    listener_names: &'a HashSet<String>,
+    upstream_names: &'a HashSet<String>,
+    listeners: &'a [Option<Listener>],
+    upstreams: &'a [Option<UpstreamSpec>],
+    /// Whether `[rate_limit_store]` is present (parsed or not).
+    store_declared: bool,
+}
+
+fn compile_trusted_proxies(entries: &[String], sink: &mut ErrorSink<'_>) -> Vec<ipnet::IpNet> {
+    let path = KeyPath::root().key("server").key("trusted_proxies");
+    entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, entry)| {
+            let parsed = entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    sink.at(
+                        &path.index(i),
+                        format!("invalid address or CIDR block {entry:?}: expected such as \"10.0.0.0/8\" or \"192.0.2.7\""),
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn compile_rate_limit_store(
+    spec: RateLimitStoreSection,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> RateLimitStoreSettings {
+    match url::Url::parse(&spec.redis) {
+        Err(e) => sink.at(
+            &path.key("redis"),
+            format!(
+                "invalid URL {:?}: {e}; expected redis://host:port/db",
+                spec.redis
+            ),
+        ),
+        Ok(url) => {
+            if url.scheme() != "redis" {
+                sink.at(
+                    &path.key("redis"),
+                    format!(
+                        "unsupported scheme {:?}: only redis:// is supported",
+                        url.scheme()
+                    ),
+                );
+            } else if url.host_str().is_none_or(str::is_empty) {
+                sink.at(
+                    &path.key("redis"),
+                    "the URL needs a host, as in redis://127.0.0.1:6379/0",
+                );
+            } else if !matches!(url.path().trim_start_matches('/'), "")
+                && url.path().trim_start_matches('/').parse::<u16>().is_err()
+            {
+                sink.at(
+                    &path.key("redis"),
+                    format!("the URL path {:?} must be a database number, as in redis://127.0.0.1:6379/0", url.path()),
+                );
+            }
+        }
+    }
+    let timeout = spec.timeout.map_or(DEFAULT_STORE_TIMEOUT, |d| d.get());
+    if timeout.is_zero() || timeout > Duration::from_secs(10) {
+        sink.at(
+            &path.key("timeout"),
+            "timeout must be more than zero and at most 10s",
+        );
+    }
+    let pool_size = spec.pool_size.unwrap_or(DEFAULT_STORE_POOL);
+    if !(1..=64).contains(&pool_size) {
+        sink.at(&path.key("pool_size"), "pool_size must be between 1 and 64");
+    }
+    let key_prefix = spec.key_prefix.unwrap_or_else(|| "meshgate".to_owned());
+    if key_prefix.is_empty()
+        || key_prefix.len() > 64
+        || !key_prefix.bytes().all(|b| b.is_ascii_graphic())
+    {
+        sink.at(
+            &path.key("key_prefix"),
+            "key_prefix must be 1 to 64 printable characters without spaces",
+        );
+    }
+    RateLimitStoreSettings {
+        redis_url: spec.redis,
+        on_error: spec.on_error,
+        timeout,
+        pool_size,
+        key_prefix,
+    }
+}
+
+fn compile_rate_limit(
+    spec: &RateLimitSection,
+    store_declared: bool,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> RateLimitSpec {
+    let rate = spec.requests_per_second;
+    if !rate.is_finite() || rate <= 0.0 {
+        sink.at(
+            &path.key("requests_per_second"),
+            "requests_per_second must be more than zero (a route that takes no requests needs no route)",
+        );
+    } else if !(0.001..=1_000_000.0).contains(&rate) {
+        sink.at(
+            &path.key("requests_per_second"),
+            "requests_per_second must be between 0.001 and 1000000",
+        );
+    }
+    let burst = spec.burst.unwrap_or_else(|| {
+        if rate.is_finite() && rate > 1.0 {
+            rate.ceil().min(1_000_000.0) as u32
+        } else {
+            1
+        }
+    });
+    if !(1..=1_000_000).contains(&burst) {
+        sink.at(
+            &path.key("burst"),
+            "burst must be between 1 and 1000000 (a bucket must hold at least one request)",
+        );
+    }
+    let key = match &spec.key {
+        None => LimitKey::ClientIp,
+        Some(text) => LimitKey::parse(text).unwrap_or_else(|message| {
+            sink.at(&path.key("key"), message);
+            LimitKey::Route
+        }),
+    };
+    if spec.scope == RateLimitScope::Global {
+        if !store_declared {
+            sink.at(
+                &path.key("scope"),
+                "scope = \"global\" needs a [rate_limit_store] section (redis = \"redis://host:port/db\")",
+            );
+        }
+        if spec.max_keys.is_some() {
+            sink.at(
+                &path.key("max_keys"),
+                "max_keys bounds a local limit only; a global limit's keys expire in the store",
+            );
+        }
+    }
+    let max_keys = spec.max_keys.unwrap_or(DEFAULT_MAX_LIMIT_KEYS);
+    if !(1..=10_000_000).contains(&max_keys) {
+        sink.at(
+            &path.key("max_keys"),
+            "max_keys must be between 1 and 10000000",
+        );
+    }
+    RateLimitSpec {
+        requests_per_second: rate,
+        burst,
+        key,
+        scope: spec.scope,
+        mode: spec.mode,
+        headers_on_success: spec.headers_on_success.unwrap_or(false),
+        max_keys,
     }
 }
 

@@ -36,6 +36,8 @@ pub struct PolicyFile {
     /// Routes, tried in file order; the first match wins.
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    /// The shared store of `scope = "global"` rate limits.
+    pub rate_limit_store: Option<RateLimitStoreSection>,
 }
 
 /// `[server]`.
@@ -48,6 +50,10 @@ pub struct ServerSection {
     pub grace_period: Option<Duration>,
     /// How long an idle HTTP/1.1 client connection is kept between requests (default 60s).
     pub client_idle_timeout: Option<Duration>,
+    /// Addresses and CIDR blocks of proxies in front of the gateway, whose
+    /// `x-forwarded-for` is believed when finding a client's address (default none).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[admin]`.
@@ -261,6 +267,95 @@ pub struct RouteSection {
     pub headers: Option<HeaderRulesSection>,
     /// Fault injection.
     pub fault: Option<FaultSection>,
+    /// Token-bucket rate limit.
+    pub rate_limit: Option<RateLimitSection>,
+}
+
+/// `[routes.rate_limit]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Refill rate of each bucket; may be fractional (`0.5` is one request every 2 s).
+    pub requests_per_second: f64,
+    /// Bucket capacity: requests admitted at once after a quiet spell (default: one second's
+    /// worth, at least 1).
+    pub burst: Option<u32>,
+    /// What a bucket belongs to: `client_ip` (the default), `identity`, `header:<name>` or
+    /// `route`.
+    pub key: Option<String>,
+    /// `local` (each gateway alone, the default) or `global` (shared through
+    /// `[rate_limit_store]`).
+    #[serde(default)]
+    pub scope: RateLimitScope,
+    /// `enforce` (the default) or `shadow` (count would-be refusals, refuse nothing).
+    #[serde(default)]
+    pub mode: RateLimitMode,
+    /// Whether admitted responses carry the `RateLimit` headers too (default false; refusals
+    /// always do).
+    pub headers_on_success: Option<bool>,
+    /// Most keys a local limit tracks at once (default 100000); idle, full buckets are
+    /// evicted first.
+    pub max_keys: Option<u32>,
+}
+
+/// Where a rate limit's buckets live.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitScope {
+    /// In this process.
+    #[default]
+    Local,
+    /// In `[rate_limit_store]`, shared by every gateway that uses it.
+    Global,
+}
+
+/// What a rate limit does with a request over the limit.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitMode {
+    /// Refuse it with 429.
+    #[default]
+    Enforce,
+    /// Count and log it, and let it through.
+    Shadow,
+}
+
+impl RateLimitMode {
+    /// The name as written in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitMode::Enforce => "enforce",
+            RateLimitMode::Shadow => "shadow",
+        }
+    }
+}
+
+/// `[rate_limit_store]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitStoreSection {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub redis: String,
+    /// What a global limit does when the store fails: `allow` (the default) or `deny`.
+    #[serde(default)]
+    pub on_error: StoreErrorAction,
+    /// How long one decision may wait for the store (default 50ms).
+    pub timeout: Option<Duration>,
+    /// Connections to the store, each multiplexed (default 4).
+    pub pool_size: Option<u32>,
+    /// Prefix of every key the gateway writes (default `meshgate`).
+    pub key_prefix: Option<String>,
+}
+
+/// What a global rate limit does when its store fails.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreErrorAction {
+    /// Admit the request (fail open).
+    #[default]
+    Allow,
+    /// Refuse it with 503 `rate-limit-unavailable` (fail closed).
+    Deny,
 }
 
 /// `[routes.timeouts]`.

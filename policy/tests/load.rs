@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use meshgate_policy::compiled::{LimitKey, RateLimitMode, RateLimitScope, StoreErrorAction};
 use meshgate_policy::{load, PolicyError};
 
 fn refused(source: &str) -> Vec<PolicyError> {
@@ -97,24 +98,114 @@ sni = "u.internal"
 [[routes]]
 name = "r"
 split = [{ upstream = "u" }]
-[routes.rate_limit]
-requests_per_second = 2
-[rate_limit_store]
-redis = "redis://127.0.0.1/0"
 "#;
     let errors = refused(source);
     assert!(
         has(&errors, 5, "upstreams[0].tls", "unknown field"),
         "{errors:#?}"
     );
-    assert!(
-        has(&errors, 10, "routes[0].rate_limit", "unknown field"),
-        "{errors:#?}"
-    );
-    assert!(
-        has(&errors, 12, "rate_limit_store", "unknown key"),
-        "{errors:#?}"
-    );
+}
+
+#[test]
+fn rate_limits_compile_with_documented_defaults() {
+    let source = r#"version = 1
+[server]
+trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]
+[[upstreams]]
+name = "u"
+endpoints = ["10.0.0.1:80"]
+[[routes]]
+name = "r"
+split = [{ upstream = "u" }]
+rate_limit = { requests_per_second = 2.5 }
+[[routes]]
+name = "g"
+split = [{ upstream = "u" }]
+rate_limit = { requests_per_second = 100, burst = 200, key = "header:X-Tenant", scope = "global", mode = "shadow" }
+[rate_limit_store]
+redis = "redis://127.0.0.1:6379/0"
+"#;
+    let policy = load(source, Path::new(".")).expect("valid policy");
+    let local = policy.routes[0].rate_limit.as_ref().expect("limit");
+    assert_eq!(local.burst, 3, "burst defaults to one second's worth");
+    assert_eq!(local.key, LimitKey::ClientIp);
+    assert_eq!(local.scope, RateLimitScope::Local);
+    assert_eq!(local.mode, RateLimitMode::Enforce);
+    assert_eq!(local.max_keys, 100_000);
+    assert!(!local.headers_on_success);
+    let global = policy.routes[1].rate_limit.as_ref().expect("limit");
+    assert_eq!(global.key, LimitKey::Header("x-tenant".into()));
+    assert_eq!(global.mode, RateLimitMode::Shadow);
+    let store = policy.rate_limit_store.as_ref().expect("store");
+    assert_eq!(store.on_error, StoreErrorAction::Allow);
+    assert_eq!(store.timeout.as_millis(), 50);
+    assert_eq!(store.pool_size, 4);
+    assert_eq!(store.key_prefix, "meshgate");
+    assert_eq!(policy.trusted_proxies.len(), 2);
+}
+
+#[test]
+fn bad_rate_limits_are_all_reported() {
+    let source = r#"version = 1
+[server]
+trusted_proxies = ["10.0.0.0/33"]
+[[upstreams]]
+name = "u"
+endpoints = ["10.0.0.1:80"]
+[[routes]]
+name = "a"
+split = [{ upstream = "u" }]
+rate_limit = { requests_per_second = 0, burst = 0 }
+[[routes]]
+name = "b"
+split = [{ upstream = "u" }]
+rate_limit = { requests_per_second = 5, key = "cookie:x", scope = "global" }
+[[routes]]
+name = "c"
+split = [{ upstream = "u" }]
+rate_limit = { requests_per_second = 5, mode = "dry-run", per_minute = 3 }
+"#;
+    let errors = refused(source);
+    for (line, path, message) in [
+        (
+            3,
+            "server.trusted_proxies[0]",
+            "invalid address or CIDR block",
+        ),
+        (
+            10,
+            "routes[0].rate_limit.requests_per_second",
+            "more than zero",
+        ),
+        (10, "routes[0].rate_limit.burst", "at least one request"),
+        (14, "routes[1].rate_limit.key", "unknown key \"cookie:x\""),
+        (
+            14,
+            "routes[1].rate_limit.scope",
+            "needs a [rate_limit_store]",
+        ),
+        (18, "routes[2].rate_limit.mode", "unknown variant `dry-run`"),
+        (18, "routes[2].rate_limit.per_minute", "unknown field"),
+    ] {
+        assert!(has(&errors, line, path, message), "{path}: {errors:#?}");
+    }
+
+    let store = r#"version = 1
+[rate_limit_store]
+redis = "http://127.0.0.1:6379"
+timeout = "0s"
+pool_size = 0
+on_error = "maybe"
+"#;
+    let errors = refused(store);
+    for (line, path, message) in [
+        (3, "rate_limit_store.redis", "only redis://"),
+        (4, "rate_limit_store.timeout", "more than zero"),
+        (5, "rate_limit_store.pool_size", "between 1 and 64"),
+        (6, "rate_limit_store.on_error", "unknown variant `maybe`"),
+    ] {
+        assert!(has(&errors, line, path, message), "{path}: {errors:#?}");
+    }
 }
 
 #[test]

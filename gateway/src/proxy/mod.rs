@@ -18,10 +18,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use crate::limit::{self, KeySource, LimitOutcome, RateLimiter};
 use crate::reload::PolicyStore;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
 use crate::upstream::{breaker_give_back, Overflow, UpstreamState};
+use meshgate_policy::compiled::StoreErrorAction;
 pub use reason::{Reason, REASON_HEADER};
 use request::{key_hash, request_host, HeaderView};
 pub use retry::RetryBudget;
@@ -94,6 +96,12 @@ pub struct RequestCtx {
     previous_endpoint: Option<usize>,
     /// Set when `upstream_response_filter` turned a response into a retry.
     retry_on_status: bool,
+    /// The client's address after `trusted_proxies`.
+    client_ip: Option<IpAddr>,
+    /// What the route's rate limit said, for the access log.
+    rate_limit: &'static str,
+    /// The `RateLimit` headers to add to an admitted response.
+    rate_limit_headers: Option<(Arc<RateLimiter>, limit::Decision)>,
 }
 
 impl RequestCtx {
@@ -153,7 +161,7 @@ async fn respond_with_reason(
     session: &mut Session,
     status: u16,
     reason: Reason,
-    overflow: Option<Overflow>,
+    extra_headers: &[(http::HeaderName, http::HeaderValue)],
     closing: bool,
 ) -> Result<()> {
     let mut response = ResponseHeader::build(status, Some(4))?;
@@ -163,13 +171,20 @@ async fn respond_with_reason(
     if closing && !session.as_downstream().is_http2() {
         response.insert_header(http::header::CONNECTION, "close")?;
     }
-    if let Some(overflow) = overflow {
-        response.insert_header(OVERFLOW_HEADER, overflow.limit())?;
+    for (name, value) in extra_headers {
+        response.insert_header(name.clone(), value.clone())?;
     }
     response.insert_header(http::header::CONTENT_LENGTH, "0")?;
     session
         .write_response_header(Box::new(response), true)
         .await
+}
+
+fn overflow_header(overflow: Overflow) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    vec![(
+        http::HeaderName::from_static(OVERFLOW_HEADER),
+        http::HeaderValue::from_static(overflow.limit()),
+    )]
 }
 
 fn reason_for_error(error: &Error) -> Option<Reason> {
@@ -219,6 +234,9 @@ impl ProxyHttp for MeshProxy {
             overflow: None,
             previous_endpoint: None,
             retry_on_status: false,
+            client_ip: None,
+            rate_limit: "-",
+            rate_limit_headers: None,
         }
     }
 
@@ -262,7 +280,7 @@ impl ProxyHttp for MeshProxy {
                 session,
                 Reason::NoRoute.status(),
                 Reason::NoRoute,
-                None,
+                &[],
                 false,
             )
             .await?;
@@ -276,12 +294,69 @@ impl ProxyHttp for MeshProxy {
             // Keep the request body (up to Pingora's retry buffer) so a retry can send it again.
             session.as_mut().enable_retry_buffering();
         }
+        let peer = client_ip(session).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let client =
+            limit::client_address(peer, session.req_header(), &snapshot.policy.trusted_proxies);
+        ctx.client_ip = Some(client);
+        if let Some(limiter) = &snapshot.routes[route_index].rate_limiter {
+            let source = KeySource {
+                client_ip: client,
+                identity: None,
+                header: session.req_header(),
+            };
+            let outcome = limiter
+                .check(&source, snapshot.rate_limit_store.as_deref())
+                .await;
+            ctx.rate_limit = outcome.token();
+            match outcome {
+                LimitOutcome::Admitted(decision) => {
+                    if limiter.spec.headers_on_success {
+                        ctx.rate_limit_headers = Some((Arc::clone(limiter), decision));
+                    }
+                }
+                LimitOutcome::ShadowRefused(_)
+                | LimitOutcome::StoreFailed(StoreErrorAction::Allow) => {}
+                LimitOutcome::Refused(decision) => {
+                    ctx.reason = Some(Reason::RateLimited);
+                    let headers = [
+                        (
+                            http::header::RETRY_AFTER,
+                            http::HeaderValue::from(limit::retry_after_seconds(&decision)),
+                        ),
+                        (limit::RATELIMIT_POLICY, limiter.policy_header().clone()),
+                        (limit::RATELIMIT, limiter.state_header(&decision)),
+                    ];
+                    respond_with_reason(
+                        session,
+                        Reason::RateLimited.status(),
+                        Reason::RateLimited,
+                        &headers,
+                        false,
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+                LimitOutcome::StoreFailed(StoreErrorAction::Deny) => {
+                    ctx.reason = Some(Reason::RateLimitUnavailable);
+                    let headers = [(http::header::RETRY_AFTER, http::HeaderValue::from(1u32))];
+                    respond_with_reason(
+                        session,
+                        Reason::RateLimitUnavailable.status(),
+                        Reason::RateLimitUnavailable,
+                        &headers,
+                        false,
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+            }
+        }
         if let Some(fault) = &route.fault {
             let roll = || rand::random::<f64>() * 100.0;
             if let Some((status, percent)) = fault.abort {
                 if roll() < percent {
                     ctx.reason = Some(Reason::FaultAbort);
-                    respond_with_reason(session, status, Reason::FaultAbort, None, false).await?;
+                    respond_with_reason(session, status, Reason::FaultAbort, &[], false).await?;
                     return Ok(true);
                 }
             }
@@ -295,7 +370,7 @@ impl ProxyHttp for MeshProxy {
         // Choose the split, and admit the request to its upstream's breaker here, so that an
         // overflow is answered like any other gateway response and the connection is kept.
         let slot = match &route.split_key {
-            Some(key) => key_hash(key, session.req_header(), client_ip(session)) as usize,
+            Some(key) => key_hash(key, session.req_header(), ctx.client_ip) as usize,
             None => snapshot.routes[route_index]
                 .split_cursor
                 .fetch_add(1, Ordering::Relaxed) as usize,
@@ -311,7 +386,7 @@ impl ProxyHttp for MeshProxy {
                 session,
                 Reason::Overflow.status(),
                 Reason::Overflow,
-                Some(overflow),
+                &overflow_header(overflow),
                 false,
             )
             .await?;
@@ -368,7 +443,7 @@ impl ProxyHttp for MeshProxy {
             .spec
             .hash_key
             .as_ref()
-            .map(|key| key_hash(key, session.req_header(), client_ip(session)).to_le_bytes());
+            .map(|key| key_hash(key, session.req_header(), ctx.client_ip).to_le_bytes());
         let hash_input = hash_input.as_ref().map(|h| h.as_slice());
         let mut chosen = upstream.acquire(hash_input);
         // A retry goes to another endpoint where there is one.
@@ -498,6 +573,11 @@ impl ProxyHttp for MeshProxy {
                 .response_headers
                 .apply(upstream_response)?;
         }
+        if let Some((limiter, decision)) = &ctx.rate_limit_headers {
+            upstream_response
+                .insert_header(limit::RATELIMIT_POLICY, limiter.policy_header().clone())?;
+            upstream_response.insert_header(limit::RATELIMIT, limiter.state_header(decision))?;
+        }
         Ok(())
     }
 
@@ -575,7 +655,8 @@ impl ProxyHttp for MeshProxy {
         if status > 0 && session.response_written().is_none() {
             let written = match reason {
                 Some(reason) => {
-                    respond_with_reason(session, status, reason, ctx.overflow, true).await
+                    let extra = ctx.overflow.map(overflow_header).unwrap_or_default();
+                    respond_with_reason(session, status, reason, &extra, true).await
                 }
                 None => session.respond_error(status).await,
             };
@@ -632,9 +713,10 @@ impl ProxyHttp for MeshProxy {
                 .last_endpoint
                 .map_or_else(|| "-".to_owned(), |addr| addr.to_string());
             log.log(format!(
-                "{time} {client} \"{method} {uri} {version:?}\" {status} {reason} listener={listener} route={route} upstream={upstream} endpoint={endpoint} duration_ms={duration:.3}",
+                "{time} {client} \"{method} {uri} {version:?}\" {status} {reason} listener={listener} route={route} upstream={upstream} endpoint={endpoint} rate_limit={rate_limit} duration_ms={duration:.3}",
                 time = humantime::format_rfc3339_millis(std::time::SystemTime::now()),
-                client = client_ip(session).map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+                client = ctx.client_ip.or_else(|| client_ip(session)).map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+                rate_limit = ctx.rate_limit,
                 method = header.method,
                 uri = header.uri,
                 version = header.version,

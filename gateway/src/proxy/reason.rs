@@ -21,6 +21,8 @@ pub enum Reason {
     UpstreamReset,
     /// A rate limit refused the request.
     RateLimited,
+    /// A global rate limit's store failed and its `on_error` is `deny`.
+    RateLimitUnavailable,
     /// Authorization refused the caller.
     Forbidden,
     /// Fault injection aborted the request.
@@ -38,6 +40,7 @@ impl Reason {
             Reason::ConnectFailure => "connect-failure",
             Reason::UpstreamReset => "upstream-reset",
             Reason::RateLimited => "rate-limited",
+            Reason::RateLimitUnavailable => "rate-limit-unavailable",
             Reason::Forbidden => "forbidden",
             Reason::FaultAbort => "fault-abort",
         }
@@ -48,7 +51,7 @@ impl Reason {
     pub fn status(self) -> u16 {
         match self {
             Reason::NoRoute => 404,
-            Reason::Overflow | Reason::NoHealthyUpstream => 503,
+            Reason::Overflow | Reason::NoHealthyUpstream | Reason::RateLimitUnavailable => 503,
             Reason::UpstreamTimeout => 504,
             Reason::ConnectFailure | Reason::UpstreamReset => 502,
             Reason::RateLimited => 429,

@@ -1,7 +1,10 @@
 //! Prometheus metrics. Label values come only from policy names, status codes and reason
 //! tokens, so cardinality stays bounded whatever the traffic.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 /// The gateway's metric families.
 pub struct Metrics {
@@ -16,6 +19,14 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// `meshgate_retries_total{route}`.
     pub retries_total: IntCounterVec,
+    /// `meshgate_rate_limited_total{route,mode}`.
+    pub rate_limited_total: IntCounterVec,
+    /// `meshgate_rate_limit_evictions_total{route}`.
+    pub rate_limit_evictions: IntCounterVec,
+    /// `meshgate_rate_limit_store_errors_total{kind}`.
+    pub rate_limit_store_errors: IntCounterVec,
+    /// `meshgate_rate_limit_store_duration_seconds`.
+    pub rate_limit_store_duration: Histogram,
 }
 
 impl Metrics {
@@ -53,6 +64,40 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition");
+        let rate_limited_total = IntCounterVec::new(
+            Opts::new(
+                "meshgate_rate_limited_total",
+                "Requests over a rate limit, by route and mode (enforce: refused with 429; shadow: counted and let through).",
+            ),
+            &["route", "mode"],
+        )
+        .expect("static metric definition");
+        let rate_limit_evictions = IntCounterVec::new(
+            Opts::new(
+                "meshgate_rate_limit_evictions_total",
+                "Buckets of local rate limits dropped to stay within max_keys, by route.",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let rate_limit_store_errors = IntCounterVec::new(
+            Opts::new(
+                "meshgate_rate_limit_store_errors_total",
+                "Global rate-limit decisions the store failed, by kind (timeout, unavailable, error).",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let rate_limit_store_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "meshgate_rate_limit_store_duration_seconds",
+                "Time of one global rate-limit decision in the store, timeouts included.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("meshgate_build_info", "Build information; always 1."),
             &["version"],
@@ -67,6 +112,10 @@ impl Metrics {
             Box::new(policy_reloads.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(retries_total.clone()),
+            Box::new(rate_limited_total.clone()),
+            Box::new(rate_limit_evictions.clone()),
+            Box::new(rate_limit_store_errors.clone()),
+            Box::new(rate_limit_store_duration.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -80,6 +129,10 @@ impl Metrics {
             policy_reloads,
             access_log_dropped,
             retries_total,
+            rate_limited_total,
+            rate_limit_evictions,
+            rate_limit_store_errors,
+            rate_limit_store_duration,
         }
     }
 

@@ -184,6 +184,28 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The gateway's resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -258,4 +280,87 @@ pub async fn count_servers(
         *counts.entry(server).or_default() += 1;
     }
     counts
+}
+
+/// Parses wrk's summary: (requests, non-2xx/3xx responses, socket errors).
+pub fn wrk_summary(output: &str) -> (u64, u64, u64) {
+    let requests = output
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let non_2xx = output
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx responses"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let socket_errors = output
+        .lines()
+        .find(|l| l.contains("Socket errors"))
+        .map(|l| {
+            l.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    (requests, non_2xx, socket_errors)
+}
+
+/// Runs wrk (bounded by `-d`) with `args` before the URL; returns its standard output.
+pub fn run_wrk(args: &[&str], url: &str) -> String {
+    let output = Command::new("wrk")
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("wrk is installed by `make deps`");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A real `redis-server` on a loopback port, killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts Redis on `port` (a free one when `None`) and waits until it answers.
+    pub fn start(port: Option<u16>) -> Redis {
+        let port = port.unwrap_or_else(free_port);
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed by `make deps`");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port, dir }
+    }
+
+    /// `redis://` URL of database 0.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
