@@ -17,6 +17,8 @@ CONNECTIONS=${CONNECTIONS:-32}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 ECHO_PORT=18001; BARE_PORT=18079; MESHGATE_PORT=18080; RESILIENT_PORT=18083; RESILIENT_ADMIN_PORT=18902; NGINX_PORT=18081; HAPROXY_PORT=18082; ADMIN_PORT=18901
+LOCAL_LIMIT_PORT=18084; LOCAL_LIMIT_ADMIN_PORT=18903; GLOBAL_LIMIT_PORT=18085; GLOBAL_LIMIT_ADMIN_PORT=18904
+NGINX_LIMIT_PORT=18086; HAPROXY_LIMIT_PORT=18087; REDIS_PORT=18379
 WORK=$(mktemp -d /tmp/meshgate-bench.XXXXXX)
 RESULTS=loadtest/results
 mkdir -p "$RESULTS"
@@ -31,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in wrk nginx haproxy taskset; do
+for tool in wrk nginx haproxy taskset redis-server; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (run make deps)" >&2; exit 1; }
 done
 [ -x target/release/meshgate ] || { echo "bench: build first (make build)" >&2; exit 1; }
@@ -100,6 +102,17 @@ meshgate_policy "$RESILIENT_PORT" "$RESILIENT_ADMIN_PORT" "$RESILIENT_UPSTREAM_K
 start_meshgate resilient "$WORK/resilient.toml"
 RESILIENT_PID=$!; PIDS+=($RESILIENT_PID)
 
+# Rate limits that never trip: local, and global in a Redis pinned beside wrk.
+meshgate_policy "$LOCAL_LIMIT_PORT" "$LOCAL_LIMIT_ADMIN_PORT" "" "$LOCAL_LIMIT_ROUTE_KEYS" > "$WORK/local-limit.toml"
+start_meshgate local-limit "$WORK/local-limit.toml"
+LOCAL_LIMIT_PID=$!; PIDS+=($LOCAL_LIMIT_PID)
+taskset -c "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+  --dir "$WORK" >/dev/null &
+REDIS_PID=$!; PIDS+=($REDIS_PID)
+{ meshgate_policy "$GLOBAL_LIMIT_PORT" "$GLOBAL_LIMIT_ADMIN_PORT" "" "$GLOBAL_LIMIT_ROUTE_KEYS"; global_limit_store; } > "$WORK/global-limit.toml"
+start_meshgate global-limit "$WORK/global-limit.toml"
+GLOBAL_LIMIT_PID=$!; PIDS+=($GLOBAL_LIMIT_PID)
+
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<NGINX
 worker_processes 1;
@@ -112,9 +125,19 @@ http {
   client_body_temp_path $WORK/nginx/body;
   proxy_temp_path $WORK/nginx/proxy;
   upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
+  limit_req_zone \$binary_remote_addr zone=per_client:10m rate=1000000r/s;
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_LIMIT_PORT;
+    location / {
+      limit_req zone=per_client burst=1000000 nodelay;
       proxy_pass http://echo;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -137,6 +160,12 @@ defaults
   http-reuse always
 frontend bench
   bind 127.0.0.1:$HAPROXY_PORT
+  default_backend echo
+frontend bench_limited
+  bind 127.0.0.1:$HAPROXY_LIMIT_PORT
+  stick-table type ip size 100k expire 10s store http_req_rate(1s)
+  http-request track-sc0 src
+  http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000 }
   default_backend echo
 backend echo
   server echo 127.0.0.1:$ECHO_PORT
@@ -164,4 +193,12 @@ NGINX_PIDS=($NGINX_MASTER $(pgrep -P "$NGINX_MASTER" || true))
   run "meshgate, resilience on" "$RESILIENT_PORT" "$RESILIENT_PID"
   run "nginx" "$NGINX_PORT" "${NGINX_PIDS[@]}"
   run "haproxy" "$HAPROXY_PORT" "$HAPROXY_PID"
+  run "meshgate, local rate limit (never trips)" "$LOCAL_LIMIT_PORT" "$LOCAL_LIMIT_PID"
+  redis_before=$(cpu_ticks "$REDIS_PID")
+  run "meshgate, global rate limit in Redis (never trips)" "$GLOBAL_LIMIT_PORT" "$GLOBAL_LIMIT_PID"
+  redis_after=$(cpu_ticks "$REDIS_PID")
+  run "nginx, limit_req (never trips)" "$NGINX_LIMIT_PORT" "${NGINX_PIDS[@]}"
+  run "haproxy, stick-table rate limit (never trips)" "$HAPROXY_LIMIT_PORT" "$HAPROXY_PID"
+  echo
+  echo "Redis CPU during the global-limit run (warm-up included): $(( (redis_after - redis_before) * 1000 / TICKS )) ms."
 } | tee "$RESULTS/latest.md"

@@ -33,3 +33,11 @@ RESILIENT_UPSTREAM_KEYS='circuit_breaker = { max_requests = 512, max_pending = 5
 outlier_detection = { consecutive_failures = 5 }'
 RESILIENT_ROUTE_KEYS='retry = { attempts = 2, on = ["connect-failure", "5xx"], per_try_timeout = "2s" }
 timeouts = { request = "5s" }'
+
+# Rate limits that never trip at benchmark load: a local one keyed on the client address, and
+# a global one in Redis at $REDIS_PORT.
+LOCAL_LIMIT_ROUTE_KEYS='rate_limit = { requests_per_second = 1000000, burst = 1000000, key = "client_ip" }'
+GLOBAL_LIMIT_ROUTE_KEYS='rate_limit = { requests_per_second = 1000000, burst = 1000000, key = "client_ip", scope = "global" }'
+global_limit_store() {
+  printf '[rate_limit_store]\nredis = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT"
+}

@@ -68,6 +68,7 @@ fn metric_value(metrics: &str, prefix: &str) -> f64 {
 /// 50 × seconds + 10 requests within ±7%.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_limit_admits_rate_times_seconds_plus_burst() {
+    let _machine = load_test_lock();
     let (upstream, config, _task) = start_upstream("u", 200, Duration::ZERO).await;
     let gateway = Gateway::start(&limited_routes(
         upstream,
@@ -307,6 +308,7 @@ async fn a_reload_never_refills_a_drained_bucket() {
 /// than 64 MiB.
 #[tokio::test(flavor = "multi_thread")]
 async fn many_keys_keep_memory_bounded() {
+    let _machine = load_test_lock();
     let upstream = start_echo("u").await;
     let gateway = Gateway::start(&limited_routes(
         upstream,
@@ -364,6 +366,7 @@ end
 /// between them, within ±10%.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_global_limit_is_shared_by_two_gateways() {
+    let _machine = load_test_lock();
     let redis = Redis::start(None);
     let (upstream, config, _task) = start_upstream("u", 200, Duration::ZERO).await;
     let body = limited_routes(

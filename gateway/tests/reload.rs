@@ -240,6 +240,7 @@ async fn unchanged_upstreams_keep_their_state_across_reloads() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_swaps_under_wrk_load_drop_nothing() {
+    let _machine = load_test_lock();
     let v1 = start_echo("v1").await;
     let v2 = start_echo("v2").await;
     let gateway = Gateway::start(&split_policy(v1, v2, 90, 10));

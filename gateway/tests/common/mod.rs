@@ -364,3 +364,13 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// Holds the machine for a load test: load tests (those that run `wrk`) take turns, whatever
+/// the test runner runs in parallel, so that each one measures the gateway and not its
+/// neighbours. The lock is a file lock, so it works across test processes too.
+pub fn load_test_lock() -> std::fs::File {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("load-test.lock");
+    let file = std::fs::File::create(path).expect("create the load-test lock file");
+    file.lock().expect("take the load-test lock");
+    file
+}
