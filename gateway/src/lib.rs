@@ -12,4 +12,5 @@ pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

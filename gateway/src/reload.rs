@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+
+use crate::tls::TlsRegistry;
 use meshgate_admin::{Applied, ApplyError, ErrorItem, Validated};
 use meshgate_policy::{CompiledPolicy, PolicyError};
 use sha2::{Digest, Sha256};
@@ -48,6 +50,8 @@ pub struct PolicyStore {
     current: ArcSwap<Snapshot>,
     state: Mutex<StoreState>,
     telemetry: Arc<Telemetry>,
+    /// Certificates and keys of TLS listeners and upstreams.
+    pub tls: Arc<TlsRegistry>,
 }
 
 /// Hex SHA-256 of a policy's text.
@@ -94,7 +98,15 @@ impl PolicyStore {
             .map_err(|e| format!("cannot open the access log: {e}"))?;
         telemetry.metrics.policy_version.set(1);
         let hash = policy_hash(&source);
-        let snapshot = Snapshot::build(compiled, None, 1, &telemetry.metrics);
+        let tls = TlsRegistry::new(telemetry.clone());
+        for listener in &compiled.listeners {
+            if let Some(spec) = &listener.tls {
+                tls.add_listener(&listener.name, spec).map_err(|e| {
+                    format!("{}: listeners.{}.tls: {e}", path.display(), listener.name)
+                })?;
+            }
+        }
+        let snapshot = Snapshot::build(compiled, None, 1, &telemetry.metrics, &tls);
         let (health_checks, health_receiver) = tokio::sync::mpsc::unbounded_channel();
         for upstream in &snapshot.upstreams {
             if upstream.spec.health_check.is_some() {
@@ -107,6 +119,7 @@ impl PolicyStore {
             path: path.to_path_buf(),
             base_dir,
             current: ArcSwap::from_pointee(snapshot),
+            tls,
             state: Mutex::new(StoreState {
                 active: PolicyText { source, hash },
                 previous: None,
@@ -264,7 +277,18 @@ impl PolicyStore {
             tracing::warn!("access log not reopened, keeping the old one: {e}");
         }
         let version = state.next_version;
-        let snapshot = Snapshot::build(compiled, Some(&old), version, &self.telemetry.metrics);
+        let snapshot = Snapshot::build(
+            compiled,
+            Some(&old),
+            version,
+            &self.telemetry.metrics,
+            &self.tls,
+        );
+        for listener in &snapshot.policy.listeners {
+            if let Some(spec) = &listener.tls {
+                self.tls.apply_listener(&listener.name, spec);
+            }
+        }
         for upstream in &snapshot.upstreams {
             let new = !old.upstreams.iter().any(|o| Arc::ptr_eq(o, upstream));
             if new && upstream.spec.health_check.is_some() {

@@ -57,6 +57,11 @@ impl BackgroundService for ControlService {
                 None
             }
         };
+        if let Err(e) = crate::tls::watch_files(self.store.tls.clone()) {
+            tracing::error!(
+                "not watching certificate files: {e}; reload the policy after replacing them"
+            );
+        }
         let _ = shutdown.changed().await;
         drop(watcher);
     }
@@ -101,7 +106,14 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         "meshgate proxy",
     );
     for listener in &policy.listeners {
-        proxy.add_tcp(&listener.addr.to_string());
+        match store.tls.listener(&listener.name) {
+            None => proxy.add_tcp(&listener.addr.to_string()),
+            Some(state) => {
+                let settings = crate::tls::listener_settings(&state)
+                    .map_err(|e| format!("listener {}: TLS: {e}", listener.name))?;
+                proxy.add_tls_with_settings(&listener.addr.to_string(), None, settings);
+            }
+        }
     }
     if let Some(app) = proxy.app_logic_mut() {
         let mut server_options = HttpServerOptions::default();

@@ -10,6 +10,7 @@ use prometheus::{IntCounter, IntCounterVec};
 use crate::limit::{RateLimitStore, RateLimiter};
 use crate::proxy::RetryBudget;
 use crate::telemetry::Metrics;
+use crate::tls::TlsRegistry;
 use crate::upstream::UpstreamState;
 
 const FIRST_CODE: u16 = 100;
@@ -205,6 +206,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         version: u64,
         metrics: &Metrics,
+        tls: &TlsRegistry,
     ) -> Snapshot {
         let requests_total = &metrics.requests_total;
         let rate_limit_store = policy.rate_limit_store.as_ref().map(|settings| {
@@ -225,7 +227,10 @@ impl Snapshot {
                 previous
                     .and_then(|old| old.upstreams.iter().find(|u| u.spec == *spec))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(UpstreamState::new(spec.clone())))
+                    .unwrap_or_else(|| {
+                        let tls = spec.tls.as_ref().map(|t| tls.upstream(t));
+                        Arc::new(UpstreamState::new(spec.clone(), tls))
+                    })
             })
             .collect();
         let routes = policy

@@ -12,7 +12,8 @@ use ipnet::IpNet;
 use regex::Regex;
 
 pub use crate::schema::{
-    Balance, RateLimitMode, RateLimitScope, StoreErrorAction, UpstreamProtocol,
+    Balance, ClientAuth, DefaultAuthz, RateLimitMode, RateLimitScope, StoreErrorAction,
+    UpstreamProtocol,
 };
 
 /// A validated, compiled policy.
@@ -144,13 +145,82 @@ pub struct TelemetrySettings {
     pub access_log: AccessLogTarget,
 }
 
-/// A listener; static.
+/// A listener. Its name, address and whether it speaks TLS are static; its certificates,
+/// client authentication and `default_authz` apply on reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// Its name.
     pub name: String,
     /// Its bind address.
     pub addr: SocketAddr,
+    /// TLS termination.
+    pub tls: Option<ListenerTls>,
+    /// What a route without `allow` does here.
+    pub default_authz: DefaultAuthz,
+}
+
+/// A certificate chain and its key, as files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertFiles {
+    /// PEM chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// A TLS listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Served when no SNI entry matches.
+    pub default_cert: CertFiles,
+    /// `(server names, certificate)`, in file order; names are lower-case, exact or `*.suffix`.
+    pub sni: Vec<(Vec<String>, CertFiles)>,
+    /// CAs of client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// Whether clients are asked for a certificate.
+    pub client_auth: ClientAuth,
+}
+
+impl ListenerTls {
+    /// Every file the listener reads, for the file watcher.
+    pub fn files(&self) -> Vec<&PathBuf> {
+        let mut files = vec![&self.default_cert.cert, &self.default_cert.key];
+        for (_, cert) in &self.sni {
+            files.extend([&cert.cert, &cert.key]);
+        }
+        files.extend(&self.client_ca);
+        files
+    }
+}
+
+/// TLS from the gateway to an upstream's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// Server name sent and verified; the endpoint's address when `None`.
+    pub sni: Option<String>,
+    /// CAs of the upstream's certificate; the system's roots when `None`.
+    pub ca: Option<PathBuf>,
+    /// The gateway's client certificate.
+    pub client_cert: Option<CertFiles>,
+}
+
+/// An entry of a route's `allow` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityPattern {
+    /// This identity.
+    Exact(String),
+    /// Any identity starting with this (the entry without its trailing `*`).
+    Prefix(String),
+}
+
+impl IdentityPattern {
+    /// Whether `identity` matches.
+    pub fn matches(&self, identity: &str) -> bool {
+        match self {
+            IdentityPattern::Exact(exact) => identity == exact,
+            IdentityPattern::Prefix(prefix) => identity.starts_with(prefix.as_str()),
+        }
+    }
 }
 
 /// What a sticky split or a consistent hash keys on.
@@ -218,6 +288,8 @@ pub struct UpstreamSpec {
     pub circuit_breaker: BreakerSpec,
     /// Passive ejection of failing endpoints.
     pub outlier_detection: Option<OutlierSpec>,
+    /// TLS to the endpoints.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Active health check settings.
@@ -357,6 +429,8 @@ pub struct Route {
     pub fault: Option<FaultSpec>,
     /// Rate limit.
     pub rate_limit: Option<RateLimitSpec>,
+    /// Caller identities allowed; `None` leaves it to the listener's `default_authz`.
+    pub allow: Option<Vec<IdentityPattern>>,
 }
 
 /// One weighted target of a route.
@@ -553,7 +627,13 @@ impl CompiledPolicy {
         if self.admin != other.admin {
             changed.push("admin");
         }
-        if self.listeners != other.listeners {
+        let bound = |listeners: &[Listener]| {
+            listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.addr, l.tls.is_some()))
+                .collect::<Vec<_>>()
+        };
+        if bound(&self.listeners) != bound(&other.listeners) {
             changed.push("listeners");
         }
         changed

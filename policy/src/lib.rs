@@ -8,6 +8,7 @@ pub mod compiled;
 pub mod duration;
 mod error;
 mod load;
+pub mod pem;
 pub mod schema;
 
 pub use compiled::{CompiledPolicy, RequestView};

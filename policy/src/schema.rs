@@ -83,6 +83,65 @@ pub struct ListenerSpec {
     pub name: String,
     /// `IP:port` to bind.
     pub listen: String,
+    /// TLS termination; plain HTTP (and h2c) when absent.
+    pub tls: Option<ListenerTlsSection>,
+}
+
+/// `[listeners.tls]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSection {
+    /// PEM certificate chain served when no SNI entry matches.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// More certificates, chosen by the client's SNI.
+    #[serde(default)]
+    pub sni: Vec<SniCertSection>,
+    /// PEM bundle of the CAs that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Whether clients are asked for a certificate.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// What a route without `allow` does on this listener.
+    #[serde(default)]
+    pub default_authz: DefaultAuthz,
+}
+
+/// One `[[listeners.tls.sni]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertSection {
+    /// Server names this certificate is for: exact, or `*.suffix`.
+    pub server_names: Vec<String>,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Client certificate policy of a TLS listener.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Clients are not asked for a certificate.
+    #[default]
+    None,
+    /// A certificate is asked for and verified when given; clients without one get in anonymous.
+    Optional,
+    /// A valid certificate is needed to complete the handshake.
+    Require,
+}
+
+/// What a route without `allow` does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAuthz {
+    /// Every caller may use it.
+    #[default]
+    Allow,
+    /// Nobody may use it.
+    Deny,
 }
 
 /// One `[[upstreams]]` entry.
@@ -111,6 +170,23 @@ pub struct UpstreamSection {
     pub circuit_breaker: Option<CircuitBreakerSection>,
     /// Passive ejection of failing endpoints; off when absent.
     pub outlier_detection: Option<OutlierDetectionSection>,
+    /// TLS to the endpoints; plain when absent.
+    pub tls: Option<UpstreamTlsSection>,
+}
+
+/// `[upstreams.tls]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// Server name sent and verified; the endpoint's IP address when absent.
+    pub sni: Option<String>,
+    /// PEM bundle of the CAs the upstream's certificate must chain to; the system's roots when
+    /// absent.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain, for upstreams that require one.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 /// `[upstreams.health_check]`.
@@ -269,6 +345,8 @@ pub struct RouteSection {
     pub fault: Option<FaultSection>,
     /// Token-bucket rate limit.
     pub rate_limit: Option<RateLimitSection>,
+    /// Caller identities allowed; a trailing `/*` makes an entry a prefix.
+    pub allow: Option<Vec<String>>,
 }
 
 /// `[routes.rate_limit]`.

@@ -90,18 +90,12 @@ split = [{ upstream = "u", weight = "heavy" }, { upstream = "u", extra = 1 }]
 #[test]
 fn keys_of_later_features_are_refused_as_unknown_never_ignored() {
     let source = r#"version = 1
-[[upstreams]]
-name = "u"
-endpoints = ["10.0.0.1:80"]
-[upstreams.tls]
-sni = "u.internal"
-[[routes]]
-name = "r"
-split = [{ upstream = "u" }]
+[telemetry]
+otlp_endpoint = "http://127.0.0.1:4318"
 "#;
     let errors = refused(source);
     assert!(
-        has(&errors, 5, "upstreams[0].tls", "unknown field"),
+        has(&errors, 3, "telemetry.otlp_endpoint", "unknown field"),
         "{errors:#?}"
     );
 }

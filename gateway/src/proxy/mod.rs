@@ -22,6 +22,7 @@ use crate::limit::{self, KeySource, LimitOutcome, RateLimiter};
 use crate::reload::PolicyStore;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
+use crate::tls::PeerTls;
 use crate::upstream::{breaker_give_back, Overflow, UpstreamState};
 use meshgate_policy::compiled::StoreErrorAction;
 pub use reason::{Reason, REASON_HEADER};
@@ -39,6 +40,9 @@ const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwa
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
 const HTTP_SCHEME: http::HeaderValue = http::HeaderValue::from_static("http");
+const HTTPS_SCHEME: http::HeaderValue = http::HeaderValue::from_static("https");
+const X_FORWARDED_CLIENT_CERT: http::HeaderName =
+    http::HeaderName::from_static("x-forwarded-client-cert");
 
 /// meshgate's proxy logic.
 pub struct MeshProxy {
@@ -102,6 +106,20 @@ pub struct RequestCtx {
     rate_limit: &'static str,
     /// The `RateLimit` headers to add to an admitted response.
     rate_limit_headers: Option<(Arc<RateLimiter>, limit::Decision)>,
+    /// The downstream TLS connection's digest, when it is TLS.
+    tls: Option<Arc<pingora::protocols::tls::SslDigest>>,
+}
+
+impl RequestCtx {
+    /// What the TLS handshake learned of the caller.
+    fn peer_tls(&self) -> Option<&PeerTls> {
+        self.tls.as_ref()?.extension.get::<PeerTls>()
+    }
+
+    /// The caller's certificate identity.
+    fn identity(&self) -> Option<&str> {
+        self.peer_tls()?.identity.as_deref()
+    }
 }
 
 impl RequestCtx {
@@ -180,6 +198,22 @@ async fn respond_with_reason(
         .await
 }
 
+/// Whether the caller may use the route: the route's `allow` list when it has one, else the
+/// listener's `default_authz`.
+fn authorized(
+    route: &meshgate_policy::compiled::Route,
+    policy: &meshgate_policy::CompiledPolicy,
+    listener: Option<usize>,
+    identity: Option<&str>,
+) -> bool {
+    match &route.allow {
+        Some(patterns) => identity.is_some_and(|id| patterns.iter().any(|p| p.matches(id))),
+        None => listener.is_none_or(|l| {
+            policy.listeners[l].default_authz == meshgate_policy::compiled::DefaultAuthz::Allow
+        }),
+    }
+}
+
 fn overflow_header(overflow: Overflow) -> Vec<(http::HeaderName, http::HeaderValue)> {
     vec![(
         http::HeaderName::from_static(OVERFLOW_HEADER),
@@ -237,6 +271,7 @@ impl ProxyHttp for MeshProxy {
             client_ip: None,
             rate_limit: "-",
             rate_limit_headers: None,
+            tls: None,
         }
     }
 
@@ -260,6 +295,10 @@ impl ProxyHttp for MeshProxy {
             .and_then(|a| a.as_inet())
             .and_then(|local| snapshot.listener_for(*local));
         ctx.snapshot = Some(snapshot);
+        ctx.tls = session
+            .as_downstream()
+            .digest()
+            .and_then(|d| d.ssl_digest.clone());
         Ok(())
     }
 
@@ -294,6 +333,23 @@ impl ProxyHttp for MeshProxy {
             // Keep the request body (up to Pingora's retry buffer) so a retry can send it again.
             session.as_mut().enable_retry_buffering();
         }
+        if !authorized(route, &snapshot.policy, ctx.listener, ctx.identity()) {
+            ctx.reason = Some(Reason::Forbidden);
+            self.telemetry
+                .metrics
+                .authz_denied
+                .with_label_values(&[route.name.as_str()])
+                .inc();
+            respond_with_reason(
+                session,
+                Reason::Forbidden.status(),
+                Reason::Forbidden,
+                &[],
+                false,
+            )
+            .await?;
+            return Ok(true);
+        }
         let peer = client_ip(session).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let client =
             limit::client_address(peer, session.req_header(), &snapshot.policy.trusted_proxies);
@@ -301,7 +357,11 @@ impl ProxyHttp for MeshProxy {
         if let Some(limiter) = &snapshot.routes[route_index].rate_limiter {
             let source = KeySource {
                 client_ip: client,
-                identity: None,
+                identity: ctx
+                    .tls
+                    .as_ref()
+                    .and_then(|d| d.extension.get::<PeerTls>())
+                    .and_then(|p| p.identity.as_deref()),
                 header: session.req_header(),
             };
             let outcome = limiter
@@ -469,6 +529,12 @@ impl ProxyHttp for MeshProxy {
         ctx.last_endpoint = Some(upstream.endpoints[endpoint].addr);
 
         let mut peer = upstream.endpoints[endpoint].peer.clone();
+        if let Some(tls) = &upstream.tls {
+            let material = tls.material();
+            peer.options.ca = material.ca.clone();
+            peer.client_cert_key = material.client_cert.clone();
+            peer.group_key = material.group_key();
+        }
         let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
         let try_limit = match (per_try, remaining) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -520,7 +586,17 @@ impl ProxyHttp for MeshProxy {
             };
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
-        upstream_request.insert_header(X_FORWARDED_PROTO, HTTP_SCHEME.clone())?;
+        let scheme = if ctx.tls.is_some() {
+            HTTPS_SCHEME
+        } else {
+            HTTP_SCHEME
+        };
+        upstream_request.insert_header(X_FORWARDED_PROTO, scheme)?;
+        // Any incoming copy was removed in `request_filter`; only the gateway's own reaches
+        // the upstream.
+        if let Some(value) = ctx.peer_tls().and_then(PeerTls::forwarded_client_cert) {
+            upstream_request.insert_header(X_FORWARDED_CLIENT_CERT, value)?;
+        }
         if let Some(host) = request_host(session.req_header()).map(str::to_owned) {
             upstream_request.insert_header(X_FORWARDED_HOST, host.as_str())?;
             // An HTTP/2 client sends only `:authority`; an HTTP/1.1 upstream needs `Host`.

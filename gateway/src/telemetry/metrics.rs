@@ -27,6 +27,16 @@ pub struct Metrics {
     pub rate_limit_store_errors: IntCounterVec,
     /// `meshgate_rate_limit_store_duration_seconds`.
     pub rate_limit_store_duration: Histogram,
+    /// `meshgate_tls_handshakes_total{listener}`.
+    pub tls_handshakes: IntCounterVec,
+    /// `meshgate_tls_handshake_failures_total{listener,reason}`.
+    pub tls_handshake_failures: IntCounterVec,
+    /// `meshgate_tls_certificate_expiry_timestamp_seconds{file}`.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// `meshgate_tls_reloads_total{result}`.
+    pub tls_reloads: IntCounterVec,
+    /// `meshgate_authz_denied_total{route}`.
+    pub authz_denied: IntCounterVec,
 }
 
 impl Metrics {
@@ -98,6 +108,46 @@ impl Metrics {
             ]),
         )
         .expect("static metric definition");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "meshgate_tls_handshakes_total",
+                "TLS handshakes completed, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "meshgate_tls_handshake_failures_total",
+                "TLS handshakes refused for the client's certificate, by listener and reason (expired, not-yet-valid, unknown-ca, revoked, bad-certificate).",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("static metric definition");
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "meshgate_tls_certificate_expiry_timestamp_seconds",
+                "When a certificate file in use expires (Unix time); for a CA bundle, its first certificate to expire.",
+            ),
+            &["file"],
+        )
+        .expect("static metric definition");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "meshgate_tls_reloads_total",
+                "Certificate, key and CA file changes, by result (applied, or refused while the old files keep serving).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let authz_denied = IntCounterVec::new(
+            Opts::new(
+                "meshgate_authz_denied_total",
+                "Requests refused with 403 because the caller's identity is not allowed, by route.",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("meshgate_build_info", "Build information; always 1."),
             &["version"],
@@ -116,6 +166,11 @@ impl Metrics {
             Box::new(rate_limit_evictions.clone()),
             Box::new(rate_limit_store_errors.clone()),
             Box::new(rate_limit_store_duration.clone()),
+            Box::new(tls_handshakes.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(tls_certificate_expiry.clone()),
+            Box::new(tls_reloads.clone()),
+            Box::new(authz_denied.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -133,6 +188,11 @@ impl Metrics {
             rate_limit_evictions,
             rate_limit_store_errors,
             rate_limit_store_duration,
+            tls_handshakes,
+            tls_handshake_failures,
+            tls_certificate_expiry,
+            tls_reloads,
+            authz_denied,
         }
     }
 

@@ -114,24 +114,28 @@ mod tests {
                 weight,
             })
             .collect();
-        UpstreamState::new(UpstreamSpec {
-            name: "pool".into(),
-            schedule: smooth_weighted_schedule(weights),
-            endpoints,
-            balance,
-            hash_key: None,
-            connect_timeout: std::time::Duration::from_secs(1),
-            protocol: UpstreamProtocol::Http1,
-            idle_timeout: std::time::Duration::from_secs(60),
-            health_check: None,
-            circuit_breaker: BreakerSpec {
-                max_connections: 10,
-                max_pending: 10,
-                max_requests: 10,
-                max_retries: 10,
+        UpstreamState::new(
+            UpstreamSpec {
+                name: "pool".into(),
+                schedule: smooth_weighted_schedule(weights),
+                endpoints,
+                balance,
+                hash_key: None,
+                connect_timeout: std::time::Duration::from_secs(1),
+                protocol: UpstreamProtocol::Http1,
+                idle_timeout: std::time::Duration::from_secs(60),
+                health_check: None,
+                circuit_breaker: BreakerSpec {
+                    max_connections: 10,
+                    max_pending: 10,
+                    max_requests: 10,
+                    max_retries: 10,
+                },
+                outlier_detection: None,
+                tls: None,
             },
-            outlier_detection: None,
-        })
+            None,
+        )
     }
 
     #[test]

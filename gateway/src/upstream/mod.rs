@@ -13,6 +13,7 @@ pub use outlier::now_ms;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use meshgate_policy::compiled::{Balance, UpstreamProtocol, UpstreamSpec};
 use pingora::protocols::ALPN;
@@ -55,6 +56,8 @@ pub struct UpstreamState {
     pub breaker: breaker::BreakerState,
     /// Endpoints ejected now.
     ejected_count: AtomicU32,
+    /// Certificates for TLS to the endpoints, rotated live.
+    pub tls: Option<Arc<crate::tls::UpstreamTlsState>>,
 }
 
 pub use breaker::{give_back as breaker_give_back, BreakerState, Overflow};
@@ -69,15 +72,25 @@ impl std::fmt::Debug for UpstreamState {
 }
 
 impl UpstreamState {
-    /// Builds a fresh pool for a spec.
-    pub fn new(spec: UpstreamSpec) -> Self {
+    /// Builds a fresh pool for a spec; `tls` holds the certificates of `spec.tls`.
+    pub fn new(spec: UpstreamSpec, tls: Option<Arc<crate::tls::UpstreamTlsState>>) -> Self {
         let endpoints = spec
             .endpoints
             .iter()
             .map(|endpoint| {
-                let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+                // Without `sni`, the endpoint's address is the name verified (an IP SAN), so
+                // verification is never skipped.
+                let sni = spec.tls.as_ref().map(|t| {
+                    t.sni
+                        .clone()
+                        .unwrap_or_else(|| endpoint.addr.ip().to_string())
+                });
+                let mut peer = HttpPeer::new(endpoint.addr, sni.is_some(), sni.unwrap_or_default());
                 peer.options.connection_timeout = Some(spec.connect_timeout);
                 peer.options.idle_timeout = Some(spec.idle_timeout);
+                if spec.tls.is_some() {
+                    peer.options.alpn = ALPN::H1;
+                }
                 if spec.protocol == UpstreamProtocol::H2c {
                     peer.options.alpn = ALPN::H2;
                     peer.options.max_h2_streams = 128;
@@ -117,6 +130,7 @@ impl UpstreamState {
             ring,
             breaker: breaker::BreakerState::default(),
             ejected_count: AtomicU32::new(0),
+            tls,
         }
     }
 
