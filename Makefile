@@ -4,11 +4,12 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages. To build, test and run: cmake for Pingora's build, wrk for the load
-# tests, redis-server for the global rate limit tests, curl for the demo. To benchmark, also: NGINX and HAProxy to compare
+# tests, redis-server for the global rate limit tests, curl, openssl, testssl.sh and NGINX for
+# the TLS tests (and curl for the demo). To benchmark, also: NGINX and HAProxy to compare
 # with, procps and util-linux (taskset) for pinning, ab (apache2-utils) and valgrind for the
 # instruction counts.
-PACKAGES := cmake wrk curl redis-server
-BENCH_PACKAGES := nginx-light haproxy procps util-linux apache2-utils valgrind
+PACKAGES := cmake wrk curl redis-server openssl testssl.sh nginx-light
+BENCH_PACKAGES := haproxy procps util-linux apache2-utils valgrind
 
 .PHONY: deps bench-deps build run test lint bench clean
 

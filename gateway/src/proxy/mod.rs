@@ -789,10 +789,11 @@ impl ProxyHttp for MeshProxy {
                 .last_endpoint
                 .map_or_else(|| "-".to_owned(), |addr| addr.to_string());
             log.log(format!(
-                "{time} {client} \"{method} {uri} {version:?}\" {status} {reason} listener={listener} route={route} upstream={upstream} endpoint={endpoint} rate_limit={rate_limit} duration_ms={duration:.3}",
+                "{time} {client} \"{method} {uri} {version:?}\" {status} {reason} listener={listener} route={route} upstream={upstream} endpoint={endpoint} rate_limit={rate_limit} identity={identity} duration_ms={duration:.3}",
                 time = humantime::format_rfc3339_millis(std::time::SystemTime::now()),
                 client = ctx.client_ip.or_else(|| client_ip(session)).map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
                 rate_limit = ctx.rate_limit,
+                identity = ctx.identity().unwrap_or("-"),
                 method = header.method,
                 uri = header.uri,
                 version = header.version,

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod pki;
+
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A free loopback port (bound and released; the kernel does not hand it out again at once).

@@ -1,0 +1,594 @@
+//! TLS end to end: the real gateway with a test PKI from rcgen, driven by curl, openssl
+//! s_client and testssl.sh, in front of echo upstreams and NGINX.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pki::Authority;
+use common::*;
+
+/// What curl saw.
+#[derive(Debug)]
+struct Fetched {
+    /// curl's exit code: 0, or why the transfer failed (35 and 56 for TLS handshakes).
+    exit: i32,
+    status: u16,
+    http_version: String,
+    headers: String,
+    body: String,
+}
+
+fn curl(dir: &Path, args: &[&str], url: &str) -> Fetched {
+    let headers = dir.join("curl.headers");
+    let body = dir.join("curl.body");
+    let _ = std::fs::remove_file(&headers);
+    let _ = std::fs::remove_file(&body);
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-D"])
+        .arg(&headers)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code} %{http_version}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed by `make deps`");
+    let written = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut parts = written.split_whitespace();
+    Fetched {
+        exit: output.status.code().unwrap_or(-1),
+        status: parts.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+        http_version: parts.next().unwrap_or("").to_owned(),
+        headers: std::fs::read_to_string(&headers)
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        body: std::fs::read_to_string(&body).unwrap_or_default(),
+    }
+}
+
+/// Starts a gateway whose `public` listener has `tls` as its `[listeners.tls]` table.
+fn start_tls_gateway(dir: tempfile::TempDir, tls: &str, body: &str) -> Gateway {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let access_log = dir.path().join("access.log");
+    let policy =
+        policy_head(listen, admin, access_log.to_str().unwrap()) + "[listeners.tls]\n" + tls + body;
+    Gateway::start_with(dir, &policy, listen, admin)
+}
+
+fn echo_route(upstream: SocketAddr, name: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        "\n[[upstreams]]\nname = \"{name}\"\nendpoints = [\"{upstream}\"]\n\n[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"{prefix}\" }}\nsplit = [{{ upstream = \"{name}\" }}]\n{extra}\n"
+    )
+}
+
+fn resolve(name: &str, gateway: &Gateway) -> String {
+    format!("{name}:{}:127.0.0.1", gateway.listen.port())
+}
+
+fn metric_value(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Acceptance: HTTPS over HTTP/1.1 and HTTP/2 (ALPN), the certificate chosen by SNI, and
+/// testssl.sh finding SSLv2, SSLv3, TLS 1 and TLS 1.1 not offered and TLS 1.3 offered.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_serves_http1_and_http2_with_certificates_chosen_by_sni() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new(dir.path(), "ca");
+    let main = ca.server(dir.path(), "main", "main", &["main.test"]);
+    let api = ca.server(dir.path(), "api", "api", &["api.test", "*.api.test"]);
+    let upstream = start_echo("u").await;
+    let tls = format!(
+        "cert = \"{}\"\nkey = \"{}\"\n[[listeners.tls.sni]]\nserver_names = [\"api.test\", \"*.api.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        main.cert.display(),
+        main.key.display(),
+        api.cert.display(),
+        api.key.display()
+    );
+    let gateway = start_tls_gateway(dir, &tls, &echo_route(upstream, "u", "/", ""));
+    let work = gateway.dir.path();
+    let cacert = ca.file.to_str().unwrap().to_owned();
+
+    let url = |host: &str| format!("https://{host}:{}/", gateway.listen.port());
+    for (host, version_flag, version) in [
+        ("main.test", "--http1.1", "1.1"),
+        ("main.test", "--http2", "2"),
+        ("api.test", "--http2", "2"),
+        ("v1.api.test", "--http1.1", "1.1"),
+    ] {
+        let fetched = curl(
+            work,
+            &[
+                "--cacert",
+                &cacert,
+                "--resolve",
+                &resolve(host, &gateway),
+                version_flag,
+            ],
+            &url(host),
+        );
+        assert_eq!(
+            (fetched.exit, fetched.status, fetched.http_version.as_str()),
+            (0, 200, version),
+            "{host} {version_flag}: {fetched:?}"
+        );
+        assert!(fetched.headers.contains("x-echo-server: u"), "{fetched:?}");
+    }
+    // The default certificate does not name other hosts, so verification fails: the SNI
+    // entry was not used for them.
+    let other = curl(
+        work,
+        &[
+            "--cacert",
+            &cacert,
+            "--resolve",
+            &resolve("other.test", &gateway),
+        ],
+        &url("other.test"),
+    );
+    assert_eq!(other.exit, 60, "certificate does not match: {other:?}");
+    // And the upstream is told the request came over TLS.
+    let forwarded = curl(
+        work,
+        &[
+            "--cacert",
+            &cacert,
+            "--resolve",
+            &resolve("main.test", &gateway),
+        ],
+        &format!("https://main.test:{}/headers", gateway.listen.port()),
+    );
+    assert!(
+        forwarded.body.contains("x-forwarded-proto: https"),
+        "{forwarded:?}"
+    );
+
+    let output = Command::new("testssl")
+        .args([
+            "--protocols",
+            "--color",
+            "0",
+            "--warnings",
+            "off",
+            "--quiet",
+        ])
+        .arg(format!("127.0.0.1:{}", gateway.listen.port()))
+        .output()
+        .expect("testssl (Debian package testssl.sh) is installed by `make deps`");
+    let report = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{report}");
+    let line = |protocol: &str| {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(protocol))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for protocol in ["SSLv2 ", "SSLv3 ", "TLS 1 ", "TLS 1.1 "] {
+        assert!(
+            line(protocol).contains("not offered"),
+            "{protocol}: {report}"
+        );
+    }
+    assert!(line("TLS 1.2 ").contains("offered"), "{report}");
+    let tls13 = line("TLS 1.3 ");
+    assert!(
+        tls13.contains("offered") && !tls13.contains("not offered"),
+        "{report}"
+    );
+}
+
+/// Acceptance: on a `require` listener, no certificate, a foreign CA's certificate and an
+/// expired one are refused; an allowed identity passes, an unlisted one gets 403, a route
+/// without `allow` under `default_authz = "deny"` gets 403; the upstream sees the caller's
+/// SPIFFE ID and never a forged header.
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_identities_and_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let ca = Authority::new(path, "mesh-ca");
+    let foreign = Authority::new(path, "foreign-ca");
+    let server = ca.server(path, "gateway", "gateway", &["mesh.test"]);
+    let checkout = ca.client(path, "checkout", "spiffe://test/ns/shop/sa/checkout", false);
+    let cart = ca.client(path, "cart", "spiffe://test/ns/shop/sa/cart", false);
+    let stranger = ca.client(path, "stranger", "spiffe://test/ns/other/sa/x", false);
+    let expired = ca.client(path, "expired", "spiffe://test/ns/shop/sa/checkout", true);
+    let forged = foreign.client(path, "forged", "spiffe://test/ns/shop/sa/checkout", false);
+    let upstream = start_echo("orders").await;
+    let tls = format!(
+        "cert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"require\"\ndefault_authz = \"deny\"\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.file.display()
+    );
+    let body = echo_route(
+        upstream,
+        "orders",
+        "/headers",
+        "allow = [\"spiffe://test/ns/shop/sa/checkout\"]",
+    ) + &format!(
+        "\n[[routes]]\nname = \"shop\"\nmatch = {{ path_prefix = \"/shop\" }}\nsplit = [{{ upstream = \"orders\" }}]\nallow = [\"spiffe://test/ns/shop/*\"]\nrate_limit = {{ requests_per_second = 0.1, burst = 2, key = \"identity\" }}\n\n[[routes]]\nname = \"closed\"\nmatch = {{ path_prefix = \"/\" }}\nsplit = [{{ upstream = \"orders\" }}]\n"
+    );
+    let gateway = start_tls_gateway(dir, &tls, &body);
+    let work = gateway.dir.path();
+    let cacert = ca.file.to_str().unwrap().to_owned();
+    let base = format!("https://mesh.test:{}", gateway.listen.port());
+    let resolve = resolve("mesh.test", &gateway);
+    let fetch = |leaf: Option<&common::pki::Leaf>, path: &str, extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "--cacert".into(),
+            cacert.clone(),
+            "--resolve".into(),
+            resolve.clone(),
+        ];
+        if let Some(leaf) = leaf {
+            args.extend([
+                "--cert".into(),
+                leaf.cert.display().to_string(),
+                "--key".into(),
+                leaf.key.display().to_string(),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(work, &args, &format!("{base}{path}"))
+    };
+
+    for (who, leaf) in [
+        ("no certificate", None),
+        ("a foreign CA's certificate", Some(&forged)),
+        ("an expired certificate", Some(&expired)),
+    ] {
+        let refused = fetch(leaf, "/headers", &[]);
+        assert!(
+            refused.exit != 0 && refused.status == 0,
+            "{who} must fail the handshake: {refused:?}"
+        );
+    }
+
+    let allowed = fetch(
+        Some(&checkout),
+        "/headers",
+        &[
+            "-H",
+            "x-forwarded-client-cert: URI=spiffe://test/ns/admin/sa/root",
+        ],
+    );
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    let forwarded: Vec<&str> = allowed
+        .body
+        .lines()
+        .filter(|l| l.starts_with("x-forwarded-client-cert:"))
+        .collect();
+    assert_eq!(forwarded.len(), 1, "{}", allowed.body);
+    assert!(
+        forwarded[0].ends_with(";URI=spiffe://test/ns/shop/sa/checkout")
+            && forwarded[0].contains("Hash="),
+        "{}",
+        forwarded[0]
+    );
+    assert!(!allowed.body.contains("spiffe://test/ns/admin"));
+
+    let unlisted = fetch(Some(&cart), "/headers", &[]);
+    assert_eq!(unlisted.status, 403, "{unlisted:?}");
+    assert!(unlisted.headers.contains("x-meshgate-reason: forbidden"));
+    // A prefix entry admits the whole namespace, and nobody else.
+    assert_eq!(fetch(Some(&cart), "/shop", &[]).status, 200);
+    assert_eq!(fetch(Some(&stranger), "/shop", &[]).status, 403);
+    // No `allow` under default_authz = "deny".
+    let closed = fetch(Some(&checkout), "/other", &[]);
+    assert_eq!(closed.status, 403, "{closed:?}");
+
+    // The identity is a rate-limit key: the cart's bucket is apart from the checkout's.
+    assert_eq!(fetch(Some(&cart), "/shop", &[]).status, 200);
+    assert_eq!(fetch(Some(&cart), "/shop", &[]).status, 429);
+    assert_eq!(fetch(Some(&checkout), "/shop", &[]).status, 200);
+
+    let metrics = gateway.metrics().await;
+    assert!(
+        metric_value(&metrics, "meshgate_authz_denied_total{route=\"closed\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_value(&metrics, "meshgate_authz_denied_total{route=\"orders\"}") >= 1.0,
+        "{metrics}"
+    );
+    for reason in ["expired", "unknown-ca"] {
+        assert!(
+            metric_value(
+                &metrics,
+                &format!(
+                    "meshgate_tls_handshake_failures_total{{listener=\"public\",reason=\"{reason}\"}}"
+                )
+            ) >= 1.0,
+            "{reason}: {metrics}"
+        );
+    }
+    assert!(
+        metric_value(
+            &metrics,
+            "meshgate_tls_handshakes_total{listener=\"public\"}"
+        ) >= 5.0
+    );
+    assert!(
+        metrics.contains("meshgate_tls_certificate_expiry_timestamp_seconds{file="),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = gateway.access_log();
+    assert!(
+        log.contains("identity=spiffe://test/ns/shop/sa/checkout"),
+        "{log}"
+    );
+}
+
+/// The subject CN that `openssl s_client` sees on a new connection.
+fn served_cn(port: u16) -> String {
+    let output = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "main.test"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed by `make deps`");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|l| l.trim_start().starts_with("subject="))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn replace_by_rename(from: &Path, to: &Path) {
+    let staging = to.with_extension("new");
+    std::fs::copy(from, &staging).unwrap();
+    std::fs::rename(&staging, to).unwrap();
+}
+
+/// Acceptance: replacing the listener's certificate by rename is seen by a new
+/// `openssl s_client` within seconds, by the same process, while an established connection
+/// keeps working. A bad file is refused and counted, and the old certificate keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_rotate_live_and_bad_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let ca = Authority::new(path, "ca");
+    let first = ca.server(path, "first", "first", &["main.test"]);
+    let second = ca.server(path, "second", "second", &["main.test"]);
+    let live = path.join("live");
+    std::fs::create_dir(&live).unwrap();
+    let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
+    let upstream = start_echo("u").await;
+    let tls = format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let mut gateway = start_tls_gateway(dir, &tls, &echo_route(upstream, "u", "/", ""));
+    let port = gateway.listen.port();
+    let pid = gateway.pid();
+    assert!(served_cn(port).contains("first"), "{}", served_cn(port));
+
+    // A connection made before the rotation.
+    let mut established = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["-servername", "main.test"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut to_server = established.stdin.take().unwrap();
+    let mut from_server = BufReader::new(established.stdout.take().unwrap());
+    let mut ask = |to_server: &mut std::process::ChildStdin| {
+        to_server
+            .write_all(b"GET / HTTP/1.1\r\nHost: main.test\r\n\r\n")
+            .unwrap();
+        let mut status = String::new();
+        from_server.read_line(&mut status).unwrap();
+        // Drain the rest of the response: headers, then a 1 KiB body.
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            from_server.read_line(&mut line).unwrap();
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        std::io::Read::read_exact(&mut from_server, &mut body).unwrap();
+        status
+    };
+    assert!(ask(&mut to_server).contains("200"));
+
+    replace_by_rename(&second.key, &key);
+    replace_by_rename(&second.cert, &cert);
+    let started = Instant::now();
+    while !served_cn(port).contains("second") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "new handshakes still get {}",
+            served_cn(port)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("rotation seen after {:?}", started.elapsed());
+    assert!(gateway.is_running());
+    assert_eq!(gateway.pid(), pid);
+    assert!(
+        ask(&mut to_server).contains("200"),
+        "the established connection still works"
+    );
+    let _ = established.kill();
+
+    // A broken certificate file is refused; the second certificate keeps serving.
+    std::fs::write(path_of(&cert).with_extension("bad"), "not a certificate").unwrap();
+    std::fs::rename(path_of(&cert).with_extension("bad"), &cert).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(served_cn(port).contains("second"), "{}", served_cn(port));
+    let metrics = gateway.metrics().await;
+    assert!(
+        metric_value(&metrics, "meshgate_tls_reloads_total{result=\"refused\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_value(&metrics, "meshgate_tls_reloads_total{result=\"applied\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(gateway.stderr().contains("TLS files refused"));
+}
+
+fn path_of(path: &Path) -> std::path::PathBuf {
+    path.to_path_buf()
+}
+
+/// NGINX as a TLS upstream that requires a client certificate.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nginx_mtls(dir: &Path, server: &common::pki::Leaf, client_ca: &Path) -> Nginx {
+    let port = free_port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+master_process off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx.error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_client_certificate {client_ca};
+    ssl_verify_client on;
+    location / {{ return 200 "client $ssl_client_s_dn\n"; }}
+  }}
+}}
+"#,
+            dir = dir.display(),
+            cert = server.cert.display(),
+            key = server.key.display(),
+            client_ca = client_ca.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx is installed by `make deps`");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Nginx { child, port }
+}
+
+/// Acceptance: an upstream that requires a client certificate (NGINX with
+/// `ssl_verify_client on`) is reached with the gateway's certificate; an upstream whose
+/// certificate comes from a foreign CA is refused with a 5xx.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_mutual_tls_to_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let ca = Authority::new(path, "mesh-ca");
+    let foreign = Authority::new(path, "foreign-ca");
+    let nginx_cert = ca.server(path, "nginx", "orders.internal", &["orders.internal"]);
+    let gateway_cert = ca.client(
+        path,
+        "gateway-client",
+        "spiffe://test/ns/mesh/sa/gateway",
+        false,
+    );
+    let nginx = start_nginx_mtls(path, &nginx_cert, &ca.file);
+    let body = format!(
+        r#"
+[[upstreams]]
+name = "orders"
+endpoints = ["127.0.0.1:{port}"]
+[upstreams.tls]
+sni = "orders.internal"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[[upstreams]]
+name = "untrusted"
+endpoints = ["127.0.0.1:{port}"]
+[upstreams.tls]
+sni = "orders.internal"
+ca = "{foreign}"
+cert = "{cert}"
+key = "{key}"
+
+[[routes]]
+name = "untrusted"
+match = {{ path_prefix = "/untrusted" }}
+split = [{{ upstream = "untrusted" }}]
+
+[[routes]]
+name = "orders"
+match = {{ path_prefix = "/" }}
+split = [{{ upstream = "orders" }}]
+"#,
+        port = nginx.port,
+        ca = ca.file.display(),
+        foreign = foreign.file.display(),
+        cert = gateway_cert.cert.display(),
+        key = gateway_cert.key.display(),
+    );
+    let gateway = Gateway::start(&body);
+    let work = gateway.dir.path();
+    let reached = curl(work, &[], &gateway.url("/"));
+    assert_eq!(reached.status, 200, "{reached:?}\n{}", gateway.stderr());
+    assert!(reached.body.contains("CN=gateway-client"), "{reached:?}");
+    let refused = curl(work, &[], &gateway.url("/untrusted"));
+    assert!(
+        (500..600).contains(&refused.status),
+        "a foreign CA's certificate is refused: {refused:?}"
+    );
+    assert!(
+        refused
+            .headers
+            .contains("x-meshgate-reason: connect-failure"),
+        "{refused:?}"
+    );
+}
