@@ -216,9 +216,7 @@ async fn mutual_tls_identities_and_authorization() {
         "orders",
         "/headers",
         "allow = [\"spiffe://test/ns/shop/sa/checkout\"]",
-    ) + &format!(
-        "\n[[routes]]\nname = \"shop\"\nmatch = {{ path_prefix = \"/shop\" }}\nsplit = [{{ upstream = \"orders\" }}]\nallow = [\"spiffe://test/ns/shop/*\"]\nrate_limit = {{ requests_per_second = 0.1, burst = 2, key = \"identity\" }}\n\n[[routes]]\nname = \"closed\"\nmatch = {{ path_prefix = \"/\" }}\nsplit = [{{ upstream = \"orders\" }}]\n"
-    );
+    ) + "\n[[routes]]\nname = \"shop\"\nmatch = { path_prefix = \"/shop\" }\nsplit = [{ upstream = \"orders\" }]\nallow = [\"spiffe://test/ns/shop/*\"]\nrate_limit = { requests_per_second = 0.1, burst = 2, key = \"identity\" }\n\n[[routes]]\nname = \"closed\"\nmatch = { path_prefix = \"/\" }\nsplit = [{ upstream = \"orders\" }]\n";
     let gateway = start_tls_gateway(dir, &tls, &body);
     let work = gateway.dir.path();
     let cacert = ca.file.to_str().unwrap().to_owned();
@@ -438,6 +436,7 @@ async fn certificates_rotate_live_and_bad_files_are_refused() {
         "the established connection still works"
     );
     let _ = established.kill();
+    let _ = established.wait();
 
     // A broken certificate file is refused; the second certificate keeps serving.
     std::fs::write(path_of(&cert).with_extension("bad"), "not a certificate").unwrap();
