@@ -238,3 +238,116 @@ fn nothing_panics_on_odd_input() {
         let _ = load(source, Path::new("."));
     }
 }
+
+/// Writes a self-signed certificate for `name` and its key into `dir`.
+fn write_pair(dir: &Path, name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![format!("{name}.test")])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
+
+#[test]
+fn tls_settings_and_files_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_pair(dir.path(), "a");
+    let (_, other_key) = write_pair(dir.path(), "b");
+    std::fs::write(dir.path().join("garbage.pem"), "not PEM at all").unwrap();
+    let good = format!(
+        r#"version = 1
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8443"
+[listeners.tls]
+cert = "{cert}"
+key = "{key}"
+client_ca = "{cert}"
+client_auth = "require"
+default_authz = "deny"
+[[listeners.tls.sni]]
+server_names = ["a.test", "*.a.test"]
+cert = "a.crt"
+key = "a.key"
+[[upstreams]]
+name = "u"
+endpoints = ["10.0.0.1:443"]
+tls = {{ sni = "u.internal", ca = "a.crt", cert = "a.crt", key = "a.key" }}
+[[routes]]
+name = "r"
+split = [{{ upstream = "u" }}]
+allow = ["spiffe://prod/ns/shop/*", "spiffe://prod/ns/ops/sa/admin"]
+"#
+    );
+    let policy = load(&good, dir.path()).expect("valid TLS policy");
+    let tls = policy.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.sni[0].0, ["a.test", "*.a.test"]);
+    assert_eq!(
+        tls.sni[0].1.cert,
+        dir.path().join("a.crt"),
+        "relative paths resolve beside the policy"
+    );
+    assert_eq!(
+        policy.listeners[0].default_authz,
+        meshgate_policy::compiled::DefaultAuthz::Deny
+    );
+    let allow = policy.routes[0].allow.as_ref().expect("allow");
+    assert!(allow[0].matches("spiffe://prod/ns/shop/sa/cart"));
+    assert!(!allow[0].matches("spiffe://prod/ns/shopping/sa/cart"));
+    assert!(allow[1].matches("spiffe://prod/ns/ops/sa/admin"));
+
+    let bad = format!(
+        r#"version = 1
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8443"
+[listeners.tls]
+cert = "{cert}"
+key = "{other_key}"
+client_ca = "missing-ca.pem"
+[[listeners.tls.sni]]
+server_names = ["bad name!", "a.test"]
+cert = "garbage.pem"
+key = "a.key"
+[[upstreams]]
+name = "u"
+endpoints = ["10.0.0.1:443"]
+health_check = {{ path = "/healthz" }}
+tls = {{ cert = "a.crt" }}
+[[routes]]
+name = "r"
+split = [{{ upstream = "u" }}]
+allow = ["spiffe://prod/ns/*/sa/x", ""]
+"#
+    );
+    let errors = load(&bad, dir.path()).expect_err("policy should be refused");
+    for (line, path, message) in [
+        (
+            7,
+            "listeners[0].tls.key",
+            "does not belong to the certificate",
+        ),
+        (8, "listeners[0].tls.client_ca", "cannot read"),
+        (5, "listeners[0].tls.client_auth", "client_auth is \"none\""),
+        (
+            10,
+            "listeners[0].tls.sni[0].server_names[0]",
+            "invalid server name",
+        ),
+        (11, "listeners[0].tls.sni[0].cert", "no PEM"),
+        (16, "upstreams[0].health_check.path", "do not speak TLS"),
+        (17, "upstreams[0].tls.key", "cert needs key"),
+        (21, "routes[0].allow[0]", "only as a trailing"),
+        (21, "routes[0].allow[1]", "invalid identity"),
+    ] {
+        assert!(has(&errors, line, path, message), "{path}: {errors:#?}");
+    }
+}
