@@ -3,12 +3,13 @@
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages. To build, test and run: cmake for Pingora's build, wrk for the load
+# Debian packages. To build, test and run: cmake for Pingora's build (and clang for the
+# BoringSSL backend's), wrk for the load
 # tests, redis-server for the global rate limit tests, curl, openssl, testssl.sh and NGINX for
 # the TLS tests (and curl for the demo). To benchmark, also: NGINX and HAProxy to compare
 # with, procps and util-linux (taskset) for pinning, ab (apache2-utils) and valgrind for the
 # instruction counts.
-PACKAGES := cmake wrk curl redis-server openssl testssl.sh nginx-light
+PACKAGES := cmake clang libclang-dev wrk curl redis-server openssl testssl.sh nginx-light
 BENCH_PACKAGES := haproxy procps util-linux apache2-utils valgrind
 
 .PHONY: deps bench-deps build run test lint bench clean
@@ -40,17 +41,23 @@ run: build
 	trap 'kill $$v1 $$v2 2>/dev/null' EXIT INT TERM; \
 	target/release/meshgate run -c conf/meshgate.toml
 
+# The whole suite on the default (rustls) build, then the TLS end-to-end tests again on the
+# BoringSSL build.
+BORINGSSL := --no-default-features --features boringssl
 test: deps
 	$(CARGO) build --workspace --all-targets
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --no-fail-fast; \
+		$(CARGO) nextest run --workspace --no-fail-fast && \
+		$(CARGO) nextest run -p meshgate $(BORINGSSL) --test tls --no-fail-fast; \
 	else \
-		$(CARGO) test --workspace --no-fail-fast; \
+		$(CARGO) test --workspace --no-fail-fast && \
+		$(CARGO) test -p meshgate $(BORINGSSL) --test tls --no-fail-fast; \
 	fi
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p meshgate $(BORINGSSL) --all-targets -- -D warnings
 
 bench: build bench-deps
 	$(CARGO) build --release --example bare_pingora

@@ -19,6 +19,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 ECHO_PORT=18001; BARE_PORT=18079; MESHGATE_PORT=18080; RESILIENT_PORT=18083; RESILIENT_ADMIN_PORT=18902; NGINX_PORT=18081; HAPROXY_PORT=18082; ADMIN_PORT=18901
 LOCAL_LIMIT_PORT=18084; LOCAL_LIMIT_ADMIN_PORT=18903; GLOBAL_LIMIT_PORT=18085; GLOBAL_LIMIT_ADMIN_PORT=18904
 NGINX_LIMIT_PORT=18086; HAPROXY_LIMIT_PORT=18087; REDIS_PORT=18379
+TLS_PORT=18443; TLS_ADMIN_PORT=18905; NGINX_TLS_PORT=18444; HAPROXY_TLS_PORT=18445
 WORK=$(mktemp -d /tmp/meshgate-bench.XXXXXX)
 RESULTS=loadtest/results
 mkdir -p "$RESULTS"
@@ -33,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in wrk nginx haproxy taskset redis-server; do
+for tool in wrk nginx haproxy taskset redis-server openssl; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (run make deps)" >&2; exit 1; }
 done
 [ -x target/release/meshgate ] || { echo "bench: build first (make build)" >&2; exit 1; }
@@ -57,17 +58,22 @@ cpu_ticks() {
   echo "$total"
 }
 
-# run NAME PORT PIDS... : drives wrk at the port and prints a table row.
+# run NAME PORT PIDS... : drives wrk at the port and prints a table row. SCHEME (http or
+# https) and WRK_ARGS (extra wrk arguments, such as a Connection: close header) change the
+# load.
+SCHEME=http
+WRK_ARGS=()
 run() {
   local name=$1 port=$2; shift 2
   local pids=("$@")
   wait_port "$port"
+  local url="$SCHEME://127.0.0.1:$port/"
   # Warm up connections and pools.
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d2s "${WRK_ARGS[@]}" "$url" >/dev/null
   local before=0 after=0
   [ ${#pids[@]} -gt 0 ] && before=$(cpu_ticks "${pids[@]}")
   local out
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$port/")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${WRK_ARGS[@]}" "$url")
   [ ${#pids[@]} -gt 0 ] && after=$(cpu_ticks "${pids[@]}")
   local requests rps p50 p99 errors non2xx
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -113,6 +119,15 @@ REDIS_PID=$!; PIDS+=($REDIS_PID)
 start_meshgate global-limit "$WORK/global-limit.toml"
 GLOBAL_LIMIT_PID=$!; PIDS+=($GLOBAL_LIMIT_PID)
 
+# One certificate (ECDSA P-256) for every TLS terminator.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+cat "$WORK/tls.crt" "$WORK/tls.key" > "$WORK/tls.pem"
+meshgate_policy "$TLS_PORT" "$TLS_ADMIN_PORT" | sed "/^listen = \"127.0.0.1:$TLS_PORT\"/a [listeners.tls]\ncert = \"$WORK/tls.crt\"\nkey = \"$WORK/tls.key\"" > "$WORK/tls.toml"
+start_meshgate tls "$WORK/tls.toml"
+TLS_PID=$!; PIDS+=($TLS_PID)
+
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<NGINX
 worker_processes 1;
@@ -128,6 +143,17 @@ http {
   limit_req_zone \$binary_remote_addr zone=per_client:10m rate=1000000r/s;
   server {
     listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+    ssl_certificate $WORK/tls.crt;
+    ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / {
       proxy_pass http://echo;
       proxy_http_version 1.1;
@@ -160,6 +186,9 @@ defaults
   http-reuse always
 frontend bench
   bind 127.0.0.1:$HAPROXY_PORT
+  default_backend echo
+frontend bench_tls
+  bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $WORK/tls.pem ssl-min-ver TLSv1.2
   default_backend echo
 frontend bench_limited
   bind 127.0.0.1:$HAPROXY_LIMIT_PORT
@@ -199,6 +228,15 @@ NGINX_PIDS=($NGINX_MASTER $(pgrep -P "$NGINX_MASTER" || true))
   redis_after=$(cpu_ticks "$REDIS_PID")
   run "nginx, limit_req (never trips)" "$NGINX_LIMIT_PORT" "${NGINX_PIDS[@]}"
   run "haproxy, stick-table rate limit (never trips)" "$HAPROXY_LIMIT_PORT" "$HAPROXY_PID"
+  SCHEME=https
+  run "meshgate, TLS keepalive" "$TLS_PORT" "$TLS_PID"
+  run "nginx, TLS keepalive" "$NGINX_TLS_PORT" "${NGINX_PIDS[@]}"
+  run "haproxy, TLS keepalive" "$HAPROXY_TLS_PORT" "$HAPROXY_PID"
+  WRK_ARGS=(-H "Connection: close")
+  run "meshgate, new TLS connection per request" "$TLS_PORT" "$TLS_PID"
+  run "nginx, new TLS connection per request" "$NGINX_TLS_PORT" "${NGINX_PIDS[@]}"
+  run "haproxy, new TLS connection per request" "$HAPROXY_TLS_PORT" "$HAPROXY_PID"
+  SCHEME=http; WRK_ARGS=()
   echo
   echo "Redis CPU during the global-limit run (warm-up included): $(( (redis_after - redis_before) * 1000 / TICKS )) ms."
 } | tee "$RESULTS/latest.md"

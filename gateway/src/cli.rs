@@ -78,7 +78,11 @@ pub fn main() -> ExitCode {
         }
         Command::Check { file } => check(&file),
         Command::Version => {
-            println!("meshgate {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "meshgate {} (TLS: {})",
+                env!("CARGO_PKG_VERSION"),
+                crate::tls::BACKEND
+            );
             ExitCode::SUCCESS
         }
     }

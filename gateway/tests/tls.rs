@@ -153,6 +153,15 @@ async fn https_serves_http1_and_http2_with_certificates_chosen_by_sni() {
         "{forwarded:?}"
     );
 
+    // The build under test is the one these tests ran on.
+    let backend = if cfg!(feature = "boringssl") {
+        "boringssl"
+    } else {
+        "rustls"
+    };
+    let metrics = gateway.metrics().await;
+    assert!(metrics.contains(&format!("tls=\"{backend}\"")), "{metrics}");
+
     let output = Command::new("testssl")
         .args([
             "--protocols",

@@ -149,12 +149,15 @@ impl Metrics {
         )
         .expect("static metric definition");
         let build_info = IntGaugeVec::new(
-            Opts::new("meshgate_build_info", "Build information; always 1."),
-            &["version"],
+            Opts::new(
+                "meshgate_build_info",
+                "Build information (version, TLS backend); always 1.",
+            ),
+            &["version", "tls"],
         )
         .expect("static metric definition");
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::tls::BACKEND])
             .set(1);
         for collector in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,

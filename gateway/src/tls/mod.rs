@@ -4,33 +4,38 @@
 //! and swaps it in, so new handshakes use it while established connections keep theirs. A file
 //! that fails to load is refused, and the old material keeps serving.
 
-mod material;
+#[cfg(all(feature = "rustls", feature = "boringssl"))]
+compile_error!("choose one TLS backend: the `rustls` feature (the default) or `boringssl` (with --no-default-features)");
+#[cfg(not(any(feature = "rustls", feature = "boringssl")))]
+compile_error!("a TLS backend is needed: the `rustls` feature (the default) or `boringssl`");
+
+#[cfg(feature = "boringssl")]
+#[path = "boring_backend.rs"]
+mod backend;
+#[cfg(feature = "rustls")]
+#[path = "rustls_backend.rs"]
+mod backend;
+mod files;
 mod watch;
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use meshgate_policy::compiled::{ClientAuth, ListenerTls, UpstreamTls};
-use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::TlsAccept;
-use pingora::protocols::tls::TlsRef;
-use pingora::tls::{
-    ClientCertVerified, ClientCertVerifier, ClientHello, DigitallySignedStruct, ResolvesServerCert,
-    SignatureScheme,
-};
+use meshgate_policy::compiled::{ListenerTls, UpstreamTls};
 use prometheus::IntCounter;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::sign::CertifiedKey;
-use rustls::DistinguishedName;
 
 use crate::telemetry::{Metrics, Telemetry};
-pub use material::{ListenerMaterial, UpstreamMaterial};
+pub use backend::{listener_settings, ListenerMaterial};
 pub use watch::watch_files;
+
+/// The TLS library this build uses.
+pub const BACKEND: &str = if cfg!(feature = "boringssl") {
+    "boringssl"
+} else {
+    "rustls"
+};
 
 /// What the gateway learned of a downstream TLS connection, attached to it after the
 /// handshake.
@@ -54,6 +59,25 @@ impl PeerTls {
     }
 }
 
+/// What connections to a TLS upstream present and trust. Each backend loads it
+/// (`UpstreamMaterial::load`) into its own certificate types.
+pub struct UpstreamMaterial {
+    /// Hash of every file's bytes; also the pool's group key, so connections made with old
+    /// material are not reused after a rotation.
+    pub fingerprint: [u8; 32],
+    /// CAs the upstream's certificate must chain to; the system's when `None`.
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// The gateway's client certificate.
+    pub client_cert: Option<Arc<pingora::utils::tls::CertKey>>,
+}
+
+impl UpstreamMaterial {
+    /// The pool group key of connections made with this material.
+    pub fn group_key(&self) -> u64 {
+        files::group_key(&self.fingerprint)
+    }
+}
+
 /// The TLS state of one listener.
 pub struct ListenerTlsState {
     /// The listener's name, for metrics and logs.
@@ -61,6 +85,22 @@ pub struct ListenerTlsState {
     material: ArcSwap<ListenerMaterial>,
     handshakes: IntCounter,
     telemetry: Arc<Telemetry>,
+}
+
+impl ListenerTlsState {
+    /// Counts a completed handshake.
+    pub(crate) fn handshake_completed(&self) {
+        self.handshakes.inc();
+    }
+
+    /// Counts a client certificate refused for `reason`.
+    pub(crate) fn client_certificate_refused(&self, reason: &str) {
+        self.telemetry
+            .metrics
+            .tls_handshake_failures
+            .with_label_values(&[self.listener.as_str(), reason])
+            .inc();
+    }
 }
 
 impl ListenerTlsState {
@@ -278,150 +318,5 @@ impl TlsRegistry {
         files.sort();
         files.dedup();
         files
-    }
-}
-
-/// Pingora's TLS settings for a listener, backed by its swappable state.
-pub fn listener_settings(state: &Arc<ListenerTlsState>) -> pingora::Result<TlsSettings> {
-    let mut settings = TlsSettings::with_callbacks(Box::new(HandshakeObserver {
-        state: Arc::clone(state),
-    }))?;
-    settings.set_cert_resolver(Arc::new(SniResolver(Arc::clone(state))));
-    settings.set_client_cert_verifier(Arc::new(ClientVerifier(Arc::clone(state))));
-    settings.enable_h2();
-    Ok(settings)
-}
-
-/// Picks the certificate for a ClientHello from the listener's current material.
-struct SniResolver(Arc<ListenerTlsState>);
-
-impl std::fmt::Debug for SniResolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SniResolver({})", self.0.listener)
-    }
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.material().certificate_for(hello.server_name()))
-    }
-}
-
-/// Verifies client certificates against the listener's current CA bundle and client_auth.
-struct ClientVerifier(Arc<ListenerTlsState>);
-
-impl std::fmt::Debug for ClientVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClientVerifier({})", self.0.listener)
-    }
-}
-
-impl ClientCertVerifier for ClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.0.material().client_auth != ClientAuth::None
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.0.material().client_auth == ClientAuth::Require
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // The hints would borrow from material that a rotation may replace; clients choose
-        // their certificate without them.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let material = self.0.material();
-        let Some(verifier) = &material.client_verifier else {
-            return Err(rustls::Error::General(
-                "client certificates are not accepted".into(),
-            ));
-        };
-        verifier
-            .verify_client_cert(end_entity, intermediates, now)
-            .inspect_err(|e| {
-                self.0
-                    .telemetry
-                    .metrics
-                    .tls_handshake_failures
-                    .with_label_values(&[self.0.listener.as_str(), failure_reason(e)])
-                    .inc();
-            })
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &material::provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &material::provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        material::provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn failure_reason(error: &rustls::Error) -> &'static str {
-    use rustls::CertificateError;
-    match error {
-        rustls::Error::InvalidCertificate(e) => match e {
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "not-yet-valid"
-            }
-            CertificateError::UnknownIssuer => "unknown-ca",
-            CertificateError::Revoked => "revoked",
-            _ => "bad-certificate",
-        },
-        _ => "bad-certificate",
-    }
-}
-
-/// Counts completed handshakes and attaches the caller's identity to the connection.
-struct HandshakeObserver {
-    state: Arc<ListenerTlsState>,
-}
-
-#[async_trait]
-impl TlsAccept for HandshakeObserver {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &TlsRef,
-    ) -> Option<Arc<dyn Any + Send + Sync>> {
-        self.state.handshakes.inc();
-        let leaf = tls.peer_certificate_der()?;
-        Some(Arc::new(PeerTls {
-            identity: material::uri_san(leaf),
-            cert_hash: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(leaf))),
-        }))
     }
 }
