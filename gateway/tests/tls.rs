@@ -540,12 +540,18 @@ async fn upstream_mutual_tls_to_nginx() {
     let ca = Authority::new(path, "mesh-ca");
     let foreign = Authority::new(path, "foreign-ca");
     let nginx_cert = ca.server(path, "nginx", "orders.internal", &["orders.internal"]);
-    let gateway_cert = ca.client(
-        path,
-        "gateway-client",
-        "spiffe://test/ns/mesh/sa/gateway",
-        false,
-    );
+    let spiffe_id = "spiffe://test/ns/mesh/sa/gateway";
+    let issued = ca.client(path, "gateway-client", spiffe_id, false);
+    let renewed = ca.client(path, "gateway-renewed", spiffe_id, false);
+    // The files the gateway reads, replaced by rename later.
+    let live = path.join("live");
+    std::fs::create_dir(&live).unwrap();
+    let gateway_cert = common::pki::Leaf {
+        cert: live.join("client.crt"),
+        key: live.join("client.key"),
+    };
+    std::fs::copy(&issued.cert, &gateway_cert.cert).unwrap();
+    std::fs::copy(&issued.key, &gateway_cert.key).unwrap();
     let nginx = start_nginx_mtls(path, &nginx_cert, &ca.file);
     let body = format!(
         r#"
@@ -588,6 +594,24 @@ split = [{{ upstream = "orders" }}]
     let reached = curl(work, &[], &gateway.url("/"));
     assert_eq!(reached.status, 200, "{reached:?}\n{}", gateway.stderr());
     assert!(reached.body.contains("CN=gateway-client"), "{reached:?}");
+
+    // The client certificate rotates live: new connections present the renewed one.
+    replace_by_rename(&renewed.key, &gateway_cert.key);
+    replace_by_rename(&renewed.cert, &gateway_cert.cert);
+    let started = Instant::now();
+    loop {
+        let fetched = curl(work, &[], &gateway.url("/"));
+        if fetched.body.contains("CN=gateway-renewed") {
+            break;
+        }
+        assert_eq!(fetched.status, 200, "{fetched:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still the old certificate: {fetched:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let refused = curl(work, &[], &gateway.url("/untrusted"));
     assert!(
         (500..600).contains(&refused.status),
