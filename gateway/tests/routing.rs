@@ -320,6 +320,21 @@ async fn connect_failure_answers_502_with_reason() {
     let response = client().get(gateway.url("/")).send().await.unwrap();
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-meshgate-reason"], "connect-failure");
+    // An HTTP/2 client gets the same answer, not a reset stream, every time.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        let response = h2
+            .get(gateway.url("/"))
+            .send()
+            .await
+            .expect("an answer, not RST_STREAM");
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), 502);
+        assert_eq!(response.headers()["x-meshgate-reason"], "connect-failure");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -195,7 +195,14 @@ async fn respond_with_reason(
     response.insert_header(http::header::CONTENT_LENGTH, "0")?;
     session
         .write_response_header(Box::new(response), true)
-        .await
+        .await?;
+    // Pingora writes an HTTP/2 header without END_STREAM and ends the stream only when it
+    // finishes a reusable session, which it skips after an upstream failure: the client then
+    // gets RST_STREAM instead of this answer. End the stream here.
+    if session.as_downstream().is_http2() {
+        session.write_response_body(None, true).await?;
+    }
+    Ok(())
 }
 
 /// Whether the caller may use the route: the route's `allow` list when it has one, else the
