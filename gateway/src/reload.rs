@@ -194,6 +194,16 @@ impl PolicyStore {
         origin: Origin,
         if_match: Option<&str>,
     ) -> Result<Applied, ApplyError> {
+        self.apply_source(Some(source), origin, if_match)
+    }
+
+    /// [`Self::apply`] of `source`, or of the policy file's content when `None`.
+    fn apply_source(
+        &self,
+        source: Option<String>,
+        origin: Origin,
+        if_match: Option<&str>,
+    ) -> Result<Applied, ApplyError> {
         let result = self.apply_locked(source, origin, if_match);
         let label = match &result {
             Ok(applied) if applied.changed => "applied",
@@ -234,11 +244,18 @@ impl PolicyStore {
 
     fn apply_locked(
         &self,
-        source: String,
+        source: Option<String>,
         origin: Origin,
         if_match: Option<&str>,
     ) -> Result<Applied, ApplyError> {
         let mut state = self.lock();
+        // The file is read under the lock: read before it, a PUT persisted and applied in
+        // between would be undone by the older text.
+        let source = match source {
+            Some(source) => source,
+            None => std::fs::read_to_string(&self.path)
+                .map_err(|e| ApplyError::Io(format!("cannot read {}: {e}", self.path.display())))?,
+        };
         if let Some(expected) = if_match {
             if expected != "*" && expected != state.active.hash {
                 return Err(ApplyError::Stale {
@@ -316,9 +333,7 @@ impl PolicyStore {
 
     /// Re-reads the policy file and applies it.
     pub fn reload_from_file(&self) -> Result<Applied, ApplyError> {
-        let source = std::fs::read_to_string(&self.path)
-            .map_err(|e| ApplyError::Io(format!("cannot read {}: {e}", self.path.display())))?;
-        self.apply(source, Origin::File, None)
+        self.apply_source(None, Origin::File, None)
     }
 
     /// Applies the previously active policy again (and persists it).
