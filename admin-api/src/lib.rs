@@ -46,6 +46,9 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// True when the listeners are up and a policy is loaded (and not draining).
     fn ready(&self) -> bool;
+    /// Starts draining: readiness fails, listeners stop accepting, in-flight requests finish,
+    /// then the process exits. Returns the grace period in seconds.
+    fn drain(&self) -> u64;
 }
 
 #[derive(Clone)]
@@ -65,6 +68,7 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
         .route("/policy/validate", post(validate_policy))
         .route("/policy/rollback", post(rollback_policy))
         .route("/reload", post(reload_policy))
+        .route("/drain", post(drain))
         .route("/upstreams", get(upstreams))
         .route("/routes", get(routes))
         .route("/explain", get(explain))
@@ -82,6 +86,33 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// The metrics-only listener's routes: `GET /metrics` and `GET /healthz`, no token. It lets
+/// Prometheus scrape from the network while the admin API stays on loopback.
+pub fn metrics_router(backend: Arc<dyn AdminBackend>) -> Router {
+    let state = AppState {
+        backend,
+        token: Arc::from(""),
+    };
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async {
+            error_response(StatusCode::NOT_FOUND, "this listener serves only /metrics")
+        })
+        .with_state(state)
+}
+
+/// Serves [`metrics_router`] on `listener` until `shutdown` completes.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    backend: Arc<dyn AdminBackend>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics_router(backend))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -231,6 +262,18 @@ async fn validate_policy(State(state): State<AppState>, body: Body) -> Response 
 async fn reload_policy(State(state): State<AppState>) -> Response {
     let backend = state.backend.clone();
     run_blocking(move || applied_response(backend.reload())).await
+}
+
+async fn drain(State(state): State<AppState>) -> Response {
+    let grace_period_seconds = state.backend.drain();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "draining": true,
+            "grace_period_seconds": grace_period_seconds,
+        })),
+    )
+        .into_response()
 }
 
 async fn rollback_policy(State(state): State<AppState>) -> Response {

@@ -14,6 +14,7 @@ use meshgate_policy::RequestView;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::lifecycle::Lifecycle;
 use crate::reload::{Origin, PolicyStore};
 use crate::telemetry::Telemetry;
 
@@ -22,17 +23,21 @@ pub struct GatewayAdmin {
     store: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
     listeners_up: AtomicBool,
-    draining: AtomicBool,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl GatewayAdmin {
     /// An admin backend over `store`.
-    pub fn new(store: Arc<PolicyStore>, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(
+        store: Arc<PolicyStore>,
+        telemetry: Arc<Telemetry>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         GatewayAdmin {
             store,
             telemetry,
             listeners_up: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
+            lifecycle,
         }
     }
 }
@@ -251,7 +256,13 @@ impl AdminBackend for GatewayAdmin {
     }
 
     fn ready(&self) -> bool {
-        self.listeners_up.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.listeners_up.load(Ordering::Acquire) && !self.lifecycle.is_draining()
+    }
+
+    fn drain(&self) -> u64 {
+        tracing::info!("drain requested through the admin API");
+        self.lifecycle.drain();
+        self.store.snapshot().policy.server.grace_period.as_secs()
     }
 }
 
@@ -305,6 +316,13 @@ pub struct AdminService {
     pub token: String,
     /// Addresses of the proxy listeners, probed for readiness.
     pub proxy_listeners: Vec<SocketAddr>,
+    /// The bound `[telemetry].metrics_listen` socket, if any.
+    pub metrics_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+}
+
+fn into_tokio(listener: std::net::TcpListener) -> std::io::Result<tokio::net::TcpListener> {
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 #[async_trait]
@@ -313,10 +331,7 @@ impl BackgroundService for AdminService {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
-        let listener = match std_listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
-        {
+        let listener = match into_tokio(std_listener) {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::error!("admin API cannot start: {e}");
@@ -346,9 +361,41 @@ impl BackgroundService for AdminService {
             admin.listeners_up.store(true, Ordering::Release);
             tracing::info!("listeners are up; ready");
         });
-        let stop = async move {
-            let _ = shutdown.changed().await;
+        // On a drain or SIGTERM the admin API keeps answering (readiness 503) until the
+        // process exits. On an upgrade it closes its socket, so the new process, which
+        // shares the port through SO_REUSEPORT, takes every new connection.
+        let lifecycle = self.admin.lifecycle.clone();
+        let stop = {
+            let mut shutdown = shutdown.clone();
+            let lifecycle = lifecycle.clone();
+            async move {
+                let _ = shutdown.changed().await;
+                if !lifecycle.is_upgrading() {
+                    std::future::pending::<()>().await;
+                }
+            }
         };
+        let metrics_listener = self.metrics_listener.lock().ok().and_then(|mut l| l.take());
+        if let Some(std_listener) = metrics_listener {
+            match into_tokio(std_listener) {
+                Ok(listener) => {
+                    let backend = self.admin.clone();
+                    let stop = async move {
+                        let _ = shutdown.changed().await;
+                        if !lifecycle.is_upgrading() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = meshgate_admin::serve_metrics(listener, backend, stop).await
+                        {
+                            tracing::error!("metrics listener stopped: {e}");
+                        }
+                    });
+                }
+                Err(e) => tracing::error!("metrics listener cannot start: {e}"),
+            }
+        }
         if let Err(e) = meshgate_admin::serve(listener, self.admin.clone(), &self.token, stop).await
         {
             tracing::error!("admin API stopped: {e}");

@@ -60,7 +60,7 @@ pub fn main() -> ExitCode {
             upgrade_sock,
             pid_file,
         } => {
-            init_logging();
+            crate::telemetry::init_logging();
             let options = RunOptions {
                 policy: config,
                 daemon,
@@ -110,13 +110,4 @@ fn check(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod lifecycle;
 pub mod limit;
 pub mod proxy;
 pub mod reload;

@@ -93,8 +93,9 @@ impl PolicyStore {
                 .collect::<Vec<_>>()
                 .join("\n")
         })?;
-        telemetry
-            .configure_access_log(&compiled.telemetry.access_log)
+        // The sinks start in the serving process (after a daemon fork); here only check
+        // that the access log can be opened, so a bad path fails the start.
+        crate::telemetry::AccessLog::check(&compiled.telemetry.access_log)
             .map_err(|e| format!("cannot open the access log: {e}"))?;
         telemetry.metrics.policy_version.set(1);
         let hash = policy_hash(&source);
@@ -287,12 +288,7 @@ impl PolicyStore {
                 ))
             })?;
         }
-        if let Err(e) = self
-            .telemetry
-            .configure_access_log(&compiled.telemetry.access_log)
-        {
-            tracing::warn!("access log not reopened, keeping the old one: {e}");
-        }
+        self.telemetry.configure(&compiled.telemetry);
         let version = state.next_version;
         let snapshot = Snapshot::build(
             compiled,

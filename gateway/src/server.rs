@@ -7,10 +7,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::{load_admin_token, AdminService, GatewayAdmin};
+use crate::lifecycle::{Lifecycle, SignalWatch};
 use crate::proxy::MeshProxy;
 use crate::reload::{watch_policy_file, PolicyStore};
 use crate::telemetry::Telemetry;
@@ -43,10 +44,8 @@ impl BackgroundService for ControlService {
         if let Some(registrations) = self.store.take_health_registrations() {
             tokio::spawn(crate::upstream::health::supervise(registrations));
         }
-        let target = self.store.snapshot().policy.telemetry.access_log.clone();
-        if let Err(e) = self.telemetry.configure_access_log(&target) {
-            tracing::error!("cannot open the access log: {e}");
-        }
+        self.telemetry
+            .configure(&self.store.snapshot().policy.telemetry);
         let watcher = match watch_policy_file(self.store.clone()) {
             Ok(watcher) => Some(watcher),
             Err(e) => {
@@ -76,12 +75,21 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     let policy = &snapshot.policy;
 
     let token = load_admin_token(&policy.admin)?;
-    let admin_listener = std::net::TcpListener::bind(policy.admin.listen).map_err(|e| {
+    let admin_listener = bind_shared(policy.admin.listen).map_err(|e| {
         format!(
             "cannot listen on the admin address {}: {e}",
             policy.admin.listen
         )
     })?;
+    let metrics_listener = policy
+        .telemetry
+        .metrics_listen
+        .map(|addr| {
+            bind_shared(addr)
+                .map_err(|e| format!("cannot listen on the metrics address {addr}: {e}"))
+        })
+        .transpose()?;
+    let lifecycle = Arc::new(Lifecycle::default());
 
     let conf = ServerConf {
         threads: policy.server.threads,
@@ -122,7 +130,11 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     }
     server.add_service(proxy);
 
-    let admin = Arc::new(GatewayAdmin::new(store.clone(), telemetry.clone()));
+    let admin = Arc::new(GatewayAdmin::new(
+        store.clone(),
+        telemetry.clone(),
+        lifecycle.clone(),
+    ));
     server.add_service(background_service(
         "admin api",
         AdminService {
@@ -130,13 +142,14 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             listener: std::sync::Mutex::new(Some(admin_listener)),
             token,
             proxy_listeners: policy.listeners.iter().map(|l| l.addr).collect(),
+            metrics_listener: std::sync::Mutex::new(metrics_listener),
         },
     ));
     server.add_service(background_service(
         "policy control",
         ControlService {
             store: store.clone(),
-            telemetry,
+            telemetry: telemetry.clone(),
         },
     ));
     tracing::info!(
@@ -146,5 +159,22 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         "meshgate starting"
     );
     drop(snapshot);
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(SignalWatch(lifecycle)),
+    });
+    telemetry.shutdown(std::time::Duration::from_secs(3));
+    std::process::exit(0)
+}
+
+/// Binds a TCP listener with `SO_REUSEPORT`, so that during an upgrade the new process can
+/// bind the admin port while the old one still holds it. The kernel lets only processes of the
+/// same user share a port this way.
+fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }

@@ -61,6 +61,30 @@ impl std::fmt::Debug for CodeCounters {
     }
 }
 
+/// Metric handles of one (route, upstream), resolved when the snapshot is built.
+#[derive(Debug)]
+pub struct TrafficMetrics {
+    /// `meshgate_request_duration_seconds`.
+    pub duration: prometheus::Histogram,
+    /// `meshgate_request_bytes_total`.
+    pub request_bytes: IntCounter,
+    /// `meshgate_response_bytes_total`.
+    pub response_bytes: IntCounter,
+}
+
+impl TrafficMetrics {
+    /// The handles of `route` and `upstream` (empty for gateway-made answers).
+    pub fn new(metrics: &Metrics, route: &str, upstream: &str) -> Self {
+        TrafficMetrics {
+            duration: metrics
+                .request_duration
+                .with_label_values(&[route, upstream]),
+            request_bytes: metrics.request_bytes.with_label_values(&[route, upstream]),
+            response_bytes: metrics.response_bytes.with_label_values(&[route, upstream]),
+        }
+    }
+}
+
 /// A route's header rules, parsed once.
 #[derive(Debug, Default)]
 pub struct HeaderEdits {
@@ -158,7 +182,7 @@ editable_headers!(pingora::http::RequestHeader);
 editable_headers!(pingora::http::ResponseHeader);
 
 /// Per-route runtime state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteState {
     /// Position in the route's split schedule.
     pub split_cursor: AtomicU64,
@@ -172,6 +196,12 @@ pub struct RouteState {
     pub counters: Vec<CodeCounters>,
     /// The route's rate limit, shared with the previous snapshot while its spec is unchanged.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Traffic metrics by split index.
+    pub traffic: Vec<TrafficMetrics>,
+    /// Traffic metrics of answers the gateway made itself on this route.
+    pub gateway_traffic: TrafficMetrics,
+    /// `meshgate_requests_in_flight` of this route.
+    pub in_flight: prometheus::IntGauge,
 }
 
 impl RouteState {
@@ -229,7 +259,7 @@ impl Snapshot {
                     .cloned()
                     .unwrap_or_else(|| {
                         let tls = spec.tls.as_ref().map(|t| tls.upstream(t));
-                        Arc::new(UpstreamState::new(spec.clone(), tls))
+                        Arc::new(UpstreamState::new(spec.clone(), tls, metrics))
                     })
             })
             .collect();
@@ -237,6 +267,19 @@ impl Snapshot {
             .routes
             .iter()
             .map(|route| RouteState {
+                traffic: route
+                    .splits
+                    .iter()
+                    .map(|split| {
+                        TrafficMetrics::new(
+                            metrics,
+                            &route.name,
+                            &policy.upstreams[split.upstream].name,
+                        )
+                    })
+                    .collect(),
+                gateway_traffic: TrafficMetrics::new(metrics, &route.name, ""),
+                in_flight: metrics.requests_in_flight.with_label_values(&[&route.name]),
                 rate_limiter: route.rate_limit.as_ref().map(|spec| {
                     previous
                         .and_then(|old| {

@@ -92,7 +92,10 @@ async fn every_documented_operation_answers_as_described() {
 
     let mut checked = 0;
     let mut problems = Vec::new();
-    for (path, operations) in spec["paths"].as_object().unwrap() {
+    // `/drain` ends the gateway, so it goes last.
+    let mut paths: Vec<_> = spec["paths"].as_object().unwrap().iter().collect();
+    paths.sort_by_key(|(path, _)| path.as_str() == "/drain");
+    for (path, operations) in paths {
         for (method, operation) in operations.as_object().unwrap() {
             let public = operation.get("security") == Some(&serde_json::json!([]));
             let url = match path.as_str() {
@@ -162,7 +165,7 @@ async fn every_documented_operation_answers_as_described() {
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
-    assert_eq!(checked, 11, "every operation was exercised");
+    assert_eq!(checked, 12, "every operation was exercised");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -92,10 +92,11 @@ async fn a_local_limit_admits_rate_times_seconds_plus_burst() {
         requests as f64 > 4.0 * expected,
         "wrk must run far above the limit: {requests} requests"
     );
-    assert_eq!(
-        requests - refused,
-        admitted as u64,
-        "every other answer is a 429"
+    // wrk does not count the answers in flight when it stops: at most one per connection.
+    let answered_200 = requests - refused;
+    assert!(
+        answered_200 <= admitted as u64 && answered_200 + 8 >= admitted as u64,
+        "every other answer is a 429: {answered_200} answered 200, {admitted} admitted"
     );
     assert_eq!(socket_errors, 0, "{output}");
 }
@@ -230,11 +231,18 @@ async fn refusals_say_why_and_each_key_has_its_own_bucket() {
         "{metrics}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = gateway.access_log();
-    assert_eq!(log.matches("rate_limit=shadow-refused").count(), 4, "{log}");
+    let records = gateway.access_records();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["rate_limit"] == "shadow-refused")
+            .count(),
+        4,
+        "{records:#?}"
+    );
     assert!(
-        log.contains("198.51.100.7"),
-        "the log shows the forwarded client: {log}"
+        records.iter().any(|r| r["client"] == "198.51.100.7"),
+        "the log shows the forwarded client: {records:#?}"
     );
 }
 

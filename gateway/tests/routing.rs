@@ -65,11 +65,24 @@ split = [{{ upstream = "v1" }}]
         .unwrap();
     assert_eq!(post.status(), 404);
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let log = gateway.access_log();
-    assert!(log.contains(" 404 no-route "), "access log:\n{log}");
+    let records = gateway.access_records();
+    let has = |check: &dyn Fn(&serde_json::Value) -> bool| records.iter().any(check);
     assert!(
-        log.contains(" 200 - listener=public route=api upstream=v1"),
-        "access log:\n{log}"
+        has(&|r| r["status"] == 404 && r["reason"] == "no-route" && r["route"].is_null()),
+        "access log:\n{records:#?}"
+    );
+    assert!(
+        has(&|r| r["status"] == 200
+            && r["reason"].is_null()
+            && r["listener"] == "public"
+            && r["route"] == "api"
+            && r["upstream"] == "v1"
+            && r["method"] == "GET"
+            && r["endpoint"].is_string()
+            && r["duration_ms"].is_number()
+            && r["upstream_ms"].is_number()
+            && r["client"] == "127.0.0.1"),
+        "access log:\n{records:#?}"
     );
 }
 

@@ -332,10 +332,12 @@ async fn mutual_tls_identities_and_authorization() {
         "{metrics}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = gateway.access_log();
+    let records = gateway.access_records();
     assert!(
-        log.contains("identity=spiffe://test/ns/shop/sa/checkout"),
-        "{log}"
+        records
+            .iter()
+            .any(|r| r["identity"] == "spiffe://test/ns/shop/sa/checkout" && r["status"] == 200),
+        "{records:#?}"
     );
 }
 

@@ -143,7 +143,27 @@ pub enum AccessLogTarget {
 pub struct TelemetrySettings {
     /// Access log destination.
     pub access_log: AccessLogTarget,
+    /// Trace export; `None` when `otlp_endpoint` is not set.
+    pub tracing: Option<TraceSettings>,
+    /// The gateway's log filter (`info`, `debug`, `meshgate=debug,pingora=warn`, ...).
+    pub log_level: String,
+    /// The metrics-only listener (static).
+    pub metrics_listen: Option<SocketAddr>,
 }
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// The OTLP/HTTP traces URL (the endpoint with `/v1/traces`).
+    pub traces_url: String,
+    /// Share of new traces sampled; a caller's sampling decision is always followed.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans.
+    pub service_name: String,
+}
+
+// The ratio is validated to be a finite number in [0, 1], so equality is total.
+impl Eq for TraceSettings {}
 
 /// A listener. Its name, address and whether it speaks TLS are static; its certificates,
 /// client authentication and `default_authz` apply on reload.
@@ -635,6 +655,9 @@ impl CompiledPolicy {
         };
         if bound(&self.listeners) != bound(&other.listeners) {
             changed.push("listeners");
+        }
+        if self.telemetry.metrics_listen != other.telemetry.metrics_listen {
+            changed.push("telemetry.metrics_listen");
         }
         changed
     }

@@ -25,6 +25,8 @@ const DEFAULT_BREAKER_LIMIT: u32 = 1024;
 const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 0.01;
+const DEFAULT_LOG_LEVEL: &str = "info";
 const TOP_LEVEL_KEYS: &[&str] = &[
     "version",
     "server",
@@ -393,7 +395,70 @@ impl Compiler<'_, '_> {
                 AccessLogTarget::File(resolved)
             }
         };
-        Some(TelemetrySettings { access_log })
+        let path = KeyPath::root().key("telemetry");
+        let tracing = match telemetry.otlp_endpoint.as_deref() {
+            None => {
+                if telemetry.trace_sample_ratio.is_some() {
+                    sink.at(
+                        &path.key("trace_sample_ratio"),
+                        "trace_sample_ratio needs `otlp_endpoint`, where the spans are sent",
+                    );
+                }
+                None
+            }
+            Some(endpoint) => {
+                let sample_ratio = telemetry
+                    .trace_sample_ratio
+                    .unwrap_or(DEFAULT_TRACE_SAMPLE_RATIO);
+                if !(0.0..=1.0).contains(&sample_ratio) {
+                    sink.at(
+                        &path.key("trace_sample_ratio"),
+                        "trace_sample_ratio must be between 0.0 and 1.0",
+                    );
+                }
+                let service_name = telemetry
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| "meshgate".to_owned());
+                if service_name.trim().is_empty() {
+                    sink.at(&path.key("service_name"), "service_name must not be empty");
+                }
+                match traces_url(endpoint) {
+                    Ok(traces_url) => Some(TraceSettings {
+                        traces_url,
+                        sample_ratio,
+                        service_name,
+                    }),
+                    Err(message) => {
+                        sink.at(&path.key("otlp_endpoint"), message);
+                        None
+                    }
+                }
+            }
+        };
+        if telemetry.service_name.is_some() && telemetry.otlp_endpoint.is_none() {
+            sink.at(
+                &path.key("service_name"),
+                "service_name needs `otlp_endpoint`; it names the exported spans",
+            );
+        }
+        let log_level = telemetry
+            .log_level
+            .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
+        if let Err(message) = check_log_filter(&log_level) {
+            sink.at(&path.key("log_level"), message);
+        }
+        let metrics_listen = telemetry.metrics_listen.as_deref().and_then(|text| {
+            parse_socket_addr(text)
+                .map_err(|message| sink.at(&path.key("metrics_listen"), message))
+                .ok()
+        });
+        Some(TelemetrySettings {
+            access_log,
+            tracing,
+            log_level,
+            metrics_listen,
+        })
     }
 
     fn compile_listeners(
@@ -956,6 +1021,59 @@ fn compile_trusted_proxies(entries: &[String], sink: &mut ErrorSink<'_>) -> Vec<
             }
         })
         .collect()
+}
+
+/// The OTLP/HTTP traces URL of a collector's base URL: `/v1/traces` is added unless the path
+/// already names it.
+fn traces_url(endpoint: &str) -> Result<String, String> {
+    let url = url::Url::parse(endpoint)
+        .map_err(|e| format!("otlp_endpoint {endpoint:?} is not a URL: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "otlp_endpoint must be an http:// URL (OTLP over HTTP; for TLS, send to a local collector that forwards it), not {:?}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("otlp_endpoint {endpoint:?} has no host"));
+    }
+    let trimmed = endpoint.trim_end_matches('/');
+    Ok(if url.path().ends_with("/v1/traces") {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/v1/traces")
+    })
+}
+
+/// Checks a log filter in the `tracing` directive syntax: comma-separated `level` or
+/// `target=level` items, where level is one of trace, debug, info, warn, error or off.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+    if filter.trim().is_empty() {
+        return Err("log_level must not be empty".to_owned());
+    }
+    for directive in filter.split(',') {
+        let directive = directive.trim();
+        let level = directive
+            .rsplit_once('=')
+            .map_or(
+                directive,
+                |(target, level)| {
+                    if target.is_empty() {
+                        ""
+                    } else {
+                        level
+                    }
+                },
+            );
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "log_level item {directive:?} must be a level ({}) or `target=level`",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn compile_rate_limit_store(

@@ -73,6 +73,17 @@ pub struct AdminSection {
 pub struct TelemetrySection {
     /// `"off"`, `"stdout"` (the default) or a file path.
     pub access_log: Option<String>,
+    /// OTLP/HTTP collector base URL (`http://host:4318`); tracing is off without it.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0.0 to 1.0 (default 0.01).
+    pub trace_sample_ratio: Option<f64>,
+    /// `service.name` of exported spans (default `"meshgate"`).
+    pub service_name: Option<String>,
+    /// The gateway's own log level or `tracing` filter (default `"info"`).
+    pub log_level: Option<String>,
+    /// A separate listener serving only `GET /metrics` (static; default: none, metrics are
+    /// on the admin listener).
+    pub metrics_listen: Option<String>,
 }
 
 /// One `[[listeners]]` entry.

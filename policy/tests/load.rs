@@ -88,15 +88,66 @@ split = [{ upstream = "u", weight = "heavy" }, { upstream = "u", extra = 1 }]
 }
 
 #[test]
-fn keys_of_later_features_are_refused_as_unknown_never_ignored() {
+fn telemetry_keys_are_validated() {
     let source = r#"version = 1
 [telemetry]
-otlp_endpoint = "http://127.0.0.1:4318"
+otlp_endpoint = "grpc://127.0.0.1:4317"
+trace_sample_ratio = 1.5
+service_name = ""
+log_level = "meshgate=loud"
+tracing_backend = "zipkin"
 "#;
     let errors = refused(source);
+    for (line, path, message) in [
+        (3, "telemetry.otlp_endpoint", "must be an http:// URL"),
+        (4, "telemetry.trace_sample_ratio", "between 0.0 and 1.0"),
+        (5, "telemetry.service_name", "must not be empty"),
+        (6, "telemetry.log_level", "\"meshgate=loud\""),
+        (7, "telemetry.tracing_backend", "unknown field"),
+    ] {
+        assert!(
+            has(&errors, line, path, message),
+            "missing {line} {path} {message}: {errors:#?}"
+        );
+    }
+    let errors = refused("version = 1\n[telemetry]\ntrace_sample_ratio = 0.5\n");
     assert!(
-        has(&errors, 3, "telemetry.otlp_endpoint", "unknown field"),
+        has(
+            &errors,
+            3,
+            "telemetry.trace_sample_ratio",
+            "needs `otlp_endpoint`"
+        ),
         "{errors:#?}"
+    );
+}
+
+#[test]
+fn tracing_compiles_with_documented_defaults() {
+    let base = "version = 1\n[telemetry]\n";
+    let policy = load(
+        &format!("{base}otlp_endpoint = \"http://127.0.0.1:4318\"\n"),
+        Path::new("."),
+    )
+    .unwrap();
+    let tracing = policy.telemetry.tracing.expect("tracing on");
+    assert_eq!(tracing.traces_url, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(tracing.sample_ratio, 0.01);
+    assert_eq!(tracing.service_name, "meshgate");
+    assert_eq!(policy.telemetry.log_level, "info");
+    let policy = load(
+        &format!("{base}otlp_endpoint = \"http://otel.example:4318/v1/traces\"\ntrace_sample_ratio = 1\nservice_name = \"edge\"\nlog_level = \"warn,meshgate=debug\"\n"),
+        Path::new("."),
+    )
+    .unwrap();
+    let tracing = policy.telemetry.tracing.expect("tracing on");
+    assert_eq!(tracing.traces_url, "http://otel.example:4318/v1/traces");
+    assert_eq!(tracing.sample_ratio, 1.0);
+    assert_eq!(policy.telemetry.log_level, "warn,meshgate=debug");
+    let policy = load(base, Path::new(".")).unwrap();
+    assert!(
+        policy.telemetry.tracing.is_none(),
+        "off without an endpoint"
     );
 }
 

@@ -21,7 +21,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::limit::{self, KeySource, LimitOutcome, RateLimiter};
 use crate::reload::PolicyStore;
 use crate::snapshot::Snapshot;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{RequestSpan, SpanEnd, Telemetry};
 use crate::tls::PeerTls;
 use crate::upstream::{breaker_give_back, Overflow, UpstreamState};
 use meshgate_policy::compiled::StoreErrorAction;
@@ -108,6 +108,14 @@ pub struct RequestCtx {
     rate_limit_headers: Option<(Arc<RateLimiter>, limit::Decision)>,
     /// The downstream TLS connection's digest, when it is TLS.
     tls: Option<Arc<pingora::protocols::tls::SslDigest>>,
+    /// Whether the request counts in its route's `meshgate_requests_in_flight`.
+    in_flight: bool,
+    /// When the current try asked for a connection.
+    try_started: Option<Instant>,
+    /// From the last try's start to the upstream's response header.
+    upstream_time: Option<std::time::Duration>,
+    /// The request's span, when traces are exported.
+    span: Option<RequestSpan>,
 }
 
 impl RequestCtx {
@@ -279,6 +287,10 @@ impl ProxyHttp for MeshProxy {
             rate_limit: "-",
             rate_limit_headers: None,
             tls: None,
+            in_flight: false,
+            try_started: None,
+            upstream_time: None,
+            span: None,
         }
     }
 
@@ -302,6 +314,9 @@ impl ProxyHttp for MeshProxy {
             .and_then(|a| a.as_inet())
             .and_then(|local| snapshot.listener_for(*local));
         ctx.snapshot = Some(snapshot);
+        if let Some(tracing) = self.telemetry.tracing().as_ref() {
+            ctx.span = Some(tracing.start_span(session.req_header()));
+        }
         ctx.tls = session
             .as_downstream()
             .digest()
@@ -333,6 +348,8 @@ impl ProxyHttp for MeshProxy {
             return Ok(true);
         };
         ctx.route = Some(route_index);
+        snapshot.routes[route_index].in_flight.inc();
+        ctx.in_flight = true;
         let route = &snapshot.policy.routes[route_index];
         ctx.deadline = route.timeout.map(|t| ctx.started + t);
         if route.retry.is_some() {
@@ -534,6 +551,7 @@ impl ProxyHttp for MeshProxy {
         };
         ctx.endpoint = Some(endpoint);
         ctx.last_endpoint = Some(upstream.endpoints[endpoint].addr);
+        ctx.try_started = Some(Instant::now());
 
         let mut peer = upstream.endpoints[endpoint].peer.clone();
         if let Some(tls) = &upstream.tls {
@@ -558,7 +576,7 @@ impl ProxyHttp for MeshProxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
@@ -566,6 +584,12 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(upstream) = ctx.upstream_state().cloned() {
+            upstream.connections[usize::from(reused)].inc();
+            if let (false, Some(started)) = (reused, ctx.try_started) {
+                upstream
+                    .connect_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
             if std::mem::take(&mut ctx.holds_pending) {
                 breaker_give_back(&upstream.breaker.pending);
             }
@@ -611,6 +635,9 @@ impl ProxyHttp for MeshProxy {
                 upstream_request.insert_header(http::header::HOST, host.as_str())?;
             }
         }
+        if let Some(span) = &ctx.span {
+            span.inject(upstream_request);
+        }
         if let (Some(snapshot), Some(route)) = (&ctx.snapshot, ctx.route) {
             snapshot.routes[route]
                 .request_headers
@@ -629,6 +656,7 @@ impl ProxyHttp for MeshProxy {
         if status < 200 {
             return Ok(());
         }
+        ctx.upstream_time = ctx.try_started.map(|t| t.elapsed());
         ctx.report(status < 500);
         let retried = ctx.snapshot.clone().and_then(|snapshot| {
             let retry = snapshot.policy.routes[ctx.route?].retry.as_ref()?;
@@ -770,6 +798,26 @@ impl ProxyHttp for MeshProxy {
         let upstream_state = ctx.upstream.map(|i| &snapshot.upstreams[i]);
         let upstream = upstream_state.map_or("", |u| u.spec.name.as_str());
         let reason = ctx.reason.map_or("", Reason::token);
+        if let Some(route_index) = ctx.route {
+            let route_state = &snapshot.routes[route_index];
+            if std::mem::take(&mut ctx.in_flight) {
+                route_state.in_flight.dec();
+            }
+            let traffic = ctx
+                .split
+                .and_then(|split| route_state.traffic.get(split))
+                .unwrap_or(&route_state.gateway_traffic);
+            traffic
+                .duration
+                .observe(ctx.started.elapsed().as_secs_f64());
+            let downstream = session.as_downstream();
+            traffic
+                .request_bytes
+                .inc_by(downstream.body_bytes_read() as u64);
+            traffic
+                .response_bytes
+                .inc_by(downstream.body_bytes_sent() as u64);
+        }
         let resolved =
             match (ctx.reason, ctx.listener, ctx.route, ctx.split) {
                 (None, Some(listener), Some(route), Some(split)) => snapshot.routes[route]
@@ -790,28 +838,109 @@ impl ProxyHttp for MeshProxy {
             }
         }
 
+        let span = ctx.span.take();
+        let trace_id = span.as_ref().map(RequestSpan::trace_id);
+        if let Some(span) = span {
+            span.finish(
+                session.req_header(),
+                &SpanEnd {
+                    route: non_empty(route),
+                    upstream: non_empty(upstream),
+                    endpoint: ctx.last_endpoint,
+                    host: request_host(session.req_header()),
+                    status,
+                    reason: non_empty(reason),
+                    retries: ctx.retries,
+                    client: ctx.client_ip.or_else(|| client_ip(session)),
+                    identity: ctx.identity(),
+                },
+            );
+        }
+
         if let Some(log) = self.telemetry.access_log().as_ref() {
             let header = session.req_header();
-            let endpoint = ctx
-                .last_endpoint
-                .map_or_else(|| "-".to_owned(), |addr| addr.to_string());
-            log.log(format!(
-                "{time} {client} \"{method} {uri} {version:?}\" {status} {reason} listener={listener} route={route} upstream={upstream} endpoint={endpoint} rate_limit={rate_limit} identity={identity} duration_ms={duration:.3}",
-                time = humantime::format_rfc3339_millis(std::time::SystemTime::now()),
-                client = ctx.client_ip.or_else(|| client_ip(session)).map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
-                rate_limit = ctx.rate_limit,
-                identity = ctx.identity().unwrap_or("-"),
-                method = header.method,
-                uri = header.uri,
-                version = header.version,
-                reason = if reason.is_empty() { "-" } else { reason },
-                listener = or_dash(listener),
-                route = or_dash(route),
-                upstream = or_dash(upstream),
-                duration = ctx.started.elapsed().as_secs_f64() * 1000.0,
-            ));
+            let downstream = session.as_downstream();
+            let record = AccessRecord {
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                listener: non_empty(listener),
+                route: non_empty(route),
+                upstream: non_empty(upstream),
+                endpoint: ctx.last_endpoint.map(|a| a.to_string()),
+                method: header.method.as_str(),
+                host: request_host(header),
+                path: header.uri.path(),
+                query: header.uri.query(),
+                protocol: if downstream.is_http2() {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                },
+                status,
+                reason: non_empty(reason),
+                request_bytes: downstream.body_bytes_read() as u64,
+                response_bytes: downstream.body_bytes_sent() as u64,
+                duration_ms: millis(ctx.started.elapsed()),
+                upstream_ms: ctx.upstream_time.map(millis),
+                retries: ctx.retries,
+                client: ctx
+                    .client_ip
+                    .or_else(|| client_ip(session))
+                    .map(|ip| ip.to_string()),
+                identity: ctx.identity(),
+                trace_id: trace_id.or_else(|| incoming_trace_id(header).map(str::to_owned)),
+                rate_limit: (ctx.rate_limit != "-").then_some(ctx.rate_limit),
+            };
+            match serde_json::to_string(&record) {
+                Ok(line) => log.log(line),
+                Err(e) => tracing::debug!("access log record not written: {e}"),
+            }
         }
     }
+}
+
+/// One access log line: a JSON object per request.
+#[derive(serde::Serialize)]
+struct AccessRecord<'a> {
+    time: String,
+    listener: Option<&'a str>,
+    route: Option<&'a str>,
+    upstream: Option<&'a str>,
+    endpoint: Option<String>,
+    method: &'a str,
+    host: Option<&'a str>,
+    path: &'a str,
+    query: Option<&'a str>,
+    protocol: &'static str,
+    status: u16,
+    reason: Option<&'a str>,
+    request_bytes: u64,
+    response_bytes: u64,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    retries: u32,
+    client: Option<String>,
+    identity: Option<&'a str>,
+    trace_id: Option<String>,
+    rate_limit: Option<&'static str>,
+}
+
+fn non_empty(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}
+
+fn millis(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The trace id of a valid W3C `traceparent` header.
+fn incoming_trace_id(header: &RequestHeader) -> Option<&str> {
+    let value = header.headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    let valid = id.len() == 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && id.bytes().any(|b| b != b'0');
+    valid.then_some(id)
 }
 
 impl MeshProxy {
@@ -876,12 +1005,4 @@ fn refuse_overflow(ctx: &mut RequestCtx, overflow: Overflow) -> Result<Box<HttpP
         ErrorType::HTTPStatus(Reason::Overflow.status()),
         "the upstream's circuit breaker is full",
     )
-}
-
-fn or_dash(value: &str) -> &str {
-    if value.is_empty() {
-        "-"
-    } else {
-        value
-    }
 }

@@ -18,6 +18,7 @@ pub struct AccessLog {
     target: AccessLogTarget,
     sender: SyncSender<String>,
     dropped: IntCounter,
+    writer: std::thread::JoinHandle<()>,
 }
 
 impl AccessLog {
@@ -31,19 +32,34 @@ impl AccessLog {
             }
         };
         let (sender, receiver) = sync_channel(QUEUE_LINES);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_lines(receiver, BufWriter::with_capacity(64 * 1024, sink)))?;
         Ok(Some(AccessLog {
             target: target.clone(),
             sender,
             dropped,
+            writer,
         }))
+    }
+
+    /// Checks that `target` can be opened for appending, without starting a writer.
+    pub fn check(target: &AccessLogTarget) -> std::io::Result<()> {
+        if let AccessLogTarget::File(path) = target {
+            OpenOptions::new().create(true).append(true).open(path)?;
+        }
+        Ok(())
     }
 
     /// The target this writer writes to.
     pub fn target(&self) -> &AccessLogTarget {
         &self.target
+    }
+
+    /// Writes what is queued and stops the writer thread.
+    pub fn close(self) {
+        drop(self.sender);
+        let _ = self.writer.join();
     }
 
     /// Queues one line (without its newline); never blocks.

@@ -2,13 +2,19 @@
 //! tokens, so cardinality stays bounded whatever the traffic.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
+
+/// Buckets of request durations, in seconds: 0.5 ms to 30 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// The gateway's metric families.
 pub struct Metrics {
     registry: Registry,
+    family_names: Vec<String>,
     /// `meshgate_requests_total{listener,route,upstream,code,reason}`.
     pub requests_total: IntCounterVec,
     /// `meshgate_policy_version`.
@@ -37,6 +43,18 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// `meshgate_authz_denied_total{route}`.
     pub authz_denied: IntCounterVec,
+    /// `meshgate_request_duration_seconds{route,upstream}`.
+    pub request_duration: HistogramVec,
+    /// `meshgate_request_bytes_total{route,upstream}`.
+    pub request_bytes: IntCounterVec,
+    /// `meshgate_response_bytes_total{route,upstream}`.
+    pub response_bytes: IntCounterVec,
+    /// `meshgate_requests_in_flight{route}`.
+    pub requests_in_flight: IntGaugeVec,
+    /// `meshgate_upstream_connect_duration_seconds{upstream}`.
+    pub upstream_connect_duration: HistogramVec,
+    /// `meshgate_upstream_connections_total{upstream,reused}`.
+    pub upstream_connections: IntCounterVec,
 }
 
 impl Metrics {
@@ -148,6 +166,58 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "meshgate_request_duration_seconds",
+                "Time from the request's arrival to the end of its response, by route and upstream (empty for answers the gateway made itself).",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "upstream"],
+        )
+        .expect("static metric definition");
+        let request_bytes = IntCounterVec::new(
+            Opts::new(
+                "meshgate_request_bytes_total",
+                "Request body bytes received from clients, by route and upstream.",
+            ),
+            &["route", "upstream"],
+        )
+        .expect("static metric definition");
+        let response_bytes = IntCounterVec::new(
+            Opts::new(
+                "meshgate_response_bytes_total",
+                "Response body bytes sent to clients, by route and upstream.",
+            ),
+            &["route", "upstream"],
+        )
+        .expect("static metric definition");
+        let requests_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "meshgate_requests_in_flight",
+                "Requests being served now, by route.",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let upstream_connect_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "meshgate_upstream_connect_duration_seconds",
+                "Time to open a new connection to an endpoint (TCP, and TLS when the upstream uses it), by upstream.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["upstream"],
+        )
+        .expect("static metric definition");
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "meshgate_upstream_connections_total",
+                "Upstream connections a try used, by upstream and whether it was reused from the pool.",
+            ),
+            &["upstream", "reused"],
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "meshgate_build_info",
@@ -159,6 +229,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::tls::BACKEND])
             .set(1);
+        let mut family_names = Vec::new();
         for collector in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(policy_version.clone()),
@@ -174,14 +245,22 @@ impl Metrics {
             Box::new(tls_certificate_expiry.clone()),
             Box::new(tls_reloads.clone()),
             Box::new(authz_denied.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(request_bytes.clone()),
+            Box::new(response_bytes.clone()),
+            Box::new(requests_in_flight.clone()),
+            Box::new(upstream_connect_duration.clone()),
+            Box::new(upstream_connections.clone()),
             Box::new(build_info),
         ] {
+            family_names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
             registry
                 .register(collector)
                 .expect("metric names are unique");
         }
         Metrics {
             registry,
+            family_names,
             requests_total,
             policy_version,
             policy_reloads,
@@ -196,7 +275,19 @@ impl Metrics {
             tls_certificate_expiry,
             tls_reloads,
             authz_denied,
+            request_duration,
+            request_bytes,
+            response_bytes,
+            requests_in_flight,
+            upstream_connect_duration,
+            upstream_connections,
         }
+    }
+
+    /// The names of the registered families (those read from the pools at scrape time are
+    /// not among them), whether or not they have samples yet.
+    pub fn family_names(&self) -> &[String] {
+        &self.family_names
     }
 
     /// The Prometheus text exposition of every family.

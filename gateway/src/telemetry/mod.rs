@@ -1,16 +1,21 @@
-//! Metrics and the access log.
+//! Metrics, the access log, traces and the gateway's own log level.
 
 mod access_log;
+mod logs;
 mod metrics;
+pub mod trace;
 pub mod upstream_state;
 
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
+use std::time::Duration;
 
-use meshgate_policy::compiled::AccessLogTarget;
+use meshgate_policy::compiled::{AccessLogTarget, TelemetrySettings};
 
 pub use access_log::AccessLog;
+pub use logs::init_logging;
 pub use metrics::Metrics;
+pub use trace::{RequestSpan, SpanEnd, Tracing};
 
 /// The gateway's telemetry sinks.
 #[derive(Default)]
@@ -18,9 +23,20 @@ pub struct Telemetry {
     /// Metric families.
     pub metrics: Metrics,
     access_log: ArcSwapOption<AccessLog>,
+    tracing: ArcSwapOption<Tracing>,
 }
 
 impl Telemetry {
+    /// Applies a policy's `[telemetry]`: each sink is restarted only when its settings changed,
+    /// and one that cannot start keeps the old one and says why.
+    pub fn configure(&self, settings: &TelemetrySettings) {
+        if let Err(e) = self.configure_access_log(&settings.access_log) {
+            tracing::warn!("access log not reopened, keeping the old one: {e}");
+        }
+        self.configure_tracing(settings.tracing.as_ref());
+        logs::set_level(&settings.log_level);
+    }
+
     /// Points the access log at `target`, restarting its writer only when the target changed.
     pub fn configure_access_log(&self, target: &AccessLogTarget) -> std::io::Result<()> {
         let current = self.access_log.load();
@@ -36,8 +52,57 @@ impl Telemetry {
         Ok(())
     }
 
+    /// Starts, replaces or stops the trace exporter to match `settings`.
+    fn configure_tracing(&self, settings: Option<&meshgate_policy::compiled::TraceSettings>) {
+        let current = self.tracing.load_full();
+        if current.as_deref().map(Tracing::settings) == settings {
+            return;
+        }
+        let next = match settings.map(Tracing::start).transpose() {
+            Ok(next) => next.map(Arc::new),
+            Err(e) => {
+                tracing::warn!("tracing not reconfigured, keeping the old exporter: {e}");
+                return;
+            }
+        };
+        if let Some(next) = &next {
+            tracing::info!(
+                url = %next.settings().traces_url,
+                ratio = next.settings().sample_ratio,
+                "exporting traces"
+            );
+        }
+        self.tracing.store(next);
+        if let Some(old) = current {
+            // Flushing waits on the network: do it away from the caller (often the admin
+            // API's runtime), and let requests still holding the old tracer finish first.
+            let _ = std::thread::Builder::new()
+                .name("otlp-shutdown".into())
+                .spawn(move || {
+                    std::thread::sleep(Duration::from_secs(1));
+                    old.shutdown(Duration::from_secs(5));
+                });
+        }
+    }
+
     /// The current access log writer, if the access log is on.
     pub fn access_log(&self) -> arc_swap::Guard<Option<Arc<AccessLog>>> {
         self.access_log.load()
+    }
+
+    /// The current tracer, if traces are exported.
+    pub fn tracing(&self) -> arc_swap::Guard<Option<Arc<Tracing>>> {
+        self.tracing.load()
+    }
+
+    /// Writes the access log lines and exports the spans still queued, before the process
+    /// exits (every request has finished by then).
+    pub fn shutdown(&self, timeout: Duration) {
+        if let Some(log) = self.access_log.swap(None).and_then(Arc::into_inner) {
+            log.close();
+        }
+        if let Some(tracing) = self.tracing.swap(None) {
+            tracing.shutdown(timeout);
+        }
     }
 }

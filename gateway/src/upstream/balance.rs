@@ -135,6 +135,7 @@ mod tests {
                 tls: None,
             },
             None,
+            &crate::telemetry::Metrics::new(),
         )
     }
 

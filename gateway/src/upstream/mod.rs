@@ -58,6 +58,10 @@ pub struct UpstreamState {
     ejected_count: AtomicU32,
     /// Certificates for TLS to the endpoints, rotated live.
     pub tls: Option<Arc<crate::tls::UpstreamTlsState>>,
+    /// `meshgate_upstream_connect_duration_seconds` of this upstream.
+    pub connect_duration: prometheus::Histogram,
+    /// `meshgate_upstream_connections_total` of this upstream: `[new, reused]`.
+    pub connections: [prometheus::IntCounter; 2],
 }
 
 pub use breaker::{give_back as breaker_give_back, BreakerState, Overflow};
@@ -73,7 +77,11 @@ impl std::fmt::Debug for UpstreamState {
 
 impl UpstreamState {
     /// Builds a fresh pool for a spec; `tls` holds the certificates of `spec.tls`.
-    pub fn new(spec: UpstreamSpec, tls: Option<Arc<crate::tls::UpstreamTlsState>>) -> Self {
+    pub fn new(
+        spec: UpstreamSpec,
+        tls: Option<Arc<crate::tls::UpstreamTlsState>>,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Self {
         let endpoints = spec
             .endpoints
             .iter()
@@ -123,6 +131,14 @@ impl UpstreamState {
                 .collect();
             (pingora_ketama::Continuum::new(&buckets), positions)
         });
+        let connect_duration = metrics
+            .upstream_connect_duration
+            .with_label_values(&[&spec.name]);
+        let connections = ["false", "true"].map(|reused| {
+            metrics
+                .upstream_connections
+                .with_label_values(&[spec.name.as_str(), reused])
+        });
         UpstreamState {
             spec,
             endpoints,
@@ -131,6 +147,8 @@ impl UpstreamState {
             breaker: breaker::BreakerState::default(),
             ejected_count: AtomicU32::new(0),
             tls,
+            connect_duration,
+            connections,
         }
     }
 

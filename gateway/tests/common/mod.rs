@@ -154,6 +154,17 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 
+    /// The access log's records, one JSON object per line (every line must parse).
+    pub fn access_records(&self) -> Vec<serde_json::Value> {
+        self.access_log()
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {line}"))
+            })
+            .collect()
+    }
+
     /// The policy text with the standard head, for PUTs.
     pub fn policy_with_body(&self, body: &str) -> String {
         let access_log = self.dir.path().join("access.log");
@@ -200,6 +211,47 @@ impl Gateway {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Starts a second gateway process on the same policy with `--upgrade`: it waits for the
+    /// listening sockets, which this one hands over on SIGQUIT.
+    pub fn spawn_upgrade(&self) -> Child {
+        let stderr = std::fs::File::create(self.dir.path().join("stderr-upgrade.log")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .arg("run")
+            .arg("-c")
+            .arg(&self.policy_path)
+            .arg("--upgrade")
+            .arg("--upgrade-sock")
+            .arg(self.dir.path().join("upgrade.sock"))
+            .arg("--pid-file")
+            .arg(self.dir.path().join("meshgate-upgrade.pid"))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the new meshgate")
+    }
+
+    /// Sends a signal (`"TERM"`, `"QUIT"`…) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit; returns whether it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Whether the process is still running.
