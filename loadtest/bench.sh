@@ -20,6 +20,7 @@ ECHO_PORT=18001; BARE_PORT=18079; MESHGATE_PORT=18080; RESILIENT_PORT=18083; RES
 LOCAL_LIMIT_PORT=18084; LOCAL_LIMIT_ADMIN_PORT=18903; GLOBAL_LIMIT_PORT=18085; GLOBAL_LIMIT_ADMIN_PORT=18904
 NGINX_LIMIT_PORT=18086; HAPROXY_LIMIT_PORT=18087; REDIS_PORT=18379
 TLS_PORT=18443; TLS_ADMIN_PORT=18905; NGINX_TLS_PORT=18444; HAPROXY_TLS_PORT=18445
+LOG_PORT=18088; LOG_ADMIN_PORT=18906; TRACED_PORT=18089; TRACED_ADMIN_PORT=18907; NGINX_LOG_PORT=18090
 WORK=$(mktemp -d /tmp/meshgate-bench.XXXXXX)
 RESULTS=loadtest/results
 mkdir -p "$RESULTS"
@@ -27,8 +28,12 @@ TICKS=$(getconf CLK_TCK)
 PIDS=()
 
 cleanup() {
-  # SIGINT is a fast shutdown for Pingora, NGINX and HAProxy (SIGTERM would make Pingora drain).
+  # SIGINT is a fast shutdown for Pingora and NGINX (SIGTERM would make Pingora drain).
+  # HAProxy in the foreground may ignore it, and a survivor would share its port with the
+  # next run's HAProxy (SO_REUSEPORT) and skew its figures: kill what is left.
   for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  sleep 1
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -119,6 +124,15 @@ REDIS_PID=$!; PIDS+=($REDIS_PID)
 start_meshgate global-limit "$WORK/global-limit.toml"
 GLOBAL_LIMIT_PID=$!; PIDS+=($GLOBAL_LIMIT_PID)
 
+# Telemetry on: the JSON access log to a file; and that plus traces, 1% of them sampled and
+# exported over OTLP/HTTP (to the echo upstream, which accepts the POSTs).
+meshgate_policy "$LOG_PORT" "$LOG_ADMIN_PORT" | sed "s|^access_log = \"off\"|access_log = \"$WORK/access-meshgate.log\"|" > "$WORK/log.toml"
+start_meshgate log "$WORK/log.toml"
+LOG_PID=$!; PIDS+=($LOG_PID)
+meshgate_policy "$TRACED_PORT" "$TRACED_ADMIN_PORT" | sed "s|^access_log = \"off\"|access_log = \"$WORK/access-traced.log\"\notlp_endpoint = \"http://127.0.0.1:$ECHO_PORT\"\ntrace_sample_ratio = 0.01|" > "$WORK/traced.toml"
+start_meshgate traced "$WORK/traced.toml"
+TRACED_PID=$!; PIDS+=($TRACED_PID)
+
 # One certificate (ECDSA P-256) for every TLS terminator.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=bench.test -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 \
@@ -154,6 +168,15 @@ http {
     ssl_certificate $WORK/tls.crt;
     ssl_certificate_key $WORK/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_LOG_PORT;
+    access_log $WORK/nginx/access.log combined;
     location / {
       proxy_pass http://echo;
       proxy_http_version 1.1;
@@ -228,6 +251,9 @@ NGINX_PIDS=($NGINX_MASTER $(pgrep -P "$NGINX_MASTER" || true))
   redis_after=$(cpu_ticks "$REDIS_PID")
   run "nginx, limit_req (never trips)" "$NGINX_LIMIT_PORT" "${NGINX_PIDS[@]}"
   run "haproxy, stick-table rate limit (never trips)" "$HAPROXY_LIMIT_PORT" "$HAPROXY_PID"
+  run "meshgate, JSON access log to a file" "$LOG_PORT" "$LOG_PID"
+  run "meshgate, access log + traces (1% sampled, OTLP)" "$TRACED_PORT" "$TRACED_PID"
+  run "nginx, access log to a file" "$NGINX_LOG_PORT" "${NGINX_PIDS[@]}"
   SCHEME=https
   run "meshgate, TLS keepalive" "$TLS_PORT" "$TLS_PID"
   run "nginx, TLS keepalive" "$NGINX_TLS_PORT" "${NGINX_PIDS[@]}"
