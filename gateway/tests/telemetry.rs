@@ -362,3 +362,45 @@ async fn a_dead_collector_fails_no_request() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// `[telemetry].log_level` applies on reload: at `error`, a refused policy's warning is not
+/// logged; back at `warn`, it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_level_follows_the_policy() {
+    let v1 = start_echo("v1").await;
+    let body = split_policy(v1, v1, 1, 0);
+    let gateway = Gateway::start(&body);
+    let client = client();
+    let put = |source: String| {
+        client
+            .put(gateway.admin_url("/policy"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(source)
+            .send()
+    };
+    let with_level = |level: &str| {
+        gateway.policy_with_body(&body).replace(
+            "[telemetry]\n",
+            &format!("[telemetry]\nlog_level = \"{level}\"\n"),
+        )
+    };
+    let refused = || {
+        format!(
+            "{}\n[[routes]]\nname = \"bad\"\nsplit = [{{ upstream = \"nope\" }}]\n",
+            gateway.policy_with_body(&body)
+        )
+    };
+    let warnings = || gateway.stderr().matches("policy refused").count();
+
+    assert_eq!(put(with_level("error")).await.unwrap().status(), 200);
+    assert_eq!(put(refused()).await.unwrap().status(), 400);
+    assert_eq!(
+        warnings(),
+        0,
+        "at error, warnings are not logged:\n{}",
+        gateway.stderr()
+    );
+    assert_eq!(put(with_level("warn")).await.unwrap().status(), 200);
+    assert_eq!(put(refused()).await.unwrap().status(), 400);
+    assert!(warnings() >= 1, "at warn, they are:\n{}", gateway.stderr());
+}
