@@ -49,7 +49,9 @@ wait_port() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  echo "bench: port $1 did not open" >&2; exit 1
+  echo "bench: port $1 did not open" >&2
+  for err in "$WORK"/*.err; do echo "== $err" >&2; tail -n 20 "$err" >&2; done
+  exit 1
 }
 
 # Sum of utime+stime, in clock ticks, over the given PIDs.

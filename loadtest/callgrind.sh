@@ -12,6 +12,11 @@ ECHO_PORT=18001
 WORK=$(mktemp -d /tmp/meshgate-callgrind.XXXXXX)
 meshgate_policy 18080 18901 > "$WORK/plain.toml"
 meshgate_policy 18080 18901 "$RESILIENT_UPSTREAM_KEYS" "$RESILIENT_ROUTE_KEYS" > "$WORK/resilient.toml"
+meshgate_policy 18080 18901 "" "$LOCAL_LIMIT_ROUTE_KEYS" > "$WORK/local-limit.toml"
+# Telemetry on: the JSON access log to a file; and that plus traces (1% sampled, exported
+# over OTLP to the echo upstream). Their threads are counted too.
+meshgate_policy 18080 18901 | sed "s|^access_log = \"off\"|access_log = \"$WORK/access.log\"|" > "$WORK/access-log.toml"
+meshgate_policy 18080 18901 | sed "s|^access_log = \"off\"|access_log = \"$WORK/access.log\"\notlp_endpoint = \"http://127.0.0.1:$ECHO_PORT\"\ntrace_sample_ratio = 0.01|" > "$WORK/traced.toml"
 ECHO_PID=""
 cleanup() { [ -n "$ECHO_PID" ] && kill "$ECHO_PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -19,7 +24,7 @@ trap cleanup EXIT
 target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 2>/dev/null &
 ECHO_PID=$!
 
-for policy in "$WORK/plain.toml" "$WORK/resilient.toml"; do
+for policy in "$WORK"/{plain,resilient,local-limit,access-log,traced}.toml; do
   valgrind --tool=callgrind --callgrind-out-file="$WORK/out.%p" \
     target/release/meshgate run -c "$policy" --upgrade-sock "$WORK/u.sock" --pid-file "$WORK/p" \
     >/dev/null 2>"$WORK/valgrind.err" &

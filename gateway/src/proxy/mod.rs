@@ -890,8 +890,10 @@ impl ProxyHttp for MeshProxy {
                 trace_id: trace_id.or_else(|| incoming_trace_id(header).map(str::to_owned)),
                 rate_limit: (ctx.rate_limit != "-").then_some(ctx.rate_limit),
             };
-            match serde_json::to_string(&record) {
-                Ok(line) => log.log(line),
+            // A record is 350 to 500 bytes: one allocation, not a series of regrowths.
+            let mut line = Vec::with_capacity(512);
+            match serde_json::to_writer(&mut line, &record) {
+                Ok(()) => log.log(String::from_utf8(line).unwrap_or_default()),
                 Err(e) => tracing::debug!("access log record not written: {e}"),
             }
         }
