@@ -75,6 +75,29 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     let policy = &snapshot.policy;
 
     let token = load_admin_token(&policy.admin)?;
+    // Outside an upgrade every address must be free. Pingora would otherwise panic in its
+    // listener thread and leave a half-started process, and the admin and metrics sockets
+    // (shared with SO_REUSEPORT for upgrades) would split their requests with whatever
+    // gateway already holds them.
+    if !options.upgrade {
+        let listeners = policy
+            .listeners
+            .iter()
+            .map(|l| (format!("listener {}", l.name), l.addr));
+        let others = [("the admin API".to_owned(), policy.admin.listen)]
+            .into_iter()
+            .chain(
+                policy
+                    .telemetry
+                    .metrics_listen
+                    .map(|addr| ("metrics_listen".to_owned(), addr)),
+            );
+        for (what, addr) in listeners.chain(others) {
+            std::net::TcpListener::bind(addr).map_err(|e| {
+                format!("cannot listen on {addr} for {what}: {e} (another gateway running? to replace one, use --upgrade)")
+            })?;
+        }
+    }
     let admin_listener = bind_shared(policy.admin.listen).map_err(|e| {
         format!(
             "cannot listen on the admin address {}: {e}",

@@ -265,3 +265,43 @@ fn a_bad_policy_fails_at_start_with_its_position() {
         "{stderr}"
     );
 }
+
+/// A second gateway on addresses a running one holds refuses to start, naming the address,
+/// instead of sharing the admin port or half-starting.
+#[tokio::test(flavor = "multi_thread")]
+async fn addresses_in_use_fail_the_start_clearly() {
+    let v1 = start_echo("v1").await;
+    let running = Gateway::start(&split_policy(v1, v1, 1, 0));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let free_admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let free_listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    for (listen, admin, taken) in [
+        (running.listen, free_admin, "for listener public"),
+        (free_listen, running.admin, "for the admin API"),
+    ] {
+        let policy = dir.path().join("second.toml");
+        std::fs::write(
+            &policy,
+            policy_head(listen, admin, "off") + &split_policy(v1, v1, 1, 0),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["run", "-c"])
+            .arg(&policy)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(taken) && stderr.contains("in use"),
+            "{stderr}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+    // The running gateway still answers every admin call itself.
+    for _ in 0..10 {
+        assert_eq!(http_status(running.admin, "/readyz"), Some(200));
+    }
+}
