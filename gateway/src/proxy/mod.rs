@@ -861,11 +861,13 @@ impl ProxyHttp for MeshProxy {
             let header = session.req_header();
             let downstream = session.as_downstream();
             let record = AccessRecord {
-                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                time: Shown(humantime::format_rfc3339_millis(
+                    std::time::SystemTime::now(),
+                )),
                 listener: non_empty(listener),
                 route: non_empty(route),
                 upstream: non_empty(upstream),
-                endpoint: ctx.last_endpoint.map(|a| a.to_string()),
+                endpoint: ctx.last_endpoint.map(Shown),
                 method: header.method.as_str(),
                 host: request_host(header),
                 path: header.uri.path(),
@@ -882,10 +884,7 @@ impl ProxyHttp for MeshProxy {
                 duration_ms: millis(ctx.started.elapsed()),
                 upstream_ms: ctx.upstream_time.map(millis),
                 retries: ctx.retries,
-                client: ctx
-                    .client_ip
-                    .or_else(|| client_ip(session))
-                    .map(|ip| ip.to_string()),
+                client: ctx.client_ip.or_else(|| client_ip(session)).map(Shown),
                 identity: ctx.identity(),
                 trace_id: trace_id.or_else(|| incoming_trace_id(header).map(str::to_owned)),
                 rate_limit: (ctx.rate_limit != "-").then_some(ctx.rate_limit),
@@ -903,11 +902,11 @@ impl ProxyHttp for MeshProxy {
 /// One access log line: a JSON object per request.
 #[derive(serde::Serialize)]
 struct AccessRecord<'a> {
-    time: String,
+    time: Shown<humantime::Rfc3339Timestamp>,
     listener: Option<&'a str>,
     route: Option<&'a str>,
     upstream: Option<&'a str>,
-    endpoint: Option<String>,
+    endpoint: Option<Shown<std::net::SocketAddr>>,
     method: &'a str,
     host: Option<&'a str>,
     path: &'a str,
@@ -920,10 +919,19 @@ struct AccessRecord<'a> {
     duration_ms: f64,
     upstream_ms: Option<f64>,
     retries: u32,
-    client: Option<String>,
+    client: Option<Shown<IpAddr>>,
     identity: Option<&'a str>,
     trace_id: Option<String>,
     rate_limit: Option<&'static str>,
+}
+
+/// A value written into the JSON as its `Display` text, without an intermediate `String`.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> serde::Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
 }
 
 fn non_empty(value: &str) -> Option<&str> {
