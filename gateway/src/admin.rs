@@ -320,6 +320,17 @@ pub struct AdminService {
     pub metrics_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
+/// Resolves when the process hands its sockets to a new one (an upgrade). On a drain or
+/// shutdown it never does: the API keeps answering, with readiness at 503, until the process
+/// exits, so load balancers see the drain. On an upgrade the socket closes, so the new
+/// process, which shares the port through SO_REUSEPORT, takes every new connection.
+async fn until_handover(mut shutdown: ShutdownWatch, lifecycle: Arc<Lifecycle>) {
+    let _ = shutdown.changed().await;
+    if !lifecycle.is_upgrading() {
+        std::future::pending::<()>().await;
+    }
+}
+
 fn into_tokio(listener: std::net::TcpListener) -> std::io::Result<tokio::net::TcpListener> {
     listener.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(listener)
@@ -327,7 +338,7 @@ fn into_tokio(listener: std::net::TcpListener) -> std::io::Result<tokio::net::Tc
 
 #[async_trait]
 impl BackgroundService for AdminService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
@@ -361,31 +372,14 @@ impl BackgroundService for AdminService {
             admin.listeners_up.store(true, Ordering::Release);
             tracing::info!("listeners are up; ready");
         });
-        // On a drain or SIGTERM the admin API keeps answering (readiness 503) until the
-        // process exits. On an upgrade it closes its socket, so the new process, which
-        // shares the port through SO_REUSEPORT, takes every new connection.
         let lifecycle = self.admin.lifecycle.clone();
-        let stop = {
-            let mut shutdown = shutdown.clone();
-            let lifecycle = lifecycle.clone();
-            async move {
-                let _ = shutdown.changed().await;
-                if !lifecycle.is_upgrading() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
+        let stop = until_handover(shutdown.clone(), lifecycle.clone());
         let metrics_listener = self.metrics_listener.lock().ok().and_then(|mut l| l.take());
         if let Some(std_listener) = metrics_listener {
             match into_tokio(std_listener) {
                 Ok(listener) => {
                     let backend = self.admin.clone();
-                    let stop = async move {
-                        let _ = shutdown.changed().await;
-                        if !lifecycle.is_upgrading() {
-                            std::future::pending::<()>().await;
-                        }
-                    };
+                    let stop = until_handover(shutdown, lifecycle);
                     tokio::spawn(async move {
                         if let Err(e) = meshgate_admin::serve_metrics(listener, backend, stop).await
                         {
