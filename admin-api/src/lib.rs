@@ -74,7 +74,7 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
         .route("/explain", get(explain))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(protected)
@@ -97,11 +97,16 @@ pub fn metrics_router(backend: Arc<dyn AdminBackend>) -> Router {
     };
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .fallback(|| async {
             error_response(StatusCode::NOT_FOUND, "this listener serves only /metrics")
         })
         .with_state(state)
+}
+
+/// `GET /healthz`: the process runs.
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// Serves [`metrics_router`] on `listener` until `shutdown` completes.

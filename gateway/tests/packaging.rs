@@ -102,7 +102,15 @@ fn the_docker_files_are_valid() {
         assert!(config.contains(service), "{config}");
     }
     let dockerfile = std::fs::read_to_string(docker.join("Dockerfile")).unwrap();
-    assert!(dockerfile.matches("\nFROM ").count() >= 1 && dockerfile.contains(" AS build"));
+    assert_eq!(
+        dockerfile
+            .lines()
+            .filter(|l| l.starts_with("FROM "))
+            .count(),
+        2,
+        "a build stage and a runtime stage"
+    );
+    assert!(dockerfile.contains(" AS build") && dockerfile.contains("COPY --from=build"));
     assert!(dockerfile.contains("\nUSER meshgate"));
     assert!(dockerfile.contains("\nHEALTHCHECK ") && dockerfile.contains("/healthz"));
     // Every file the Dockerfile copies from the build context exists.

@@ -64,8 +64,7 @@ split = [{{ upstream = "v1" }}]
         .await
         .unwrap();
     assert_eq!(post.status(), 404);
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let records = gateway.access_records();
+    let records = gateway.access_records_at_least(5).await;
     let has = |check: &dyn Fn(&serde_json::Value) -> bool| records.iter().any(check);
     assert!(
         has(&|r| r["status"] == 404 && r["reason"] == "no-route" && r["route"].is_null()),

@@ -155,11 +155,7 @@ async fn the_access_log_has_one_json_object_per_request() {
             .await
             .unwrap();
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while gateway.access_log().lines().count() < 3 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let records = gateway.access_records();
+    let records = gateway.access_records_at_least(3).await;
     assert_eq!(records.len(), 3, "{records:#?}");
     assert_eq!(records[0]["route"], "split");
     assert_eq!(records[0]["status"], 200);
@@ -340,11 +336,7 @@ async fn traces_are_continued_and_exported_over_otlp() {
     assert_eq!(format!("{status:?}"), "Some(IntValue(200))");
 
     // The access log carries the trace id of both requests.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while gateway.access_log().lines().count() < 2 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let records = gateway.access_records();
+    let records = gateway.access_records_at_least(2).await;
     assert_eq!(records[0]["trace_id"], TRACE);
     assert_eq!(records[1]["trace_id"], started[1].as_str());
 }

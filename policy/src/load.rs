@@ -370,39 +370,44 @@ impl Compiler<'_, '_> {
         telemetry: TelemetrySection,
         sink: &mut ErrorSink<'_>,
     ) -> Option<TelemetrySettings> {
+        let path = KeyPath::root().key("telemetry");
         let access_log = match telemetry.access_log.as_deref() {
-            None | Some("stdout") => AccessLogTarget::Stdout,
-            Some("off") => AccessLogTarget::Off,
+            None | Some("stdout") => Some(AccessLogTarget::Stdout),
+            Some("off") => Some(AccessLogTarget::Off),
             Some("") => {
                 sink.at(
-                    &KeyPath::root().key("telemetry").key("access_log"),
+                    &path.key("access_log"),
                     "access_log must be \"off\", \"stdout\" or a file path",
                 );
-                return None;
+                None
             }
             Some(file) => {
                 let resolved = self.resolve_path(Path::new(file));
                 let parent_exists = resolved.parent().is_some_and(|p| p.is_dir());
                 if !parent_exists {
                     sink.at(
-                        &KeyPath::root().key("telemetry").key("access_log"),
+                        &path.key("access_log"),
                         format!(
                             "the folder of access log file {} does not exist",
                             resolved.display()
                         ),
                     );
                 }
-                AccessLogTarget::File(resolved)
+                Some(AccessLogTarget::File(resolved))
             }
         };
-        let path = KeyPath::root().key("telemetry");
         let tracing = match telemetry.otlp_endpoint.as_deref() {
             None => {
-                if telemetry.trace_sample_ratio.is_some() {
-                    sink.at(
-                        &path.key("trace_sample_ratio"),
-                        "trace_sample_ratio needs `otlp_endpoint`, where the spans are sent",
-                    );
+                for (key, given) in [
+                    ("trace_sample_ratio", telemetry.trace_sample_ratio.is_some()),
+                    ("service_name", telemetry.service_name.is_some()),
+                ] {
+                    if given {
+                        sink.at(
+                            &path.key(key),
+                            format!("{key} needs `otlp_endpoint`, where the spans are sent"),
+                        );
+                    }
                 }
                 None
             }
@@ -436,17 +441,18 @@ impl Compiler<'_, '_> {
                 }
             }
         };
-        if telemetry.service_name.is_some() && telemetry.otlp_endpoint.is_none() {
-            sink.at(
-                &path.key("service_name"),
-                "service_name needs `otlp_endpoint`; it names the exported spans",
-            );
-        }
         let log_level = telemetry
             .log_level
             .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
-        if let Err(message) = check_log_filter(&log_level) {
-            sink.at(&path.key("log_level"), message);
+        if log_level.trim().is_empty() {
+            sink.at(&path.key("log_level"), "log_level must not be empty");
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            sink.at(
+                &path.key("log_level"),
+                format!(
+                    "log_level {log_level:?} is not a level (error, warn, info, debug, trace, off) or a filter such as \"warn,meshgate=debug\": {e}"
+                ),
+            );
         }
         let metrics_listen = telemetry.metrics_listen.as_deref().and_then(|text| {
             parse_socket_addr(text)
@@ -454,7 +460,7 @@ impl Compiler<'_, '_> {
                 .ok()
         });
         Some(TelemetrySettings {
-            access_log,
+            access_log: access_log?,
             tracing,
             log_level,
             metrics_listen,
@@ -1043,37 +1049,6 @@ fn traces_url(endpoint: &str) -> Result<String, String> {
     } else {
         format!("{trimmed}/v1/traces")
     })
-}
-
-/// Checks a log filter in the `tracing` directive syntax: comma-separated `level` or
-/// `target=level` items, where level is one of trace, debug, info, warn, error or off.
-fn check_log_filter(filter: &str) -> Result<(), String> {
-    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
-    if filter.trim().is_empty() {
-        return Err("log_level must not be empty".to_owned());
-    }
-    for directive in filter.split(',') {
-        let directive = directive.trim();
-        let level = directive
-            .rsplit_once('=')
-            .map_or(
-                directive,
-                |(target, level)| {
-                    if target.is_empty() {
-                        ""
-                    } else {
-                        level
-                    }
-                },
-            );
-        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-            return Err(format!(
-                "log_level item {directive:?} must be a level ({}) or `target=level`",
-                LEVELS.join(", ")
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn compile_rate_limit_store(

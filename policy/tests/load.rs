@@ -120,6 +120,37 @@ tracing_backend = "zipkin"
         ),
         "{errors:#?}"
     );
+    // A bad access_log does not hide the errors of the other keys.
+    let errors = refused(
+        "version = 1\n[telemetry]\naccess_log = \"\"\nservice_name = \"edge\"\nlog_level = \"\"\nmetrics_listen = \"nope\"\n",
+    );
+    for (line, path, message) in [
+        (3, "telemetry.access_log", "file path"),
+        (4, "telemetry.service_name", "needs `otlp_endpoint`"),
+        (5, "telemetry.log_level", "must not be empty"),
+        (6, "telemetry.metrics_listen", "invalid address"),
+    ] {
+        assert!(
+            has(&errors, line, path, message),
+            "missing {line} {path} {message}: {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn log_levels_take_the_tracing_filter_syntax() {
+    for filter in [
+        "debug",
+        "WARN",
+        "warn,meshgate=debug",
+        "meshgate",
+        "pingora_core::server=off",
+    ] {
+        let source = format!("version = 1\n[telemetry]\nlog_level = \"{filter}\"\n");
+        let policy =
+            load(&source, Path::new(".")).unwrap_or_else(|e| panic!("{filter:?} refused: {e:#?}"));
+        assert_eq!(policy.telemetry.log_level, filter);
+    }
 }
 
 #[test]

@@ -108,8 +108,6 @@ pub struct RequestCtx {
     rate_limit_headers: Option<(Arc<RateLimiter>, limit::Decision)>,
     /// The downstream TLS connection's digest, when it is TLS.
     tls: Option<Arc<pingora::protocols::tls::SslDigest>>,
-    /// Whether the request counts in its route's `meshgate_requests_in_flight`.
-    in_flight: bool,
     /// When the current try asked for a connection.
     try_started: Option<Instant>,
     /// From the last try's start to the upstream's response header.
@@ -204,13 +202,10 @@ async fn respond_with_reason(
     session
         .write_response_header(Box::new(response), true)
         .await?;
-    // Pingora writes an HTTP/2 header without END_STREAM and ends the stream only when it
-    // finishes a reusable session, which it skips after an upstream failure: the client then
-    // gets RST_STREAM instead of this answer. End the stream here.
-    if session.as_downstream().is_http2() {
-        session.write_response_body(None, true).await?;
-    }
-    Ok(())
+    // The proxy session drops `end_of_stream` when it writes a header, so end the body as
+    // Pingora does for its own error answers. Otherwise, after an upstream failure (where
+    // Pingora does not finish the session) an HTTP/2 client got RST_STREAM, not this answer.
+    session.as_downstream_mut().finish_body().await
 }
 
 /// Whether the caller may use the route: the route's `allow` list when it has one, else the
@@ -287,7 +282,6 @@ impl ProxyHttp for MeshProxy {
             rate_limit: "-",
             rate_limit_headers: None,
             tls: None,
-            in_flight: false,
             try_started: None,
             upstream_time: None,
             span: None,
@@ -347,9 +341,9 @@ impl ProxyHttp for MeshProxy {
             .await?;
             return Ok(true);
         };
+        // From here the request counts as in flight on its route until `logging`.
         ctx.route = Some(route_index);
         snapshot.routes[route_index].in_flight.inc();
-        ctx.in_flight = true;
         let route = &snapshot.policy.routes[route_index];
         ctx.deadline = route.timeout.map(|t| ctx.started + t);
         if route.retry.is_some() {
@@ -800,9 +794,7 @@ impl ProxyHttp for MeshProxy {
         let reason = ctx.reason.map_or("", Reason::token);
         if let Some(route_index) = ctx.route {
             let route_state = &snapshot.routes[route_index];
-            if std::mem::take(&mut ctx.in_flight) {
-                route_state.in_flight.dec();
-            }
+            route_state.in_flight.dec();
             let traffic = ctx
                 .split
                 .and_then(|split| route_state.traffic.get(split))
@@ -838,27 +830,29 @@ impl ProxyHttp for MeshProxy {
             }
         }
 
+        let header = session.req_header();
+        let host = request_host(header);
+        let client = ctx.client_ip.or_else(|| client_ip(session));
         let span = ctx.span.take();
         let trace_id = span.as_ref().map(RequestSpan::trace_id);
         if let Some(span) = span {
             span.finish(
-                session.req_header(),
+                header,
                 &SpanEnd {
                     route: non_empty(route),
                     upstream: non_empty(upstream),
                     endpoint: ctx.last_endpoint,
-                    host: request_host(session.req_header()),
+                    host,
                     status,
                     reason: non_empty(reason),
                     retries: ctx.retries,
-                    client: ctx.client_ip.or_else(|| client_ip(session)),
+                    client,
                     identity: ctx.identity(),
                 },
             );
         }
 
         if let Some(log) = self.telemetry.access_log().as_ref() {
-            let header = session.req_header();
             let downstream = session.as_downstream();
             let record = AccessRecord {
                 time: Shown(humantime::format_rfc3339_millis(
@@ -869,7 +863,7 @@ impl ProxyHttp for MeshProxy {
                 upstream: non_empty(upstream),
                 endpoint: ctx.last_endpoint.map(Shown),
                 method: header.method.as_str(),
-                host: request_host(header),
+                host,
                 path: header.uri.path(),
                 query: header.uri.query(),
                 protocol: if downstream.is_http2() {
@@ -884,9 +878,9 @@ impl ProxyHttp for MeshProxy {
                 duration_ms: millis(ctx.started.elapsed()),
                 upstream_ms: ctx.upstream_time.map(millis),
                 retries: ctx.retries,
-                client: ctx.client_ip.or_else(|| client_ip(session)).map(Shown),
+                client: client.map(Shown),
                 identity: ctx.identity(),
-                trace_id: trace_id.or_else(|| incoming_trace_id(header).map(str::to_owned)),
+                trace_id: trace_id.or_else(|| crate::telemetry::trace::caller_trace_id(header)),
                 rate_limit: (ctx.rate_limit != "-").then_some(ctx.rate_limit),
             };
             // A record is 350 to 500 bytes: one allocation, not a series of regrowths.
@@ -940,17 +934,6 @@ fn non_empty(value: &str) -> Option<&str> {
 
 fn millis(duration: std::time::Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// The trace id of a valid W3C `traceparent` header.
-fn incoming_trace_id(header: &RequestHeader) -> Option<&str> {
-    let value = header.headers.get("traceparent")?.to_str().ok()?;
-    let mut parts = value.split('-');
-    let (_version, id) = (parts.next()?, parts.next()?);
-    let valid = id.len() == 32
-        && id.bytes().all(|b| b.is_ascii_hexdigit())
-        && id.bytes().any(|b| b != b'0');
-    valid.then_some(id)
 }
 
 impl MeshProxy {

@@ -38,7 +38,7 @@ impl Telemetry {
     }
 
     /// Points the access log at `target`, restarting its writer only when the target changed.
-    pub fn configure_access_log(&self, target: &AccessLogTarget) -> std::io::Result<()> {
+    fn configure_access_log(&self, target: &AccessLogTarget) -> std::io::Result<()> {
         let current = self.access_log.load();
         let unchanged = match current.as_deref() {
             Some(log) => log.target() == target,

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use meshgate_policy::compiled::TraceSettings;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -68,9 +70,11 @@ impl Tracing {
     /// `traceparent` is valid.
     pub fn start_span(&self, request: &RequestHeader) -> RequestSpan {
         let parent = self.propagator.extract(&RequestHeaders(&request.headers));
+        // Named when it ends, and only if it is sampled: most spans are not, and this name
+        // costs no allocation.
         let span = self
             .tracer
-            .span_builder(request.method.as_str().to_owned())
+            .span_builder("HTTP")
             .with_kind(SpanKind::Server)
             .start_with_context(&self.tracer, &parent);
         RequestSpan { span }
@@ -183,9 +187,10 @@ impl RequestSpan {
             return;
         }
         let method = request.method.as_str();
-        if let Some(route) = end.route {
-            self.span.update_name(format!("{method} {route}"));
-        }
+        self.span.update_name(match end.route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
+        });
         let mut attributes = vec![
             KeyValue::new("http.request.method", method.to_owned()),
             KeyValue::new("url.path", request.uri.path().to_owned()),
@@ -213,6 +218,19 @@ impl RequestSpan {
         }
         self.span.end_with_timestamp(SystemTime::now());
     }
+}
+
+/// The trace id (32 hex digits) of the caller's `traceparent`, when it is valid; for the
+/// access log when no span is made.
+pub fn caller_trace_id(request: &RequestHeader) -> Option<String> {
+    if !request.headers.contains_key(TRACEPARENT) {
+        return None;
+    }
+    let context = TraceContextPropagator::new().extract(&RequestHeaders(&request.headers));
+    let caller = context.span().span_context().clone();
+    caller
+        .is_valid()
+        .then(|| hex::encode(caller.trace_id().to_bytes()))
 }
 
 struct RequestHeaders<'a>(&'a http::HeaderMap);

@@ -165,6 +165,17 @@ impl Gateway {
             .collect()
     }
 
+    /// The access log's records once it holds at least `lines` of them. A request is logged
+    /// after its response is sent, and the writer drains its queue every 50 ms: waits up to
+    /// 5 s.
+    pub async fn access_records_at_least(&self, lines: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.access_log().lines().count() < lines && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.access_records()
+    }
+
     /// The policy text with the standard head, for PUTs.
     pub fn policy_with_body(&self, body: &str) -> String {
         let access_log = self.dir.path().join("access.log");
