@@ -152,6 +152,14 @@ pub struct ExplainQuery {
 /// `GET /explain` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Explanation {
+    /// The path routes were matched against: the normalized form of the query's path under
+    /// `[server].path_normalization = "strict"`, else the path as given.
+    pub path: String,
+    /// Whether normalization changed the path.
+    pub normalized: bool,
+    /// Why the path is refused with `400 bad-path`, when it is; no route is tried then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     /// The route the request takes, if any.
     pub matched: Option<String>,
     /// Every route in match order with its verdict.

@@ -10,6 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meshgate_admin::*;
 use meshgate_policy::compiled::{AdminSettings, HostMatch, PathMatch, RequestKey, Verdict};
+use meshgate_policy::path::normalize_path;
+use meshgate_policy::schema::PathNormalization;
 use meshgate_policy::RequestView;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -201,7 +203,27 @@ impl AdminBackend for GatewayAdmin {
             ),
             None => None,
         };
-        let verdicts = policy.explain(listener, &QueryView(query));
+        // Match what the data plane matches: the normalized path, or nothing for a refused one.
+        let given = query.path.split('?').next().unwrap_or("/");
+        let strict = policy.server.path_normalization == PathNormalization::Strict;
+        let normal = if strict {
+            normalize_path(given).map(|p| p.into_owned())
+        } else {
+            Ok(given.to_owned())
+        };
+        let (path, refused) = match normal {
+            Ok(path) => (path, None),
+            Err(bad) => (given.to_owned(), Some(bad.message().to_owned())),
+        };
+        let normalized_query = ExplainQuery {
+            path: path.clone(),
+            ..query.clone()
+        };
+        let verdicts = if refused.is_some() {
+            vec![Verdict::NotReached; policy.routes.len()]
+        } else {
+            policy.explain(listener, &QueryView(&normalized_query))
+        };
         let matched = verdicts.iter().position(|v| *v == Verdict::Matched);
         let routes = policy
             .routes
@@ -243,6 +265,9 @@ impl AdminBackend for GatewayAdmin {
             })
             .unwrap_or_default();
         Ok(Explanation {
+            normalized: path != given,
+            path,
+            refused,
             matched: matched.map(|i| policy.routes[i].name.clone()),
             routes,
             candidates,

@@ -12,6 +12,7 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::{load_admin_token, AdminService, GatewayAdmin};
 use crate::lifecycle::{Lifecycle, SignalWatch};
+use crate::proxy::connection::{ConnectionLimit, GuardedApp};
 use crate::proxy::MeshProxy;
 use crate::reload::{watch_policy_file, PolicyStore};
 use crate::telemetry::Telemetry;
@@ -131,10 +132,32 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
         MeshProxy::new(store.clone(), telemetry.clone()),
-        "meshgate proxy",
+    );
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = true;
+    proxy_app.server_options = Some(server_options);
+    let limits = policy
+        .listeners
+        .iter()
+        .map(|listener| ConnectionLimit {
+            addr: listener.addr,
+            places: tokio::sync::Semaphore::new(listener.max_connections as usize),
+            served: telemetry
+                .metrics
+                .listener_connections
+                .with_label_values(&[listener.name.as_str()]),
+            waiting: telemetry
+                .metrics
+                .listener_connections_waiting
+                .with_label_values(&[listener.name.as_str()]),
+        })
+        .collect();
+    let mut proxy = pingora::services::listening::Service::new(
+        "meshgate proxy".to_owned(),
+        GuardedApp::new(proxy_app, policy.server.client_header_timeout, limits),
     );
     for listener in &policy.listeners {
         match store.tls.listener(&listener.name) {
@@ -145,11 +168,6 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 proxy.add_tls_with_settings(&listener.addr.to_string(), None, settings);
             }
         }
-    }
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut server_options = HttpServerOptions::default();
-        server_options.h2c = true;
-        app.server_options = Some(server_options);
     }
     server.add_service(proxy);
 

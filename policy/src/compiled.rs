@@ -114,6 +114,18 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// How long an idle HTTP/1.1 client connection is kept between requests.
     pub client_idle_timeout: Duration,
+    /// Whether request paths are normalized before routing.
+    pub path_normalization: crate::schema::PathNormalization,
+    /// How long a client has to send a whole request head.
+    pub client_header_timeout: Duration,
+    /// Longest pause between two reads of a request body.
+    pub client_body_timeout: Duration,
+    /// Largest request head in bytes (request line and header fields); `431` over it.
+    pub max_request_header_size: usize,
+    /// Most header fields in a request; `431` over it.
+    pub max_request_headers: usize,
+    /// Longest request line (method and target) in bytes; `414` over it.
+    pub max_uri_size: usize,
 }
 
 /// The admin API's settings; static.
@@ -177,6 +189,8 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// What a route without `allow` does here.
     pub default_authz: DefaultAuthz,
+    /// Most client connections served at once.
+    pub max_connections: u32,
 }
 
 /// A certificate chain and its key, as files.
@@ -451,6 +465,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimitSpec>,
     /// Caller identities allowed; `None` leaves it to the listener's `default_authz`.
     pub allow: Option<Vec<IdentityPattern>>,
+    /// Largest request body in bytes; `None` for no limit.
+    pub max_request_body: Option<u64>,
 }
 
 /// One weighted target of a route.

@@ -8,8 +8,10 @@ pub mod compiled;
 pub mod duration;
 mod error;
 mod load;
+pub mod path;
 pub mod pem;
 pub mod schema;
+pub mod size;
 
 pub use compiled::{CompiledPolicy, RequestView};
 pub use error::PolicyError;

@@ -11,6 +11,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::duration::Duration;
+use crate::size::ByteSize;
 
 /// The whole policy file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -54,6 +55,30 @@ pub struct ServerSection {
     /// `x-forwarded-for` is believed when finding a client's address (default none).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// `"strict"` (the default): normalize request paths before routing and refuse unsafe
+    /// ones; `"off"`: route and forward paths as received.
+    pub path_normalization: Option<PathNormalization>,
+    /// How long a client has to send a whole request head (default 10s).
+    pub client_header_timeout: Option<Duration>,
+    /// Longest pause between two reads of a request body (default 60s).
+    pub client_body_timeout: Option<Duration>,
+    /// Largest request head, request line and headers together (default 32KiB).
+    pub max_request_header_size: Option<ByteSize>,
+    /// Most header fields in a request (default 100).
+    pub max_request_headers: Option<u32>,
+    /// Longest request target, path and query (default 8KiB).
+    pub max_uri_size: Option<ByteSize>,
+}
+
+/// `[server].path_normalization`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PathNormalization {
+    /// Decode unreserved escapes, merge slashes, remove dot segments; refuse unsafe paths.
+    #[default]
+    Strict,
+    /// Forward the path as received. Unsafe with `allow` lists and path-based routes.
+    Off,
 }
 
 /// `[admin]`.
@@ -96,6 +121,8 @@ pub struct ListenerSpec {
     pub listen: String,
     /// TLS termination; plain HTTP (and h2c) when absent.
     pub tls: Option<ListenerTlsSection>,
+    /// Most client connections served at once (default 10000); more wait to be served.
+    pub max_connections: Option<u32>,
 }
 
 /// `[listeners.tls]`.
@@ -358,6 +385,8 @@ pub struct RouteSection {
     pub rate_limit: Option<RateLimitSection>,
     /// Caller identities allowed; a trailing `/*` makes an entry a prefix.
     pub allow: Option<Vec<String>>,
+    /// Largest request body accepted (default: no limit); larger ones get `413`.
+    pub max_request_body: Option<ByteSize>,
 }
 
 /// `[routes.rate_limit]`.

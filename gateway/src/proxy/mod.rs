@@ -3,6 +3,8 @@
 //! Each request loads the current snapshot once (`early_request_filter`) and uses it to the
 //! end, so a reload in the middle of a request never mixes two policies.
 
+pub mod connection;
+mod hygiene;
 mod reason;
 mod request;
 mod retry;
@@ -24,6 +26,8 @@ use crate::snapshot::Snapshot;
 use crate::telemetry::{RequestSpan, SpanEnd, Telemetry};
 use crate::tls::PeerTls;
 use crate::upstream::{breaker_give_back, Overflow, UpstreamState};
+use connection::HeadTimedStream;
+use hygiene::HeadLimits;
 use meshgate_policy::compiled::StoreErrorAction;
 pub use reason::{Reason, REASON_HEADER};
 use request::{key_hash, request_host, HeaderView};
@@ -50,16 +54,22 @@ pub struct MeshProxy {
     telemetry: Arc<Telemetry>,
     /// `[server].client_idle_timeout` in seconds, fixed at start like the rest of `[server]`.
     client_idle_seconds: u64,
+    /// `[server].client_body_timeout`, fixed at start.
+    client_body_timeout: std::time::Duration,
+    /// `[server]`'s head limits and path normalization, fixed at start.
+    head_limits: HeadLimits,
 }
 
 impl MeshProxy {
     /// A proxy that serves whatever policy `store` holds.
     pub fn new(store: Arc<PolicyStore>, telemetry: Arc<Telemetry>) -> Self {
-        let idle = store.snapshot().policy.server.client_idle_timeout;
+        let server = store.snapshot().policy.server.clone();
         MeshProxy {
             store,
             telemetry,
-            client_idle_seconds: idle.as_secs().max(1),
+            client_idle_seconds: server.client_idle_timeout.as_secs().max(1),
+            client_body_timeout: server.client_body_timeout,
+            head_limits: HeadLimits::new(&server),
         }
     }
 }
@@ -114,6 +124,8 @@ pub struct RequestCtx {
     upstream_time: Option<std::time::Duration>,
     /// The request's span, when traces are exported.
     span: Option<RequestSpan>,
+    /// Request body bytes seen so far, counted against the route's `max_request_body`.
+    body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -285,6 +297,7 @@ impl ProxyHttp for MeshProxy {
             try_started: None,
             upstream_time: None,
             span: None,
+            body_bytes: 0,
         }
     }
 
@@ -301,6 +314,14 @@ impl ProxyHttp for MeshProxy {
                 .as_downstream_mut()
                 .set_keepalive(Some(self.client_idle_seconds));
         }
+        let downstream = session.as_downstream_mut();
+        if let Some(stream) = downstream.stream().and_then(HeadTimedStream::of) {
+            stream.head_received();
+        }
+        downstream.set_read_timeout(Some(self.client_body_timeout));
+        // Requests written back to back on one connection are answered in order (RFC 9112
+        // §9.3.2); without this Pingora drops the connection on the second one.
+        downstream.set_pipelining_enabled(true);
         let snapshot = self.store.snapshot();
         ctx.listener = session
             .as_downstream()
@@ -315,6 +336,13 @@ impl ProxyHttp for MeshProxy {
             .as_downstream()
             .digest()
             .and_then(|d| d.ssl_digest.clone());
+        if let Err(reason) = self.head_limits.check(session.req_header()) {
+            ctx.reason = Some(reason);
+            return Error::e_explain(
+                ErrorType::HTTPStatus(reason.status()),
+                "the request head is over a [server] limit",
+            );
+        }
         Ok(())
     }
 
@@ -322,6 +350,18 @@ impl ProxyHttp for MeshProxy {
         let header = session.req_header_mut();
         for name in IDENTITY_HEADERS {
             header.remove_header(*name);
+        }
+        if self.head_limits.normalize(header).is_err() {
+            ctx.reason = Some(Reason::BadPath);
+            respond_with_reason(
+                session,
+                Reason::BadPath.status(),
+                Reason::BadPath,
+                &[],
+                false,
+            )
+            .await?;
+            return Ok(true);
         }
         let snapshot = ctx.snapshot.as_ref().expect("set in early_request_filter");
         let route = ctx.listener.and_then(|listener| {
@@ -345,6 +385,22 @@ impl ProxyHttp for MeshProxy {
         ctx.route = Some(route_index);
         snapshot.routes[route_index].in_flight.inc();
         let route = &snapshot.policy.routes[route_index];
+        if let Some(limit) = route.max_request_body {
+            if hygiene::declared_body_length(session.req_header()).is_some_and(|n| n > limit) {
+                ctx.reason = Some(Reason::BodyTooLarge);
+                // The body is not read: the connection cannot carry another request.
+                respond_with_reason(
+                    session,
+                    Reason::BodyTooLarge.status(),
+                    Reason::BodyTooLarge,
+                    &[],
+                    true,
+                )
+                .await?;
+                session.set_keepalive(None);
+                return Ok(true);
+            }
+        }
         ctx.deadline = route.timeout.map(|t| ctx.started + t);
         if route.retry.is_some() {
             snapshot.routes[route_index].retry_budget.record_request();
@@ -487,6 +543,7 @@ impl ProxyHttp for MeshProxy {
 
         let retrying = ctx.tries > 0;
         ctx.tries += 1;
+        ctx.body_bytes = 0;
         let upstream = snapshot.upstreams[ctx.upstream.expect("chosen in request_filter")].clone();
         if retrying {
             if let Some(retry) = &route.retry {
@@ -498,7 +555,7 @@ impl ProxyHttp for MeshProxy {
                 if let Some(deadline) = ctx.deadline {
                     pause = pause.min(deadline.saturating_duration_since(Instant::now()));
                 }
-                tokio::time::sleep(pause).await;
+                client_gone_during(session, pause).await?;
             }
         }
 
@@ -648,6 +705,26 @@ impl ProxyHttp for MeshProxy {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         if status < 200 {
+            // 100 Continue and 103 Early Hints are forwarded as Pingora does. A 101 is a tunnel
+            // of raw bytes, so it is taken only for a request that asked to upgrade; any other
+            // informational status has no safe meaning here.
+            let asked_upgrade = session
+                .req_header()
+                .headers
+                .contains_key(http::header::UPGRADE);
+            let allowed = match status {
+                100 | 103 => true,
+                101 => asked_upgrade,
+                _ => false,
+            };
+            if !allowed {
+                ctx.reason = Some(Reason::UpstreamReset);
+                ctx.report(false);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(Reason::UpstreamReset.status()),
+                    format!("unexpected informational status {status} from the upstream"),
+                );
+            }
             return Ok(());
         }
         ctx.upstream_time = ctx.try_started.map(|t| t.elapsed());
@@ -663,6 +740,29 @@ impl ProxyHttp for MeshProxy {
                 ErrorType::HTTPStatus(status),
                 "retrying on the response status",
             );
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let limit = ctx
+            .route
+            .and_then(|route| ctx.snapshot.as_ref()?.policy.routes[route].max_request_body);
+        if let (Some(limit), Some(chunk)) = (limit, body.as_ref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > limit {
+                ctx.reason = Some(Reason::BodyTooLarge);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(Reason::BodyTooLarge.status()),
+                    "the request body grew past the route's max_request_body",
+                );
+            }
         }
         Ok(())
     }
@@ -695,6 +795,28 @@ impl ProxyHttp for MeshProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut error = error.more_context(format!("Peer: {peer}"));
+        if session.response_written().is_some() {
+            // Bytes of this attempt's response reached the client: another attempt's bytes
+            // would be spliced after them into one corrupt response. Abort the client's
+            // message instead (Pingora closes an HTTP/1.1 connection short of the declared
+            // length or last chunk, and resets an HTTP/2 stream).
+            if error.esource() != &ErrorSource::Downstream {
+                ctx.reason = Some(Reason::UpstreamReset);
+                ctx.report(false);
+            }
+            ctx.retry_on_status = false;
+            error.set_retry(false);
+            ctx.end_try();
+            return error;
+        }
+        if error.esource() == &ErrorSource::Downstream || ctx.reason.is_some() {
+            // The client went away (nothing to retry for), or the gateway already decided
+            // the answer (an oversized body, an unsolicited 101).
+            ctx.retry_on_status = false;
+            error.set_retry(false);
+            ctx.end_try();
+            return error;
+        }
         if std::mem::take(&mut ctx.retry_on_status) {
             // The retry was decided (and counted) when the status arrived.
             error.set_retry(true);
@@ -748,7 +870,11 @@ impl ProxyHttp for MeshProxy {
         error: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let reason = ctx.reason.or_else(|| reason_for_error(error));
+        let reason = ctx.reason.or_else(|| reason_for_error(error)).or_else(|| {
+            (error.esource() == &ErrorSource::Downstream
+                && error.etype() == &ErrorType::ReadTimedout)
+                .then_some(Reason::ClientTimeout)
+        });
         let status = match (reason, error.etype()) {
             (Some(reason), _) => reason.status(),
             (None, ErrorType::HTTPStatus(code)) => *code,
@@ -777,6 +903,13 @@ impl ProxyHttp for MeshProxy {
 
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.end_request();
+        if let Some(stream) = session
+            .as_downstream()
+            .stream()
+            .and_then(HeadTimedStream::of)
+        {
+            stream.request_done();
+        }
         let Some(snapshot) = ctx.snapshot.as_ref() else {
             return;
         };
@@ -988,6 +1121,31 @@ impl MeshProxy {
             .with_label_values(&[snapshot.policy.routes[route_index].name.as_str()])
             .inc();
         true
+    }
+}
+
+/// Waits `pause`, or fails early when the client closes its connection meanwhile, so that no
+/// retry is started for a client that has gone.
+async fn client_gone_during(session: &mut Session, pause: std::time::Duration) -> Result<()> {
+    let downstream = session.as_downstream_mut();
+    if !downstream.is_body_done() {
+        // Reading would consume the body; the retry buffer holds what the next try sends.
+        tokio::time::sleep(pause).await;
+        return Ok(());
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => Ok(()),
+        gone = downstream.read_body_or_idle(true) => match gone {
+            Err(mut e) => {
+                e.as_down();
+                Err(e)
+            }
+            // Pipelined bytes are kept for the next request; keep waiting out the pause.
+            Ok(_) => {
+                tokio::time::sleep(pause).await;
+                Ok(())
+            }
+        },
     }
 }
 

@@ -27,6 +27,18 @@ pub enum Reason {
     Forbidden,
     /// Fault injection aborted the request.
     FaultAbort,
+    /// The request path is unsafe to route (`..` above the root, an encoded `/`, a `\`, NUL).
+    BadPath,
+    /// The request head is larger than `max_request_header_size`, or has more than
+    /// `max_request_headers` fields.
+    HeaderTooLarge,
+    /// The request line is longer than `max_uri_size`.
+    UriTooLong,
+    /// The request body is larger than the route's `max_request_body`.
+    BodyTooLarge,
+    /// The client was too slow sending its request (`client_header_timeout`,
+    /// `client_body_timeout`).
+    ClientTimeout,
 }
 
 impl Reason {
@@ -43,6 +55,11 @@ impl Reason {
             Reason::RateLimitUnavailable => "rate-limit-unavailable",
             Reason::Forbidden => "forbidden",
             Reason::FaultAbort => "fault-abort",
+            Reason::BadPath => "bad-path",
+            Reason::HeaderTooLarge => "header-too-large",
+            Reason::UriTooLong => "uri-too-long",
+            Reason::BodyTooLarge => "body-too-large",
+            Reason::ClientTimeout => "client-timeout",
         }
     }
 
@@ -57,6 +74,11 @@ impl Reason {
             Reason::RateLimited => 429,
             Reason::Forbidden => 403,
             Reason::FaultAbort => 503,
+            Reason::BadPath => 400,
+            Reason::HeaderTooLarge => 431,
+            Reason::UriTooLong => 414,
+            Reason::BodyTooLarge => 413,
+            Reason::ClientTimeout => 408,
         }
     }
 }

@@ -55,6 +55,11 @@ pub struct Metrics {
     pub upstream_connect_duration: HistogramVec,
     /// `meshgate_upstream_connections_total{upstream,reused}`.
     pub upstream_connections: IntCounterVec,
+    /// `meshgate_listener_connections{listener}`: client connections being served.
+    pub listener_connections: IntGaugeVec,
+    /// `meshgate_listener_connections_waiting{listener}`: accepted connections waiting for a
+    /// place under `max_connections`.
+    pub listener_connections_waiting: IntGaugeVec,
 }
 
 impl Metrics {
@@ -191,6 +196,22 @@ impl Metrics {
             &["route", "upstream"],
         )
         .expect("static metric definition");
+        let listener_connections = IntGaugeVec::new(
+            Opts::new(
+                "meshgate_listener_connections",
+                "Client connections being served, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
+        let listener_connections_waiting = IntGaugeVec::new(
+            Opts::new(
+                "meshgate_listener_connections_waiting",
+                "Accepted client connections waiting for a place under the listener's max_connections.",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
         let requests_in_flight = IntGaugeVec::new(
             Opts::new(
                 "meshgate_requests_in_flight",
@@ -249,6 +270,8 @@ impl Metrics {
             Box::new(request_bytes.clone()),
             Box::new(response_bytes.clone()),
             Box::new(requests_in_flight.clone()),
+            Box::new(listener_connections.clone()),
+            Box::new(listener_connections_waiting.clone()),
             Box::new(upstream_connect_duration.clone()),
             Box::new(upstream_connections.clone()),
             Box::new(build_info),
@@ -281,6 +304,8 @@ impl Metrics {
             requests_in_flight,
             upstream_connect_duration,
             upstream_connections,
+            listener_connections,
+            listener_connections_waiting,
         }
     }
 

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod pki;
+pub mod raw;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -83,6 +84,21 @@ listen = "{listen}"
 }
 
 impl Gateway {
+    /// Starts a gateway whose policy is the standard head, with `server_keys` added to its
+    /// `[server]` table, followed by `body`.
+    pub fn start_with_server(server_keys: &str, body: &str) -> Gateway {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let access_log = dir.path().join("access.log");
+        let head = policy_head(listen, admin, access_log.to_str().unwrap()).replacen(
+            "[server]\n",
+            &format!("[server]\n{server_keys}\n"),
+            1,
+        );
+        Gateway::start_with(dir, &(head + body), listen, admin)
+    }
+
     /// Starts a gateway whose policy is the standard head followed by `body`.
     pub fn start(body: &str) -> Gateway {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

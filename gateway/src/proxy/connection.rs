@@ -1,0 +1,400 @@
+//! Client connections before and between requests: the whole-head deadline
+//! (`[server].client_header_timeout`) and each listener's `max_connections`.
+//!
+//! Pingora times each read of a request head on its own (60 s), so a client that sends one
+//! byte every few seconds holds a connection forever: 300 such clients were all still
+//! connected after 100 s. [`GuardedApp`] wraps Pingora's HTTP application and each accepted
+//! stream in a [`HeadTimedStream`] whose deadline covers the whole head: it starts when the
+//! connection is accepted (for its first request) or when the first byte of a later request
+//! arrives, and stops when the proxy has the head (`early_request_filter`). When it runs out
+//! the client gets `408` and the connection closes, as NGINX's `client_header_timeout` does.
+//!
+//! HTTP/2 connections are not timed here: their streams are framed by the h2 codec, which
+//! has its own flow control and keepalive.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
+
+/// What a timed-out client is told before the connection closes.
+const REQUEST_TIMEOUT_ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nx-meshgate-reason: client-timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// The HTTP/2 connection preface (h2c with prior knowledge).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One listener's connection limit.
+pub struct ConnectionLimit {
+    /// The listener's address, as the accepted sockets report it.
+    pub addr: std::net::SocketAddr,
+    /// Places under `max_connections`.
+    pub places: Semaphore,
+    /// Connections being served.
+    pub served: IntGauge,
+    /// Connections accepted and waiting for a place.
+    pub waiting: IntGauge,
+}
+
+/// Pingora's HTTP application, with connection limits and the head deadline in front of it.
+pub struct GuardedApp<A> {
+    inner: Arc<A>,
+    header_timeout: Duration,
+    limits: Vec<ConnectionLimit>,
+}
+
+impl<A> GuardedApp<A> {
+    /// Guards `inner`: heads must arrive within `header_timeout`, and each listener in
+    /// `limits` serves at most its number of connections at once.
+    pub fn new(inner: A, header_timeout: Duration, limits: Vec<ConnectionLimit>) -> Self {
+        GuardedApp {
+            inner: Arc::new(inner),
+            header_timeout,
+            limits,
+        }
+    }
+
+    fn limit_for(&self, stream: &Stream) -> Option<&ConnectionLimit> {
+        let local = *stream.get_socket_digest()?.local_addr()?.as_inet()?;
+        self.limits.iter().find(|l| l.addr == local).or_else(|| {
+            self.limits
+                .iter()
+                .find(|l| l.addr.port() == local.port() && l.addr.ip().is_unspecified())
+        })
+    }
+}
+
+/// Takes a gauge down when dropped.
+struct GaugeHold<'a>(&'a IntGauge);
+
+impl<'a> GaugeHold<'a> {
+    fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        GaugeHold(gauge)
+    }
+}
+
+impl Drop for GaugeHold<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let limit = self.limit_for(&stream);
+        let _place = match limit {
+            Some(limit) => {
+                let permit = {
+                    let _waiting = GaugeHold::new(&limit.waiting);
+                    limit.places.acquire().await.ok()?
+                };
+                Some((permit, GaugeHold::new(&limit.served)))
+            }
+            None => None,
+        };
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            Box::new(HeadTimedStream::new(stream, self.header_timeout))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// Where a connection is in its request cycle.
+mod phase {
+    /// Waiting for (the rest of) a request head: the deadline runs.
+    pub const HEAD: u8 = 0;
+    /// The head arrived; the request is being served.
+    pub const REQUEST: u8 = 1;
+    /// Between requests: the deadline starts again with the next byte.
+    pub const IDLE: u8 = 2;
+    /// Not timed (HTTP/2 with prior knowledge).
+    pub const OFF: u8 = 3;
+}
+
+/// A client stream whose request heads must arrive within a deadline.
+#[derive(Debug)]
+pub struct HeadTimedStream {
+    inner: Stream,
+    timeout: Duration,
+    phase: AtomicU8,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Whether any byte of the current head arrived (a silent connection is closed without
+    /// an answer, as after a keepalive timeout).
+    head_started: bool,
+    /// How many bytes of the connection matched the h2c preface so far; `None` once they
+    /// did not (or once the whole preface came, and timing stopped).
+    preface_matched: Option<usize>,
+    /// Bytes of the `408` answer written, once the deadline ran out.
+    answer_written: Option<usize>,
+    /// Bytes read by [`Peek::try_peek`], served again by the next reads.
+    peeked: Vec<u8>,
+}
+
+impl HeadTimedStream {
+    fn new(inner: Stream, timeout: Duration) -> Self {
+        HeadTimedStream {
+            inner,
+            timeout,
+            phase: AtomicU8::new(phase::HEAD),
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            head_started: false,
+            preface_matched: Some(0),
+            answer_written: None,
+            peeked: Vec::new(),
+        }
+    }
+
+    /// The guarded stream under a session's stream, if it is one.
+    pub fn of(stream: &Stream) -> Option<&HeadTimedStream> {
+        stream.as_any().downcast_ref::<HeadTimedStream>()
+    }
+
+    /// The proxy has the whole head: stop the deadline.
+    pub fn head_received(&self) {
+        let _ = self.phase.compare_exchange(
+            phase::HEAD,
+            phase::REQUEST,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The request is answered: the next byte starts the next head's deadline.
+    pub fn request_done(&self) {
+        let _ = self.phase.compare_exchange(
+            phase::REQUEST,
+            phase::IDLE,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Writes the `408` answer, then fails the read so that Pingora closes the connection.
+    fn poll_time_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.head_started {
+            // Nothing was asked: close quietly.
+            return Poll::Ready(Ok(()));
+        }
+        let mut written = self.answer_written.unwrap_or(0);
+        while written < REQUEST_TIMEOUT_ANSWER.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &REQUEST_TIMEOUT_ANSWER[written..]) {
+                Poll::Ready(Ok(0)) => break,
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.answer_written = Some(written);
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.answer_written = Some(written);
+        if Pin::new(&mut self.inner).poll_flush(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client_header_timeout: the request head did not arrive in time",
+        )))
+    }
+}
+
+impl AsyncRead for HeadTimedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.peeked.is_empty() {
+            let n = this.peeked.len().min(buf.remaining());
+            buf.put_slice(&this.peeked[..n]);
+            this.peeked.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        if this.answer_written.is_some() {
+            return this.poll_time_out(cx);
+        }
+        let current = this.phase.load(Ordering::Relaxed);
+        if current == phase::REQUEST || current == phase::OFF {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if current == phase::HEAD && this.deadline.as_mut().poll(cx).is_ready() {
+            this.answer_written = Some(0);
+            return this.poll_time_out(cx);
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                if let Some(matched) = this.preface_matched {
+                    let expected = &H2_PREFACE[matched..];
+                    let n = read.len().min(expected.len());
+                    this.preface_matched = (read[..n] == expected[..n])
+                        .then_some(matched + n)
+                        .filter(|&m| m < H2_PREFACE.len());
+                    if matched + n == H2_PREFACE.len() && read[..n] == expected[..n] {
+                        this.phase.store(phase::OFF, Ordering::Relaxed);
+                        return result;
+                    }
+                }
+                if current == phase::IDLE {
+                    this.phase.store(phase::HEAD, Ordering::Relaxed);
+                    this.head_started = true;
+                    let next = tokio::time::Instant::now() + this.timeout;
+                    this.deadline.as_mut().reset(next);
+                } else {
+                    this.head_started = true;
+                }
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for HeadTimedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadTimedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeadTimedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadTimedStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadTimedStream {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadTimedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeadTimedStream {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+/// Pingora peeks at the first bytes of a plain connection for the h2c preface. The stream
+/// below would wait for all of them (24 bytes) without a deadline, so a slow client could
+/// stall there: peek through the timed reads instead, stop as soon as the bytes can't be the
+/// preface, and keep them for the reads that follow.
+#[async_trait]
+impl Peek for HeadTimedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let read = std::future::poll_fn(|cx| {
+                let mut read_buf = ReadBuf::new(&mut buf[filled..]);
+                match Pin::new(&mut *self).poll_read(cx, &mut read_buf) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(read_buf.filled().len())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+            if !H2_PREFACE.starts_with(&buf[..filled]) {
+                break;
+            }
+        }
+        self.peeked.extend_from_slice(&buf[..filled]);
+        Ok(true)
+    }
+}

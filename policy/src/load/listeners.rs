@@ -1,0 +1,65 @@
+//! `[[listeners]]`: names, addresses and their TLS settings.
+
+use super::*;
+
+impl Compiler<'_, '_> {
+    pub(super) fn compile_listeners(
+        &self,
+        listeners: &[Option<ListenerSpec>],
+        sink: &mut ErrorSink<'_>,
+    ) -> Vec<Option<Listener>> {
+        let base = KeyPath::root().key("listeners");
+        let mut names = HashMap::new();
+        let mut addrs = HashMap::new();
+        listeners
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let spec = spec.as_ref()?;
+                let path = base.index(i);
+                check_name(&spec.name, &path.key("name"), sink);
+                if let Some(first) = names.insert(spec.name.clone(), i) {
+                    sink.at(
+                        &path.key("name"),
+                        format!(
+                            "duplicate listener name {:?} (first at listeners[{first}])",
+                            spec.name
+                        ),
+                    );
+                }
+                let addr = parse_socket_addr(&spec.listen)
+                    .map_err(|message| sink.at(&path.key("listen"), message))
+                    .ok()?;
+                if let Some(first) = addrs.insert(addr, i) {
+                    sink.at(
+                        &path.key("listen"),
+                        format!("address {addr} is already used by listeners[{first}]"),
+                    );
+                }
+                let errors_before = sink.errors.len();
+                let tls = spec
+                    .tls
+                    .as_ref()
+                    .map(|t| self.compile_listener_tls(t, &path.key("tls"), sink));
+                if sink.errors.len() != errors_before {
+                    return None;
+                }
+                Some(Listener {
+                    name: spec.name.clone(),
+                    addr,
+                    default_authz: spec
+                        .tls
+                        .as_ref()
+                        .map_or(DefaultAuthz::Allow, |t| t.default_authz),
+                    tls,
+                    max_connections: positive(
+                        spec.max_connections,
+                        DEFAULT_MAX_CONNECTIONS,
+                        &path.key("max_connections"),
+                        sink,
+                    ),
+                })
+            })
+            .collect()
+    }
+}

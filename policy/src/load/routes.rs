@@ -1,0 +1,482 @@
+//! `[[routes]]`: matching, splits, authorization, timeouts, retries, header rules, faults.
+
+use super::*;
+
+impl Compiler<'_, '_> {
+    pub(super) fn compile_routes(
+        &self,
+        routes: &[Option<RouteSection>],
+        context: &RouteContext<'_>,
+        sink: &mut ErrorSink<'_>,
+    ) -> Vec<Option<Route>> {
+        let RouteContext {
+            listener_names,
+            upstream_names,
+            listeners,
+            upstreams,
+            store_declared,
+        } = *context;
+        let base = KeyPath::root().key("routes");
+        let mut names = HashMap::new();
+        routes
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let spec = spec.as_ref()?;
+                let path = base.index(i);
+                check_name(&spec.name, &path.key("name"), sink);
+                if let Some(first) = names.insert(spec.name.clone(), i) {
+                    sink.at(
+                        &path.key("name"),
+                        format!("duplicate route name {:?} (first at routes[{first}])", spec.name),
+                    );
+                }
+                let errors_before = sink.errors.len();
+
+                let route_listeners = spec.listeners.as_ref().map(|wanted| {
+                    if wanted.is_empty() {
+                        sink.at(&path.key("listeners"), "listeners must not be empty; leave it out to mean every listener");
+                    }
+                    wanted
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, name)| {
+                            let found = listeners
+                                .iter()
+                                .position(|l| l.as_ref().is_some_and(|l| &l.name == name));
+                            if found.is_none() && !listener_names.contains(name) {
+                                sink.at(
+                                    &path.key("listeners").index(j),
+                                    format!("unknown listener {name:?}"),
+                                );
+                            }
+                            found
+                        })
+                        .collect::<Vec<_>>()
+                });
+
+                let matcher = compile_matcher(&spec.matcher, &path.key("match"), sink);
+
+                if spec.split.is_empty() {
+                    sink.at(&path.key("split"), "a route needs at least one split");
+                }
+                let mut splits = Vec::with_capacity(spec.split.len());
+                let mut total_weight = 0u32;
+                for (j, split) in spec.split.iter().enumerate() {
+                    let split_path = path.key("split").index(j);
+                    if split.weight > MAX_ROUTE_WEIGHT {
+                        sink.at(
+                            &split_path.key("weight"),
+                            format!("split weight must be between 0 and {MAX_ROUTE_WEIGHT}"),
+                        );
+                    }
+                    total_weight = total_weight.saturating_add(split.weight);
+                    let found = upstreams
+                        .iter()
+                        .position(|u| u.as_ref().is_some_and(|u| u.name == split.upstream));
+                    match found {
+                        Some(upstream) => splits.push(Split {
+                            upstream,
+                            weight: split.weight,
+                        }),
+                        None if upstream_names.contains(&split.upstream) => {}
+                        None => sink.at(
+                            &split_path.key("upstream"),
+                            format!("unknown upstream {:?}", split.upstream),
+                        ),
+                    }
+                }
+                if !spec.split.is_empty() && total_weight == 0 {
+                    sink.at(&path.key("split"), "the split weights add up to zero, so no request could be routed");
+                } else if total_weight > MAX_ROUTE_WEIGHT {
+                    sink.at(
+                        &path.key("split"),
+                        format!("the split weights add up to {total_weight}; the most is {MAX_ROUTE_WEIGHT}"),
+                    );
+                }
+                let split_key = spec.split_key.as_ref().and_then(|key| {
+                    RequestKey::parse(key)
+                        .map_err(|message| sink.at(&path.key("split_key"), message))
+                        .ok()
+                });
+
+                let timeout = spec.timeouts.as_ref().and_then(|t| t.request).map(|d| d.get());
+                if timeout.is_some_and(|t| t.is_zero()) {
+                    sink.at(&path.key("timeouts").key("request"), "the request timeout must be more than zero");
+                }
+                let retry = spec
+                    .retry
+                    .as_ref()
+                    .map(|r| compile_retry(r, &path.key("retry"), sink));
+                let headers = spec
+                    .headers
+                    .as_ref()
+                    .map(|h| compile_header_rules(h, &path.key("headers"), sink))
+                    .unwrap_or_default();
+                let fault = spec
+                    .fault
+                    .as_ref()
+                    .map(|f| compile_fault(f, &path.key("fault"), sink));
+                let allow = spec
+                    .allow
+                    .as_ref()
+                    .map(|entries| compile_allow(entries, &path.key("allow"), sink));
+                let rate_limit = spec.rate_limit.as_ref().map(|r| {
+                    compile_rate_limit(r, store_declared, &path.key("rate_limit"), sink)
+                });
+
+                if sink.errors.len() != errors_before || splits.len() != spec.split.len() {
+                    return None;
+                }
+                let weights: Vec<u32> = splits.iter().map(|s| s.weight).collect();
+                Some(Route {
+                    name: spec.name.clone(),
+                    listeners: route_listeners,
+                    matcher: matcher?,
+                    split_schedule: smooth_weighted_schedule(&weights),
+                    splits,
+                    split_key,
+                    timeout,
+                    retry,
+                    headers,
+                    fault,
+                    rate_limit,
+                    allow,
+                    max_request_body: spec.max_request_body.map(|size| size.bytes()),
+                })
+            })
+            .collect()
+    }
+}
+
+/// What route compilation needs to know of the rest of the file.
+#[derive(Clone, Copy)]
+pub(super) struct RouteContext<'a> {
+    pub(super) listener_names: &'a HashSet<String>,
+    pub(super) upstream_names: &'a HashSet<String>,
+    pub(super) listeners: &'a [Option<Listener>],
+    pub(super) upstreams: &'a [Option<UpstreamSpec>],
+    /// Whether `[rate_limit_store]` is present (parsed or not).
+    pub(super) store_declared: bool,
+}
+
+pub(super) fn compile_allow(
+    entries: &[String],
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Vec<IdentityPattern> {
+    entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, entry)| {
+            if entry.is_empty() || entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                sink.at(
+                    &path.index(i),
+                    format!("invalid identity {entry:?}: expected such as \"spiffe://prod.example/ns/shop/sa/checkout\""),
+                );
+                return None;
+            }
+            match entry.strip_suffix('*') {
+                Some(prefix) if prefix.ends_with('/') => Some(IdentityPattern::Prefix(prefix.to_owned())),
+                Some(_) => {
+                    sink.at(
+                        &path.index(i),
+                        format!("{entry:?}: a wildcard is allowed only as a whole last segment, as in \"spiffe://prod.example/ns/shop/*\""),
+                    );
+                    None
+                }
+                None if entry.contains('*') => {
+                    sink.at(
+                        &path.index(i),
+                        format!("{entry:?}: a wildcard is allowed only as a trailing \"/*\""),
+                    );
+                    None
+                }
+                None => Some(IdentityPattern::Exact(entry.clone())),
+            }
+        })
+        .collect()
+}
+
+pub(super) fn compile_matcher(
+    spec: &MatchSection,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Option<RouteMatcher> {
+    let errors_before = sink.errors.len();
+    let host = spec.host.as_deref().and_then(|host| {
+        let lower = host.to_ascii_lowercase();
+        let (check, result) = match lower.strip_prefix('*') {
+            Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
+                (&suffix[1..], HostMatch::Suffix(suffix.to_owned()))
+            }
+            Some(_) => {
+                sink.at(
+                    &path.key("host"),
+                    "a wildcard host must look like \"*.example.com\"",
+                );
+                return None;
+            }
+            None => (lower.as_str(), HostMatch::Exact(lower.clone())),
+        };
+        let valid = !check.is_empty()
+            && check
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            sink.at(
+                &path.key("host"),
+                format!("{host:?} is not a valid host name (leave the port out)"),
+            );
+            return None;
+        }
+        Some(result)
+    });
+
+    let given: Vec<&str> = [
+        ("path_prefix", spec.path_prefix.is_some()),
+        ("path_exact", spec.path_exact.is_some()),
+        ("path_regex", spec.path_regex.is_some()),
+    ]
+    .iter()
+    .filter(|(_, present)| *present)
+    .map(|(name, _)| *name)
+    .collect();
+    if given.len() > 1 {
+        sink.at(
+            &path.key(given[1]),
+            format!(
+                "only one of path_prefix, path_exact and path_regex may be given; found {}",
+                given.join(" and ")
+            ),
+        );
+    }
+    let path_match = if let Some(prefix) = &spec.path_prefix {
+        if !prefix.starts_with('/') {
+            sink.at(
+                &path.key("path_prefix"),
+                "path_prefix must start with \"/\"",
+            );
+        }
+        Some(PathMatch::Prefix(prefix.clone()))
+    } else if let Some(exact) = &spec.path_exact {
+        if !exact.starts_with('/') {
+            sink.at(&path.key("path_exact"), "path_exact must start with \"/\"");
+        }
+        Some(PathMatch::Exact(exact.clone()))
+    } else if let Some(pattern) = &spec.path_regex {
+        match regex::Regex::new(&format!("^(?:{pattern})$")) {
+            Ok(regex) => Some(PathMatch::Regex(regex)),
+            Err(e) => {
+                let detail = e.to_string();
+                let detail = detail
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                sink.at(
+                    &path.key("path_regex"),
+                    format!("invalid regular expression {pattern:?}: {detail}"),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut methods = Vec::new();
+    if let Some(list) = &spec.methods {
+        if list.is_empty() {
+            sink.at(
+                &path.key("methods"),
+                "methods must not be empty; leave it out to allow every method",
+            );
+        }
+        for (i, method) in list.iter().enumerate() {
+            let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+            if !valid {
+                sink.at(
+                    &path.key("methods").index(i),
+                    format!("{method:?} is not a method; write it in upper case, such as \"GET\""),
+                );
+            }
+            methods.push(method.clone());
+        }
+    }
+
+    let mut headers = Vec::new();
+    for (name, value) in &spec.headers {
+        if !is_header_name(name) {
+            sink.at(
+                &path.key("headers").key(name),
+                format!("{name:?} is not a valid header name"),
+            );
+        }
+        headers.push((name.to_ascii_lowercase(), value.clone()));
+    }
+
+    if sink.errors.len() != errors_before {
+        return None;
+    }
+    Some(RouteMatcher {
+        host,
+        path: path_match,
+        methods,
+        headers,
+    })
+}
+
+pub(super) fn compile_retry(
+    spec: &RetrySection,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> RetrySpec {
+    if spec.attempts > 10 {
+        sink.at(&path.key("attempts"), "at most 10 retries");
+    }
+    let mut on = RetryOn::default();
+    match &spec.on {
+        None => {
+            on.connect_failure = true;
+            on.refused = true;
+            on.reset = true;
+            on.gateway_error = true;
+        }
+        Some(conditions) => {
+            if conditions.is_empty() {
+                sink.at(
+                    &path.key("on"),
+                    "on must not be empty; leave it out for the defaults",
+                );
+            }
+            for (i, condition) in conditions.iter().enumerate() {
+                match condition {
+                    RetryCondition::Name(name) => match name.as_str() {
+                        "connect-failure" => on.connect_failure = true,
+                        "refused" => on.refused = true,
+                        "reset" => on.reset = true,
+                        "5xx" => on.server_error = true,
+                        "gateway-error" => on.gateway_error = true,
+                        other => sink.at(
+                            &path.key("on").index(i),
+                            format!("unknown retry condition {other:?}: expected connect-failure, refused, reset, 5xx, gateway-error or a status code"),
+                        ),
+                    },
+                    RetryCondition::Code(code) if (100..600).contains(code) => on.codes.push(*code),
+                    RetryCondition::Code(code) => sink.at(
+                        &path.key("on").index(i),
+                        format!("{code} is not an HTTP status code"),
+                    ),
+                }
+            }
+        }
+    }
+    let per_try_timeout = spec.per_try_timeout.map(|d| d.get());
+    if per_try_timeout.is_some_and(|t| t.is_zero()) {
+        sink.at(&path.key("per_try_timeout"), "must be more than zero");
+    }
+    let budget_percent = spec.budget_percent.unwrap_or(20);
+    if budget_percent > 100 {
+        sink.at(&path.key("budget_percent"), "must be between 0 and 100");
+    }
+    RetrySpec {
+        retries: spec.attempts,
+        on,
+        per_try_timeout,
+        backoff: spec.backoff.map_or(Duration::from_millis(25), |d| d.get()),
+        budget_percent,
+        min_retries_per_second: spec.min_retries_per_second.unwrap_or(10),
+        non_idempotent: spec.retry_non_idempotent.unwrap_or(false),
+    }
+}
+
+pub(super) fn compile_header_rules(
+    spec: &HeaderRulesSection,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> HeaderRules {
+    let mut pairs = |key: &str, map: &std::collections::BTreeMap<String, String>| {
+        map.iter()
+            .map(|(name, value)| {
+                if !is_header_name(name) {
+                    sink.at(
+                        &path.key(key).key(name),
+                        format!("{name:?} is not a valid header name"),
+                    );
+                }
+                if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    sink.at(
+                        &path.key(key).key(name),
+                        "a header value must not hold CR, LF or NUL",
+                    );
+                }
+                (name.to_ascii_lowercase(), value.clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    let request_set = pairs("request_set", &spec.request_set);
+    let request_add = pairs("request_add", &spec.request_add);
+    let response_set = pairs("response_set", &spec.response_set);
+    let response_add = pairs("response_add", &spec.response_add);
+    let mut names = |key: &str, list: &[String]| {
+        list.iter()
+            .enumerate()
+            .map(|(i, name)| {
+                if !is_header_name(name) {
+                    sink.at(
+                        &path.key(key).index(i),
+                        format!("{name:?} is not a valid header name"),
+                    );
+                }
+                name.to_ascii_lowercase()
+            })
+            .collect::<Vec<_>>()
+    };
+    HeaderRules {
+        request_set,
+        request_add,
+        request_remove: names("request_remove", &spec.request_remove),
+        response_set,
+        response_add,
+        response_remove: names("response_remove", &spec.response_remove),
+    }
+}
+
+pub(super) fn compile_fault(
+    spec: &FaultSection,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> FaultSpec {
+    let delay_percent = percent(
+        spec.delay_percent.or(spec.delay.map(|_| 100.0)),
+        &path.key("delay_percent"),
+        sink,
+    );
+    let abort_percent = percent(
+        spec.abort_percent.or(spec.abort_status.map(|_| 100.0)),
+        &path.key("abort_percent"),
+        sink,
+    );
+    if spec.delay_percent.is_some() && spec.delay.is_none() {
+        sink.at(&path.key("delay_percent"), "delay_percent needs a delay");
+    }
+    if spec.abort_percent.is_some() && spec.abort_status.is_none() {
+        sink.at(
+            &path.key("abort_percent"),
+            "abort_percent needs an abort_status",
+        );
+    }
+    if let Some(status) = spec.abort_status {
+        if !(200..600).contains(&status) {
+            sink.at(
+                &path.key("abort_status"),
+                "abort_status must be a status code from 200 to 599",
+            );
+        }
+    }
+    FaultSpec {
+        delay: spec.delay.map(|d| (d.get(), delay_percent)),
+        abort: spec.abort_status.map(|status| (status, abort_percent)),
+    }
+}
