@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use meshgate_policy::CompiledPolicy;
 use prometheus::{IntCounter, IntCounterVec};
 
+use crate::limit::RetryBudget;
 use crate::limit::{RateLimitStore, RateLimiter};
-use crate::proxy::RetryBudget;
 use crate::telemetry::Metrics;
 use crate::tls::TlsRegistry;
 use crate::upstream::UpstreamState;

@@ -1,6 +1,8 @@
-//! The public contract: DESIGN.md's example policy (read from `../shared/DESIGN.md`, beside the
-//! repository) parses, validates and serves. Its files are made with a test PKI; its private
-//! addresses are moved to loopback, since nothing here may send traffic anywhere else.
+//! The public contract: DESIGN.md's example policy parses, validates and serves. The example
+//! is kept in the repository (`conf/examples/design.toml`), so a fresh clone tests it; where
+//! the design document sits beside the checkout (`../shared/DESIGN.md`), the copy must match
+//! it. Its files are made with a test PKI; its private addresses are moved to loopback, since
+//! nothing here may send traffic anywhere else.
 
 mod common;
 
@@ -9,26 +11,51 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::nginx::{start_nginx_mtls, Nginx};
 use common::*;
 
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 fn design_example() -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let design: PathBuf = repo.parent().unwrap().join("shared/DESIGN.md");
-    let text = std::fs::read_to_string(&design).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; the contract lives in shared/ beside the repository",
-            design.display()
-        )
-    });
+    let copy = repo_root().join("conf/examples/design.toml");
+    std::fs::read_to_string(&copy).unwrap_or_else(|e| panic!("{}: {e}", copy.display()))
+}
+
+/// The TOML block of DESIGN.md's "The policy file" section.
+fn example_of_design(text: &str) -> String {
     let section = &text[text.find("## The policy file").expect("policy section")..];
     let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let end = start + section[start..].find("```").expect("the block's end");
     section[start..end].to_owned()
 }
 
+#[test]
+fn the_example_copy_matches_the_design_document_beside_the_checkout() {
+    let design = repo_root().parent().unwrap().join("shared/DESIGN.md");
+    match std::fs::read_to_string(&design) {
+        Ok(text) => {
+            assert_eq!(
+                design_example(),
+                example_of_design(&text),
+                "conf/examples/design.toml differs from {}: copy the new example in",
+                design.display()
+            );
+            println!("conf/examples/design.toml matches {}", design.display());
+        }
+        // A clone on its own: the copy in the repository is the contract.
+        Err(e) => println!("{}: {e}; checking the copy only", design.display()),
+    }
+    assert!(design_example().starts_with("version = 1"));
+}
+
 /// The example with its files in `dir` and every address on loopback: listeners on free
 /// ports, each upstream endpoint on an echo server (named after its upstream).
-async fn localize(example: &str, dir: &Path) -> (String, BTreeMap<String, SocketAddr>) {
+async fn localize(example: &str, dir: &Path) -> (String, BTreeMap<String, SocketAddr>, Vec<Nginx>) {
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
     let ca = common::pki::Authority::new(&tls, "mesh-ca");
@@ -64,15 +91,31 @@ async fn localize(example: &str, dir: &Path) -> (String, BTreeMap<String, Socket
     for (endpoint, name) in [
         ("10.0.1.10:8080", "checkout-v1-a"),
         ("10.0.1.11:8080", "checkout-v1-b"),
-        ("10.0.1.20:8080", "checkout-v2-a"),
-        ("10.0.1.21:8080", "checkout-v2-b"),
         ("10.0.2.10:9000", "orders"),
     ] {
         assert!(policy.contains(endpoint), "the example has {endpoint}");
         let local = start_echo(name).await;
         policy = policy.replace(endpoint, &local.to_string());
     }
-    (policy, listeners)
+    // checkout-v2 is reached over mutual TLS (`[upstreams.tls]`): NGINX plays its endpoints,
+    // with a certificate for checkout.internal, and requires the gateway's client certificate.
+    let v2_cert = ca.server(
+        &tls,
+        "checkout-v2",
+        "checkout.internal",
+        &["checkout.internal"],
+    );
+    let mut servers = Vec::new();
+    for (endpoint, name) in [
+        ("10.0.1.20:8080", "checkout-v2-a"),
+        ("10.0.1.21:8080", "checkout-v2-b"),
+    ] {
+        assert!(policy.contains(endpoint), "the example has {endpoint}");
+        let nginx = start_nginx_mtls(&dir.join(name), &v2_cert, &ca.file, name);
+        policy = policy.replace(endpoint, &format!("127.0.0.1:{}", nginx.port));
+        servers.push(nginx);
+    }
+    (policy, listeners, servers)
 }
 
 fn curl(args: &[&str]) -> (u16, String) {
@@ -99,7 +142,7 @@ fn curl(args: &[&str]) -> (u16, String) {
 async fn the_design_example_parses_validates_and_serves() {
     let example = design_example();
     let dir = tempfile::tempdir().unwrap();
-    let (policy, addrs) = localize(&example, dir.path()).await;
+    let (policy, addrs, _nginx) = localize(&example, dir.path()).await;
     let file = dir.path().join("meshgate.toml");
     std::fs::write(&file, &policy).unwrap();
     let check = Command::new(env!("CARGO_BIN_EXE_meshgate"))
@@ -151,21 +194,31 @@ async fn the_design_example_parses_validates_and_serves() {
         *servers.entry(format!("{status} {server}")).or_default() += 1;
     }
     eprintln!("canary route: {servers:?}");
-    let v1: u32 = servers
-        .iter()
-        .filter(|(k, _)| k.starts_with("200 checkout-v1"))
-        .map(|(_, n)| n)
-        .sum();
-    // 18 of 20 go to checkout-v1, less any the route's fault injection (abort_percent = 1)
-    // answered first. checkout-v2 requires TLS to its endpoints, which these plain echo
-    // servers don't speak, so its share fails with a 5xx.
+    let served = |side: &str| -> u32 {
+        servers
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("200 {side}")))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    // 18 of 20 go to checkout-v1 and 2 to checkout-v2 (over mutual TLS), less any the route's
+    // fault injection (abort_percent = 1) answered first with 503.
+    let (v1, v2) = (served("checkout-v1"), served("checkout-v2"));
     assert!(
         (16..=18).contains(&v1),
         "18 of 20 go to checkout-v1: {servers:?}"
     );
+    assert!(
+        (1..=2).contains(&v2),
+        "2 of 20 go to checkout-v2: {servers:?}"
+    );
+    assert!(
+        v1 + v2 >= 18,
+        "at most the fault injection's share fails: {servers:?}"
+    );
     for outcome in servers.keys() {
         assert!(
-            outcome.starts_with("200 checkout-v1") || outcome.starts_with('5'),
+            outcome.starts_with("200 checkout-v") || outcome.starts_with("503"),
             "unexpected {outcome}: {servers:?}"
         );
     }

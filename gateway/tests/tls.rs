@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::nginx::start_nginx_mtls;
 use common::pki::Authority;
 use common::*;
 
@@ -470,68 +471,6 @@ fn path_of(path: &Path) -> std::path::PathBuf {
     path.to_path_buf()
 }
 
-/// NGINX as a TLS upstream that requires a client certificate.
-struct Nginx {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_nginx_mtls(dir: &Path, server: &common::pki::Leaf, client_ca: &Path) -> Nginx {
-    let port = free_port();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"daemon off;
-master_process off;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx.error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    ssl_client_certificate {client_ca};
-    ssl_verify_client on;
-    location / {{ return 200 "client $ssl_client_s_dn\n"; }}
-  }}
-}}
-"#,
-            dir = dir.display(),
-            cert = server.cert.display(),
-            key = server.key.display(),
-            client_ca = client_ca.display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new("nginx")
-        .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx is installed by `make deps`");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Nginx { child, port }
-}
-
 /// Acceptance: an upstream that requires a client certificate (NGINX with
 /// `ssl_verify_client on`) is reached with the gateway's certificate; an upstream whose
 /// certificate comes from a foreign CA is refused with a 5xx.
@@ -554,7 +493,7 @@ async fn upstream_mutual_tls_to_nginx() {
     };
     std::fs::copy(&issued.cert, &gateway_cert.cert).unwrap();
     std::fs::copy(&issued.key, &gateway_cert.key).unwrap();
-    let nginx = start_nginx_mtls(path, &nginx_cert, &ca.file);
+    let nginx = start_nginx_mtls(&path.join("nginx"), &nginx_cert, &ca.file, "orders");
     let body = format!(
         r#"
 [[upstreams]]

@@ -3,6 +3,7 @@
 //! what `requests_per_second` and `burst` mean.
 
 mod local;
+mod retry_budget;
 mod store;
 
 use std::net::IpAddr;
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::telemetry::Metrics;
 use local::LocalBuckets;
+pub use retry_budget::RetryBudget;
 pub use store::RateLimitStore;
 
 /// `RateLimit-Policy`: the limit a response is subject to (IETF httpapi draft).

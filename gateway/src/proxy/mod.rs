@@ -1,9 +1,29 @@
 //! The data plane: meshgate's [`ProxyHttp`] phases.
 //!
 //! Each request loads the current snapshot once (`early_request_filter`) and uses it to the
-//! end, so a reload in the middle of a request never mixes two policies.
+//! end, so a reload in the middle of a request never mixes two policies. The phases, in the
+//! order Pingora runs them, and where their work lives:
+//!
+//! | phase | does | file |
+//! |---|---|---|
+//! | (accept) | connection limits, the whole-head deadline | `connection.rs` |
+//! | `early_request_filter` | snapshot, listener, span, head limits (431/414) | here, `hygiene.rs` |
+//! | `request_filter` | path normalization, route, authorization, rate limit, fault, split, breaker | `admission.rs` |
+//! | `request_body_filter` | `max_request_body` on a streamed body | here |
+//! | `upstream_peer` | backoff, endpoint choice, per-try timeouts | here |
+//! | `upstream_request_filter` | forwarding and identity headers, trace context, header rules | here |
+//! | `upstream_response_filter` | informational statuses, retry on status | here |
+//! | `error_while_proxy`, `fail_to_connect` | whether a failed try is retried | here, `retry.rs` |
+//! | `fail_to_proxy` | the gateway's answer after a failure | here, `answer.rs` |
+//! | `logging` | release, metrics, span, access log | `finish.rs` |
+//!
+//! Per-request state is [`context::RequestCtx`]; gateway-made answers carry a [`Reason`].
 
+mod admission;
+mod answer;
 pub mod connection;
+mod context;
+mod finish;
 mod hygiene;
 mod reason;
 mod request;
@@ -20,25 +40,21 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::limit::{self, KeySource, LimitOutcome, RateLimiter};
+use crate::limit;
 use crate::reload::PolicyStore;
-use crate::snapshot::Snapshot;
-use crate::telemetry::{RequestSpan, SpanEnd, Telemetry};
+use crate::telemetry::Telemetry;
 use crate::tls::PeerTls;
-use crate::upstream::{breaker_give_back, Overflow, UpstreamState};
+use crate::upstream::breaker_give_back;
+use answer::{overflow_header, reason_for_error, refuse_overflow, respond_with_reason};
 use connection::HeadTimedStream;
+use context::RequestCtx;
 use hygiene::HeadLimits;
-use meshgate_policy::compiled::StoreErrorAction;
 pub use reason::{Reason, REASON_HEADER};
-use request::{key_hash, request_host, HeaderView};
-pub use retry::RetryBudget;
+use request::{key_hash, request_host};
+use retry::client_gone_during;
 
 /// Response header naming the circuit breaker limit that refused a request.
 pub const OVERFLOW_HEADER: &str = "x-meshgate-overflow";
-
-/// Headers that carry a caller's identity: only the gateway may set them, so any incoming
-/// copy is removed before routing.
-const IDENTITY_HEADERS: &[&str] = &["x-forwarded-client-cert"];
 
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
@@ -74,117 +90,7 @@ impl MeshProxy {
     }
 }
 
-/// Per-request state.
-pub struct RequestCtx {
-    snapshot: Option<Arc<Snapshot>>,
-    started: Instant,
-    listener: Option<usize>,
-    route: Option<usize>,
-    upstream: Option<usize>,
-    /// Index of the chosen split in the route.
-    split: Option<usize>,
-    /// The endpoint whose in-flight count this request holds.
-    endpoint: Option<usize>,
-    /// Address of the last endpoint chosen, for the access log.
-    last_endpoint: Option<std::net::SocketAddr>,
-    reason: Option<Reason>,
-    /// Status of a response the gateway wrote itself after a failure.
-    error_status: u16,
-    /// When the route's request timeout runs out.
-    deadline: Option<Instant>,
-    /// Retries taken so far.
-    retries: u32,
-    /// Tries started (calls of `upstream_peer`).
-    tries: u32,
-    /// Whether this request holds a unit of the upstream's `active_requests`.
-    holds_request: bool,
-    /// Units of the upstream's `active_retries` this request holds.
-    held_retries: u32,
-    /// Whether the current try waits for a connection (`pending`).
-    holds_pending: bool,
-    /// Whether the current try uses a connection (`active_connections`).
-    holds_connection: bool,
-    /// The breaker limit that refused the request.
-    overflow: Option<Overflow>,
-    /// The endpoint of the previous try, avoided by a retry.
-    previous_endpoint: Option<usize>,
-    /// Set when `upstream_response_filter` turned a response into a retry.
-    retry_on_status: bool,
-    /// The client's address after `trusted_proxies`.
-    client_ip: Option<IpAddr>,
-    /// What the route's rate limit said, for the access log.
-    rate_limit: &'static str,
-    /// The `RateLimit` headers to add to an admitted response.
-    rate_limit_headers: Option<(Arc<RateLimiter>, limit::Decision)>,
-    /// The downstream TLS connection's digest, when it is TLS.
-    tls: Option<Arc<pingora::protocols::tls::SslDigest>>,
-    /// When the current try asked for a connection.
-    try_started: Option<Instant>,
-    /// From the last try's start to the upstream's response header.
-    upstream_time: Option<std::time::Duration>,
-    /// The request's span, when traces are exported.
-    span: Option<RequestSpan>,
-    /// Request body bytes seen so far, counted against the route's `max_request_body`.
-    body_bytes: u64,
-}
-
-impl RequestCtx {
-    /// What the TLS handshake learned of the caller.
-    fn peer_tls(&self) -> Option<&PeerTls> {
-        self.tls.as_ref()?.extension.get::<PeerTls>()
-    }
-
-    /// The caller's certificate identity.
-    fn identity(&self) -> Option<&str> {
-        self.peer_tls()?.identity.as_deref()
-    }
-}
-
-impl RequestCtx {
-    fn upstream_state(&self) -> Option<&Arc<UpstreamState>> {
-        Some(&self.snapshot.as_ref()?.upstreams[self.upstream?])
-    }
-
-    /// Ends the current try: gives back its endpoint, pending and connection units.
-    fn end_try(&mut self) {
-        let Some(upstream) = self.upstream_state().cloned() else {
-            return;
-        };
-        if let Some(endpoint) = self.endpoint.take() {
-            upstream.release(endpoint);
-            self.previous_endpoint = Some(endpoint);
-        }
-        if std::mem::take(&mut self.holds_pending) {
-            breaker_give_back(&upstream.breaker.pending);
-        }
-        if std::mem::take(&mut self.holds_connection) {
-            breaker_give_back(&upstream.breaker.active_connections);
-        }
-    }
-
-    /// Ends the request: the current try and every breaker unit it holds.
-    fn end_request(&mut self) {
-        self.end_try();
-        let Some(upstream) = self.upstream_state().cloned() else {
-            return;
-        };
-        if std::mem::take(&mut self.holds_request) {
-            breaker_give_back(&upstream.breaker.active_requests);
-        }
-        for _ in 0..std::mem::take(&mut self.held_retries) {
-            breaker_give_back(&upstream.breaker.active_retries);
-        }
-    }
-
-    /// Records the outcome of the current try for outlier detection.
-    fn report(&self, success: bool) {
-        if let (Some(upstream), Some(endpoint)) = (self.upstream_state(), self.endpoint) {
-            upstream.report_outcome(endpoint, success);
-        }
-    }
-}
-
-fn client_ip(session: &Session) -> Option<IpAddr> {
+pub(super) fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .as_downstream()
         .client_addr()
@@ -192,113 +98,12 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// Writes a gateway-made, empty response with its reason token.
-async fn respond_with_reason(
-    session: &mut Session,
-    status: u16,
-    reason: Reason,
-    extra_headers: &[(http::HeaderName, http::HeaderValue)],
-    closing: bool,
-) -> Result<()> {
-    let mut response = ResponseHeader::build(status, Some(4))?;
-    response.insert_header(REASON_HEADER, reason.token())?;
-    // Tell an HTTP/1.1 client when the connection ends with this answer, so that it does not
-    // send its next request on a connection about to close.
-    if closing && !session.as_downstream().is_http2() {
-        response.insert_header(http::header::CONNECTION, "close")?;
-    }
-    for (name, value) in extra_headers {
-        response.insert_header(name.clone(), value.clone())?;
-    }
-    response.insert_header(http::header::CONTENT_LENGTH, "0")?;
-    session
-        .write_response_header(Box::new(response), true)
-        .await?;
-    // The proxy session drops `end_of_stream` when it writes a header, so end the body as
-    // Pingora does for its own error answers. Otherwise, after an upstream failure (where
-    // Pingora does not finish the session) an HTTP/2 client got RST_STREAM, not this answer.
-    session.as_downstream_mut().finish_body().await
-}
-
-/// Whether the caller may use the route: the route's `allow` list when it has one, else the
-/// listener's `default_authz`.
-fn authorized(
-    route: &meshgate_policy::compiled::Route,
-    policy: &meshgate_policy::CompiledPolicy,
-    listener: Option<usize>,
-    identity: Option<&str>,
-) -> bool {
-    match &route.allow {
-        Some(patterns) => identity.is_some_and(|id| patterns.iter().any(|p| p.matches(id))),
-        None => listener.is_none_or(|l| {
-            policy.listeners[l].default_authz == meshgate_policy::compiled::DefaultAuthz::Allow
-        }),
-    }
-}
-
-fn overflow_header(overflow: Overflow) -> Vec<(http::HeaderName, http::HeaderValue)> {
-    vec![(
-        http::HeaderName::from_static(OVERFLOW_HEADER),
-        http::HeaderValue::from_static(overflow.limit()),
-    )]
-}
-
-fn reason_for_error(error: &Error) -> Option<Reason> {
-    if error.esource() != &ErrorSource::Upstream {
-        return None;
-    }
-    Some(match error.etype() {
-        ErrorType::ConnectTimedout
-        | ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError
-        | ErrorType::BindError
-        | ErrorType::SocketError
-        | ErrorType::TLSHandshakeFailure
-        | ErrorType::TLSHandshakeTimedout
-        | ErrorType::InvalidCert
-        | ErrorType::HandshakeError
-        | ErrorType::ConnectProxyFailure => Reason::ConnectFailure,
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::UpstreamTimeout,
-        _ => Reason::UpstreamReset,
-    })
-}
-
 #[async_trait]
 impl ProxyHttp for MeshProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            snapshot: None,
-            started: Instant::now(),
-            listener: None,
-            route: None,
-            upstream: None,
-            split: None,
-            endpoint: None,
-            last_endpoint: None,
-            reason: None,
-            error_status: 0,
-            deadline: None,
-            retries: 0,
-            tries: 0,
-            holds_request: false,
-            held_retries: 0,
-            holds_pending: false,
-            holds_connection: false,
-            overflow: None,
-            previous_endpoint: None,
-            retry_on_status: false,
-            client_ip: None,
-            rate_limit: "-",
-            rate_limit_headers: None,
-            tls: None,
-            try_started: None,
-            upstream_time: None,
-            span: None,
-            body_bytes: 0,
-        }
+        RequestCtx::new()
     }
 
     async fn early_request_filter(
@@ -347,187 +152,13 @@ impl ProxyHttp for MeshProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let header = session.req_header_mut();
-        for name in IDENTITY_HEADERS {
-            header.remove_header(*name);
-        }
-        if self.head_limits.normalize(header).is_err() {
-            ctx.reason = Some(Reason::BadPath);
-            respond_with_reason(
-                session,
-                Reason::BadPath.status(),
-                Reason::BadPath,
-                &[],
-                false,
-            )
-            .await?;
-            return Ok(true);
-        }
-        let snapshot = ctx.snapshot.as_ref().expect("set in early_request_filter");
-        let route = ctx.listener.and_then(|listener| {
-            snapshot
-                .policy
-                .match_route(listener, &HeaderView(session.req_header()))
-        });
-        let Some(route_index) = route else {
-            ctx.reason = Some(Reason::NoRoute);
-            respond_with_reason(
-                session,
-                Reason::NoRoute.status(),
-                Reason::NoRoute,
-                &[],
-                false,
-            )
-            .await?;
-            return Ok(true);
-        };
-        // From here the request counts as in flight on its route until `logging`.
-        ctx.route = Some(route_index);
-        snapshot.routes[route_index].in_flight.inc();
-        let route = &snapshot.policy.routes[route_index];
-        if let Some(limit) = route.max_request_body {
-            if hygiene::declared_body_length(session.req_header()).is_some_and(|n| n > limit) {
-                ctx.reason = Some(Reason::BodyTooLarge);
-                // The body is not read: the connection cannot carry another request.
-                respond_with_reason(
-                    session,
-                    Reason::BodyTooLarge.status(),
-                    Reason::BodyTooLarge,
-                    &[],
-                    true,
-                )
-                .await?;
-                session.set_keepalive(None);
-                return Ok(true);
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(answer) => {
+                answer.send(session, ctx).await?;
+                Ok(true)
             }
         }
-        ctx.deadline = route.timeout.map(|t| ctx.started + t);
-        if route.retry.is_some() {
-            snapshot.routes[route_index].retry_budget.record_request();
-            // Keep the request body (up to Pingora's retry buffer) so a retry can send it again.
-            session.as_mut().enable_retry_buffering();
-        }
-        if !authorized(route, &snapshot.policy, ctx.listener, ctx.identity()) {
-            ctx.reason = Some(Reason::Forbidden);
-            self.telemetry
-                .metrics
-                .authz_denied
-                .with_label_values(&[route.name.as_str()])
-                .inc();
-            respond_with_reason(
-                session,
-                Reason::Forbidden.status(),
-                Reason::Forbidden,
-                &[],
-                false,
-            )
-            .await?;
-            return Ok(true);
-        }
-        let peer = client_ip(session).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        let client =
-            limit::client_address(peer, session.req_header(), &snapshot.policy.trusted_proxies);
-        ctx.client_ip = Some(client);
-        if let Some(limiter) = &snapshot.routes[route_index].rate_limiter {
-            let source = KeySource {
-                client_ip: client,
-                identity: ctx
-                    .tls
-                    .as_ref()
-                    .and_then(|d| d.extension.get::<PeerTls>())
-                    .and_then(|p| p.identity.as_deref()),
-                header: session.req_header(),
-            };
-            let outcome = limiter
-                .check(&source, snapshot.rate_limit_store.as_deref())
-                .await;
-            ctx.rate_limit = outcome.token();
-            match outcome {
-                LimitOutcome::Admitted(decision) => {
-                    if limiter.spec.headers_on_success {
-                        ctx.rate_limit_headers = Some((Arc::clone(limiter), decision));
-                    }
-                }
-                LimitOutcome::ShadowRefused(_)
-                | LimitOutcome::StoreFailed(StoreErrorAction::Allow) => {}
-                LimitOutcome::Refused(decision) => {
-                    ctx.reason = Some(Reason::RateLimited);
-                    let headers = [
-                        (
-                            http::header::RETRY_AFTER,
-                            http::HeaderValue::from(limit::retry_after_seconds(&decision)),
-                        ),
-                        (limit::RATELIMIT_POLICY, limiter.policy_header().clone()),
-                        (limit::RATELIMIT, limiter.state_header(&decision)),
-                    ];
-                    respond_with_reason(
-                        session,
-                        Reason::RateLimited.status(),
-                        Reason::RateLimited,
-                        &headers,
-                        false,
-                    )
-                    .await?;
-                    return Ok(true);
-                }
-                LimitOutcome::StoreFailed(StoreErrorAction::Deny) => {
-                    ctx.reason = Some(Reason::RateLimitUnavailable);
-                    let headers = [(http::header::RETRY_AFTER, http::HeaderValue::from(1u32))];
-                    respond_with_reason(
-                        session,
-                        Reason::RateLimitUnavailable.status(),
-                        Reason::RateLimitUnavailable,
-                        &headers,
-                        false,
-                    )
-                    .await?;
-                    return Ok(true);
-                }
-            }
-        }
-        if let Some(fault) = &route.fault {
-            let roll = || rand::random::<f64>() * 100.0;
-            if let Some((status, percent)) = fault.abort {
-                if roll() < percent {
-                    ctx.reason = Some(Reason::FaultAbort);
-                    respond_with_reason(session, status, Reason::FaultAbort, &[], false).await?;
-                    return Ok(true);
-                }
-            }
-            if let Some((delay, percent)) = fault.delay {
-                if roll() < percent {
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-
-        // Choose the split, and admit the request to its upstream's breaker here, so that an
-        // overflow is answered like any other gateway response and the connection is kept.
-        let slot = match &route.split_key {
-            Some(key) => key_hash(key, session.req_header(), ctx.client_ip) as usize,
-            None => snapshot.routes[route_index]
-                .split_cursor
-                .fetch_add(1, Ordering::Relaxed) as usize,
-        };
-        let split = route.split_schedule[slot % route.split_schedule.len()] as usize;
-        let upstream_index = route.splits[split].upstream;
-        ctx.split = Some(split);
-        ctx.upstream = Some(upstream_index);
-        if let Err(overflow) = snapshot.upstreams[upstream_index].admit_request() {
-            ctx.reason = Some(Reason::Overflow);
-            ctx.overflow = Some(overflow);
-            respond_with_reason(
-                session,
-                Reason::Overflow.status(),
-                Reason::Overflow,
-                &overflow_header(overflow),
-                false,
-            )
-            .await?;
-            return Ok(true);
-        }
-        ctx.holds_request = true;
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -902,258 +533,6 @@ impl ProxyHttp for MeshProxy {
     }
 
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
-        ctx.end_request();
-        if let Some(stream) = session
-            .as_downstream()
-            .stream()
-            .and_then(HeadTimedStream::of)
-        {
-            stream.request_done();
-        }
-        let Some(snapshot) = ctx.snapshot.as_ref() else {
-            return;
-        };
-        let status = session
-            .response_written()
-            .map_or(ctx.error_status, |r| r.status.as_u16());
-        let listener = ctx
-            .listener
-            .map_or("", |i| snapshot.policy.listeners[i].name.as_str());
-        let route = ctx
-            .route
-            .map_or("", |i| snapshot.policy.routes[i].name.as_str());
-        let upstream_state = ctx.upstream.map(|i| &snapshot.upstreams[i]);
-        let upstream = upstream_state.map_or("", |u| u.spec.name.as_str());
-        let reason = ctx.reason.map_or("", Reason::token);
-        if let Some(route_index) = ctx.route {
-            let route_state = &snapshot.routes[route_index];
-            route_state.in_flight.dec();
-            let traffic = ctx
-                .split
-                .and_then(|split| route_state.traffic.get(split))
-                .unwrap_or(&route_state.gateway_traffic);
-            traffic
-                .duration
-                .observe(ctx.started.elapsed().as_secs_f64());
-            let downstream = session.as_downstream();
-            traffic
-                .request_bytes
-                .inc_by(downstream.body_bytes_read() as u64);
-            traffic
-                .response_bytes
-                .inc_by(downstream.body_bytes_sent() as u64);
-        }
-        let resolved =
-            match (ctx.reason, ctx.listener, ctx.route, ctx.split) {
-                (None, Some(listener), Some(route), Some(split)) => snapshot.routes[route]
-                    .counters(listener, split, snapshot.policy.routes[route].splits.len()),
-                _ => None,
-            };
-        match resolved {
-            Some(counters) => counters.inc(status),
-            // Gateway-made answers carry a reason token; they are the rare path.
-            None => {
-                let status_code = http::StatusCode::from_u16(status).ok();
-                let code = status_code.as_ref().map_or("0", |s| s.as_str());
-                self.telemetry
-                    .metrics
-                    .requests_total
-                    .with_label_values(&[listener, route, upstream, code, reason])
-                    .inc();
-            }
-        }
-
-        let header = session.req_header();
-        let host = request_host(header);
-        let client = ctx.client_ip.or_else(|| client_ip(session));
-        let span = ctx.span.take();
-        let trace_id = span.as_ref().map(RequestSpan::trace_id);
-        if let Some(span) = span {
-            span.finish(
-                header,
-                &SpanEnd {
-                    route: non_empty(route),
-                    upstream: non_empty(upstream),
-                    endpoint: ctx.last_endpoint,
-                    host,
-                    status,
-                    reason: non_empty(reason),
-                    retries: ctx.retries,
-                    client,
-                    identity: ctx.identity(),
-                },
-            );
-        }
-
-        if let Some(log) = self.telemetry.access_log().as_ref() {
-            let downstream = session.as_downstream();
-            let record = AccessRecord {
-                time: Shown(humantime::format_rfc3339_millis(
-                    std::time::SystemTime::now(),
-                )),
-                listener: non_empty(listener),
-                route: non_empty(route),
-                upstream: non_empty(upstream),
-                endpoint: ctx.last_endpoint.map(Shown),
-                method: header.method.as_str(),
-                host,
-                path: header.uri.path(),
-                query: header.uri.query(),
-                protocol: if downstream.is_http2() {
-                    "HTTP/2"
-                } else {
-                    "HTTP/1.1"
-                },
-                status,
-                reason: non_empty(reason),
-                request_bytes: downstream.body_bytes_read() as u64,
-                response_bytes: downstream.body_bytes_sent() as u64,
-                duration_ms: millis(ctx.started.elapsed()),
-                upstream_ms: ctx.upstream_time.map(millis),
-                retries: ctx.retries,
-                client: client.map(Shown),
-                identity: ctx.identity(),
-                trace_id: trace_id.or_else(|| crate::telemetry::trace::caller_trace_id(header)),
-                rate_limit: (ctx.rate_limit != "-").then_some(ctx.rate_limit),
-            };
-            // A record is 350 to 500 bytes: one allocation, not a series of regrowths.
-            let mut line = Vec::with_capacity(512);
-            match serde_json::to_writer(&mut line, &record) {
-                Ok(()) => log.log(String::from_utf8(line).unwrap_or_default()),
-                Err(e) => tracing::debug!("access log record not written: {e}"),
-            }
-        }
+        self.finish_request(session, ctx);
     }
-}
-
-/// One access log line: a JSON object per request.
-#[derive(serde::Serialize)]
-struct AccessRecord<'a> {
-    time: Shown<humantime::Rfc3339Timestamp>,
-    listener: Option<&'a str>,
-    route: Option<&'a str>,
-    upstream: Option<&'a str>,
-    endpoint: Option<Shown<std::net::SocketAddr>>,
-    method: &'a str,
-    host: Option<&'a str>,
-    path: &'a str,
-    query: Option<&'a str>,
-    protocol: &'static str,
-    status: u16,
-    reason: Option<&'a str>,
-    request_bytes: u64,
-    response_bytes: u64,
-    duration_ms: f64,
-    upstream_ms: Option<f64>,
-    retries: u32,
-    client: Option<Shown<IpAddr>>,
-    identity: Option<&'a str>,
-    trace_id: Option<String>,
-    rate_limit: Option<&'static str>,
-}
-
-/// A value written into the JSON as its `Display` text, without an intermediate `String`.
-struct Shown<T>(T);
-
-impl<T: std::fmt::Display> serde::Serialize for Shown<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
-}
-
-fn non_empty(value: &str) -> Option<&str> {
-    (!value.is_empty()).then_some(value)
-}
-
-fn millis(duration: std::time::Duration) -> f64 {
-    (duration.as_secs_f64() * 1e6).round() / 1e3
-}
-
-impl MeshProxy {
-    /// Decides whether a failed try is retried, and if so takes the retry from the route's
-    /// budget and the upstream's breaker. `sent` is whether the request already went out.
-    /// A retry of a request that never reached an upstream (`sent == false`) moves the
-    /// request rather than adding work, so it does not draw on the budget; `attempts` and
-    /// `max_retries` still bound it.
-    fn take_retry(&self, session: &Session, ctx: &mut RequestCtx, sent: bool) -> bool {
-        let Some(snapshot) = ctx.snapshot.clone() else {
-            return false;
-        };
-        let Some(route_index) = ctx.route else {
-            return false;
-        };
-        let Some(retry) = snapshot.policy.routes[route_index].retry.as_ref() else {
-            return false;
-        };
-        if ctx.retries >= retry.retries {
-            return false;
-        }
-        if sent && !retry.non_idempotent && !session.req_header().method.is_idempotent() {
-            return false;
-        }
-        if session.as_ref().retry_buffer_truncated() {
-            return false;
-        }
-        if ctx
-            .deadline
-            .is_some_and(|deadline| Instant::now() >= deadline)
-        {
-            return false;
-        }
-        let Some(upstream) = ctx.upstream_state().cloned() else {
-            return false;
-        };
-        if sent
-            && !snapshot.routes[route_index]
-                .retry_budget
-                .try_retry(retry.budget_percent, retry.min_retries_per_second)
-        {
-            return false;
-        }
-        if !upstream.admit_retry() {
-            return false;
-        }
-        ctx.held_retries += 1;
-        ctx.retries += 1;
-        self.telemetry
-            .metrics
-            .retries_total
-            .with_label_values(&[snapshot.policy.routes[route_index].name.as_str()])
-            .inc();
-        true
-    }
-}
-
-/// Waits `pause`, or fails early when the client closes its connection meanwhile, so that no
-/// retry is started for a client that has gone.
-async fn client_gone_during(session: &mut Session, pause: std::time::Duration) -> Result<()> {
-    let downstream = session.as_downstream_mut();
-    if !downstream.is_body_done() {
-        // Reading would consume the body; the retry buffer holds what the next try sends.
-        tokio::time::sleep(pause).await;
-        return Ok(());
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(pause) => Ok(()),
-        gone = downstream.read_body_or_idle(true) => match gone {
-            Err(mut e) => {
-                e.as_down();
-                Err(e)
-            }
-            // Pipelined bytes are kept for the next request; keep waiting out the pause.
-            Ok(_) => {
-                tokio::time::sleep(pause).await;
-                Ok(())
-            }
-        },
-    }
-}
-
-fn refuse_overflow(ctx: &mut RequestCtx, overflow: Overflow) -> Result<Box<HttpPeer>> {
-    ctx.reason = Some(Reason::Overflow);
-    ctx.overflow = Some(overflow);
-    Error::e_explain(
-        ErrorType::HTTPStatus(Reason::Overflow.status()),
-        "the upstream's circuit breaker is full",
-    )
 }

@@ -1,82 +1,16 @@
-//! Retry budget and the classification of failed tries.
-//!
-//! The budget bounds retries over a sliding 10 s window to `budget_percent` of the requests
-//! plus `min_retries_per_second` for each second of the window that saw requests, as Linkerd does, so that an outage cannot
-//! multiply the load on an upstream by the number of attempts.
+//! Retries: which failed tries are retried, and taking a retry from the route's budget and
+//! the upstream's breaker. The budget itself lives in [`crate::limit::RetryBudget`], beside
+//! the snapshot state it is part of.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use meshgate_policy::compiled::RetryOn;
+use pingora::prelude::*;
+use pingora::proxy::Session;
 use pingora::ErrorType;
 
-use crate::upstream::now_ms;
-
-const WINDOW_SECONDS: u64 = 10;
-
-/// The current second, counted from 1 so that a bucket's 0 means "never used".
-fn current_second() -> u64 {
-    now_ms() / 1000 + 1
-}
-
-#[derive(Debug, Default)]
-struct Bucket {
-    second: AtomicU64,
-    requests: AtomicU64,
-    retries: AtomicU64,
-}
-
-/// Requests and retries over the last 10 seconds, in one-second buckets.
-#[derive(Debug, Default)]
-pub struct RetryBudget {
-    buckets: [Bucket; WINDOW_SECONDS as usize],
-}
-
-impl RetryBudget {
-    fn bucket(&self, second: u64) -> &Bucket {
-        let bucket = &self.buckets[(second % WINDOW_SECONDS) as usize];
-        let seen = bucket.second.load(Ordering::Acquire);
-        if seen != second
-            && bucket
-                .second
-                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // This bucket last counted a second that has left the window.
-            bucket.requests.store(0, Ordering::Release);
-            bucket.retries.store(0, Ordering::Release);
-        }
-        bucket
-    }
-
-    /// Counts one original request.
-    pub fn record_request(&self) {
-        let second = current_second();
-        self.bucket(second).requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Takes one retry from the budget if the window allows it. The floor counts only the
-    /// seconds of the window that saw requests, so a burst of failures right after a quiet
-    /// spell cannot spend ten seconds' worth of floor at once.
-    pub fn try_retry(&self, budget_percent: u32, min_per_second: u32) -> bool {
-        let now = current_second();
-        let (mut requests, mut retries, mut active_seconds) = (0u64, 0u64, 0u64);
-        for bucket in &self.buckets {
-            let second = bucket.second.load(Ordering::Acquire);
-            if second != 0 && second + WINDOW_SECONDS > now && second <= now {
-                requests += bucket.requests.load(Ordering::Relaxed);
-                retries += bucket.retries.load(Ordering::Relaxed);
-                active_seconds += 1;
-            }
-        }
-        let allowed = requests * u64::from(budget_percent) / 100
-            + u64::from(min_per_second) * active_seconds.max(1);
-        if retries >= allowed {
-            return false;
-        }
-        self.bucket(now).retries.fetch_add(1, Ordering::Relaxed);
-        true
-    }
-}
+use super::context::RequestCtx;
+use super::MeshProxy;
 
 /// Whether a failure to connect is retried under `on`.
 pub fn connect_failure_retried(on: &RetryOn, error: &ErrorType) -> bool {
@@ -91,18 +25,85 @@ pub fn reset_retried(on: &RetryOn) -> bool {
     on.reset || on.server_error
 }
 
-#[cfg(test)]
-mod tests {
-    use super::RetryBudget;
-
-    #[test]
-    fn budget_allows_the_floor_plus_a_share_of_requests() {
-        let budget = RetryBudget::default();
-        for _ in 0..1000 {
-            budget.record_request();
+impl MeshProxy {
+    /// Decides whether a failed try is retried, and if so takes the retry from the route's
+    /// budget and the upstream's breaker. `sent` is whether the request already went out.
+    /// A retry of a request that never reached an upstream (`sent == false`) moves the
+    /// request rather than adding work, so it does not draw on the budget; `attempts` and
+    /// `max_retries` still bound it.
+    pub(super) fn take_retry(&self, session: &Session, ctx: &mut RequestCtx, sent: bool) -> bool {
+        let Some(snapshot) = ctx.snapshot.clone() else {
+            return false;
+        };
+        let Some(route_index) = ctx.route else {
+            return false;
+        };
+        let Some(retry) = snapshot.policy.routes[route_index].retry.as_ref() else {
+            return false;
+        };
+        if ctx.retries >= retry.retries {
+            return false;
         }
-        // 20% of 1000, plus 1 for the one second that saw requests.
-        let allowed = (0..1000).filter(|_| budget.try_retry(20, 1)).count();
-        assert_eq!(allowed, 201);
+        if sent && !retry.non_idempotent && !session.req_header().method.is_idempotent() {
+            return false;
+        }
+        if session.as_ref().retry_buffer_truncated() {
+            return false;
+        }
+        if ctx
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return false;
+        }
+        let Some(upstream) = ctx.upstream_state().cloned() else {
+            return false;
+        };
+        if sent
+            && !snapshot.routes[route_index]
+                .retry_budget
+                .try_retry(retry.budget_percent, retry.min_retries_per_second)
+        {
+            return false;
+        }
+        if !upstream.admit_retry() {
+            return false;
+        }
+        ctx.held_retries += 1;
+        ctx.retries += 1;
+        self.telemetry
+            .metrics
+            .retries_total
+            .with_label_values(&[snapshot.policy.routes[route_index].name.as_str()])
+            .inc();
+        true
+    }
+}
+
+/// Waits `pause`, or fails early when the client closes its connection meanwhile, so that no
+/// retry is started for a client that has gone.
+pub(super) async fn client_gone_during(
+    session: &mut Session,
+    pause: std::time::Duration,
+) -> Result<()> {
+    let downstream = session.as_downstream_mut();
+    if !downstream.is_body_done() {
+        // Reading would consume the body; the retry buffer holds what the next try sends.
+        tokio::time::sleep(pause).await;
+        return Ok(());
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => Ok(()),
+        gone = downstream.read_body_or_idle(true) => match gone {
+            Err(mut e) => {
+                e.as_down();
+                Err(e)
+            }
+            // Pipelined bytes are kept for the next request; keep waiting out the pause.
+            Ok(_) => {
+                tokio::time::sleep(pause).await;
+                Ok(())
+            }
+        },
     }
 }

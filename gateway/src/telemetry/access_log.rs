@@ -101,3 +101,46 @@ fn write_lines(receiver: Receiver<String>, mut out: BufWriter<Box<dyn Write + Se
         }
     }
 }
+
+/// One access log line: a JSON object per request.
+#[derive(serde::Serialize)]
+pub struct AccessRecord<'a> {
+    pub time: Shown<humantime::Rfc3339Timestamp>,
+    pub listener: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub endpoint: Option<Shown<std::net::SocketAddr>>,
+    pub method: &'a str,
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub reason: Option<&'a str>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub retries: u32,
+    pub client: Option<Shown<std::net::IpAddr>>,
+    pub identity: Option<&'a str>,
+    pub trace_id: Option<String>,
+    pub rate_limit: Option<&'static str>,
+}
+
+/// A value written into the JSON as its `Display` text, without an intermediate `String`.
+pub struct Shown<T>(pub T);
+
+impl<T: std::fmt::Display> serde::Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+pub fn non_empty(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}
+
+pub fn millis(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}

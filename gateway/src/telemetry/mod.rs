@@ -1,6 +1,6 @@
 //! Metrics, the access log, traces and the gateway's own log level.
 
-mod access_log;
+pub mod access_log;
 mod logs;
 mod metrics;
 pub mod trace;

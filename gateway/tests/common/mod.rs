@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod nginx;
 pub mod pki;
 pub mod raw;
 
@@ -101,12 +102,7 @@ impl Gateway {
 
     /// Starts a gateway whose policy is the standard head followed by `body`.
     pub fn start(body: &str) -> Gateway {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let access_log = dir.path().join("access.log");
-        let policy = policy_head(listen, admin, access_log.to_str().unwrap()) + body;
-        Gateway::start_with(dir, &policy, listen, admin)
+        Gateway::start_with_server("", body)
     }
 
     /// Starts a gateway on a complete policy text.

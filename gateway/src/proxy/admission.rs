@@ -1,0 +1,249 @@
+//! `request_filter` as a list of named steps. Each step either lets the request go on or
+//! returns the [`Answer`] the gateway gives instead:
+//!
+//! | step | answer |
+//! |---|---|
+//! | strip identity headers, normalize the path | `400 bad-path` |
+//! | match a route | `404 no-route` |
+//! | check the declared body size | `413 body-too-large` |
+//! | authorize the caller | `403 forbidden` |
+//! | rate limit | `429 rate-limited`, `503 rate-limit-unavailable` |
+//! | fault injection | `abort_status fault-abort` |
+//! | choose the split, admit to the upstream's breaker | `503 overflow` |
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use meshgate_policy::compiled::{Route, StoreErrorAction};
+use meshgate_policy::CompiledPolicy;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use crate::limit::{self, KeySource, LimitOutcome, RateLimiter};
+use crate::snapshot::Snapshot;
+use crate::upstream::Overflow;
+
+use super::answer::{overflow_header, respond_with_reason};
+use super::context::RequestCtx;
+use super::request::{key_hash, HeaderView};
+use super::{client_ip, hygiene, MeshProxy, Reason};
+
+/// Headers that carry a caller's identity: only the gateway may set them, so any incoming
+/// copy is removed before routing.
+const IDENTITY_HEADERS: &[&str] = &["x-forwarded-client-cert"];
+
+/// A response the gateway gives instead of proxying.
+pub(super) struct Answer {
+    reason: Reason,
+    status: u16,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Whether the connection ends with this answer.
+    close: bool,
+}
+
+impl Answer {
+    /// The answer for `reason`, with its usual status.
+    fn of(reason: Reason) -> Answer {
+        Answer {
+            reason,
+            status: reason.status(),
+            headers: Vec::new(),
+            close: false,
+        }
+    }
+
+    fn with_headers(mut self, headers: Vec<(http::HeaderName, http::HeaderValue)>) -> Answer {
+        self.headers = headers;
+        self
+    }
+
+    /// Records the reason and writes the answer.
+    pub(super) async fn send(self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        ctx.reason = Some(self.reason);
+        respond_with_reason(session, self.status, self.reason, &self.headers, self.close).await?;
+        if self.close {
+            session.set_keepalive(None);
+        }
+        Ok(())
+    }
+}
+
+impl MeshProxy {
+    /// Runs the steps of `request_filter` in order.
+    pub(super) async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Answer> {
+        let header = session.req_header_mut();
+        for name in IDENTITY_HEADERS {
+            header.remove_header(*name);
+        }
+        self.head_limits
+            .normalize(header)
+            .map_err(|_| Answer::of(Reason::BadPath))?;
+        let snapshot = Arc::clone(ctx.snapshot.as_ref().expect("set in early_request_filter"));
+        let route_index = ctx
+            .listener
+            .and_then(|listener| {
+                snapshot
+                    .policy
+                    .match_route(listener, &HeaderView(session.req_header()))
+            })
+            .ok_or_else(|| Answer::of(Reason::NoRoute))?;
+        // From here the request counts as in flight on its route until `logging`.
+        ctx.route = Some(route_index);
+        snapshot.routes[route_index].in_flight.inc();
+        let route = &snapshot.policy.routes[route_index];
+        check_declared_body(route, session)?;
+        ctx.deadline = route.timeout.map(|t| ctx.started + t);
+        if route.retry.is_some() {
+            snapshot.routes[route_index].retry_budget.record_request();
+            // Keep the request body (up to Pingora's retry buffer) so a retry can send it again.
+            session.as_mut().enable_retry_buffering();
+        }
+        if !authorized(route, &snapshot.policy, ctx.listener, ctx.identity()) {
+            self.telemetry
+                .metrics
+                .authz_denied
+                .with_label_values(&[route.name.as_str()])
+                .inc();
+            return Err(Answer::of(Reason::Forbidden));
+        }
+        let peer = client_ip(session).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let client =
+            limit::client_address(peer, session.req_header(), &snapshot.policy.trusted_proxies);
+        ctx.client_ip = Some(client);
+        if let Some(limiter) = &snapshot.routes[route_index].rate_limiter {
+            rate_limit(limiter, &snapshot, session, ctx).await?;
+        }
+        inject_fault(route).await?;
+        choose_split(&snapshot, route_index, session, ctx)
+    }
+}
+
+/// Whether the caller may use the route: the route's `allow` list when it has one, else the
+/// listener's `default_authz`.
+fn authorized(
+    route: &Route,
+    policy: &CompiledPolicy,
+    listener: Option<usize>,
+    identity: Option<&str>,
+) -> bool {
+    match &route.allow {
+        Some(patterns) => identity.is_some_and(|id| patterns.iter().any(|p| p.matches(id))),
+        None => listener.is_none_or(|l| {
+            policy.listeners[l].default_authz == meshgate_policy::compiled::DefaultAuthz::Allow
+        }),
+    }
+}
+
+/// `413` when `Content-Length` is over the route's `max_request_body`. The body is not read,
+/// so the connection cannot carry another request.
+fn check_declared_body(route: &Route, session: &Session) -> Result<(), Answer> {
+    let Some(limit) = route.max_request_body else {
+        return Ok(());
+    };
+    if hygiene::declared_body_length(session.req_header()).is_some_and(|n| n > limit) {
+        let mut answer = Answer::of(Reason::BodyTooLarge);
+        answer.close = true;
+        return Err(answer);
+    }
+    Ok(())
+}
+
+async fn rate_limit(
+    limiter: &Arc<RateLimiter>,
+    snapshot: &Snapshot,
+    session: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), Answer> {
+    let source = KeySource {
+        client_ip: ctx
+            .client_ip
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        identity: ctx.identity(),
+        header: session.req_header(),
+    };
+    let outcome = limiter
+        .check(&source, snapshot.rate_limit_store.as_deref())
+        .await;
+    ctx.rate_limit = outcome.token();
+    match outcome {
+        LimitOutcome::Admitted(decision) => {
+            if limiter.spec.headers_on_success {
+                ctx.rate_limit_headers = Some((Arc::clone(limiter), decision));
+            }
+            Ok(())
+        }
+        LimitOutcome::ShadowRefused(_) | LimitOutcome::StoreFailed(StoreErrorAction::Allow) => {
+            Ok(())
+        }
+        LimitOutcome::Refused(decision) => Err(Answer::of(Reason::RateLimited).with_headers(vec![
+            (
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(limit::retry_after_seconds(&decision)),
+            ),
+            (limit::RATELIMIT_POLICY, limiter.policy_header().clone()),
+            (limit::RATELIMIT, limiter.state_header(&decision)),
+        ])),
+        LimitOutcome::StoreFailed(StoreErrorAction::Deny) => {
+            Err(Answer::of(Reason::RateLimitUnavailable).with_headers(vec![(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(1u32),
+            )]))
+        }
+    }
+}
+
+async fn inject_fault(route: &Route) -> Result<(), Answer> {
+    let Some(fault) = &route.fault else {
+        return Ok(());
+    };
+    let roll = || rand::random::<f64>() * 100.0;
+    if let Some((status, percent)) = fault.abort {
+        if roll() < percent {
+            let mut answer = Answer::of(Reason::FaultAbort);
+            answer.status = status;
+            return Err(answer);
+        }
+    }
+    if let Some((delay, percent)) = fault.delay {
+        if roll() < percent {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    Ok(())
+}
+
+/// Chooses the split, and admits the request to its upstream's breaker here, so that an
+/// overflow is answered like any other gateway response and the connection is kept.
+fn choose_split(
+    snapshot: &Snapshot,
+    route_index: usize,
+    session: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), Answer> {
+    let route = &snapshot.policy.routes[route_index];
+    let slot = match &route.split_key {
+        Some(key) => key_hash(key, session.req_header(), ctx.client_ip) as usize,
+        None => snapshot.routes[route_index]
+            .split_cursor
+            .fetch_add(1, Ordering::Relaxed) as usize,
+    };
+    let split = route.split_schedule[slot % route.split_schedule.len()] as usize;
+    let upstream_index = route.splits[split].upstream;
+    ctx.split = Some(split);
+    ctx.upstream = Some(upstream_index);
+    if let Err(overflow) = snapshot.upstreams[upstream_index].admit_request() {
+        ctx.overflow = Some(overflow);
+        return Err(overflow_answer(overflow));
+    }
+    ctx.holds_request = true;
+    Ok(())
+}
+
+fn overflow_answer(overflow: Overflow) -> Answer {
+    Answer::of(Reason::Overflow).with_headers(overflow_header(overflow))
+}
