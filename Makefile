@@ -44,7 +44,8 @@ run: build
 	target/release/meshgate run -c conf/meshgate.toml
 
 # The whole suite on the default (rustls) build, then the TLS end-to-end tests again on the
-# BoringSSL build.
+# BoringSSL build. Under nextest each test is bounded by .config/nextest.toml; plain cargo test
+# is bounded as a whole by timeout(1).
 BORINGSSL := --no-default-features --features boringssl
 test: deps
 	$(CARGO) build --workspace --all-targets
@@ -52,10 +53,12 @@ test: deps
 		$(CARGO) nextest run --workspace --no-fail-fast && \
 		$(CARGO) nextest run -p meshgate $(BORINGSSL) --test tls --no-fail-fast; \
 	else \
-		$(CARGO) test --workspace --no-fail-fast && \
-		$(CARGO) test -p meshgate $(BORINGSSL) --test tls --no-fail-fast; \
+		timeout --kill-after=10 1500 $(CARGO) test --workspace --no-fail-fast && \
+		timeout --kill-after=10 600 $(CARGO) test -p meshgate $(BORINGSSL) --test tls --no-fail-fast; \
 	fi
 
+# clippy's incompatible_msrv lint refuses any standard library item newer than the declared
+# `rust-version`, so the declared version stays true.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

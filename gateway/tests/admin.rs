@@ -88,6 +88,7 @@ async fn every_documented_operation_answers_as_described() {
     let gateway = Gateway::start(&split_policy(v1, v2, 90, 10));
     let client = client();
     let policy = std::fs::read_to_string(&gateway.policy_path).unwrap();
+    let changed = gateway.policy_with_body(&split_policy(v1, v2, 80, 20));
     count_servers(&client, &gateway.url("/"), 3).await;
 
     let mut checked = 0;
@@ -105,7 +106,8 @@ async fn every_documented_operation_answers_as_described() {
             let build = |authorized: bool| {
                 let mut request = match method.as_str() {
                     "get" => client.get(&url),
-                    "put" => client.put(&url).body(policy.clone()),
+                    // A changed policy, so that the rollback after it has somewhere to go.
+                    "put" => client.put(&url).body(changed.clone()),
                     "post" if path == "/policy/validate" => client.post(&url).body(policy.clone()),
                     "post" => client.post(&url),
                     other => panic!("undocumented method {other}"),
@@ -137,6 +139,13 @@ async fn every_documented_operation_answers_as_described() {
             }
             let response = build(true).send().await.unwrap();
             let status = response.status().as_u16().to_string();
+            // Every call here is valid and authorized, so it must get its success status, not
+            // merely a documented one (an error answer to PUT, reload or rollback is a failure).
+            if !response.status().is_success() {
+                problems.push(format!(
+                    "{method} {path}: {status} for a valid, authorized call"
+                ));
+            }
             let Some(documented) = operation["responses"].get(&status) else {
                 problems.push(format!("{method} {path}: undocumented status {status}"));
                 continue;

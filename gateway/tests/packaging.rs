@@ -56,10 +56,10 @@ fn the_systemd_unit_verifies() {
         unit.replace("/usr/local/bin/meshgate", env!("CARGO_BIN_EXE_meshgate")),
     )
     .unwrap();
-    let output = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    let output = run(bounded(60, "systemd-analyze").arg("verify").arg(&path));
     assert!(output.trim().is_empty(), "systemd-analyze verify: {output}");
     // The exposure score (0 is best, 10 worst); systemd rates up to 2.0 as "OK".
-    let security = Command::new("systemd-analyze")
+    let security = bounded(60, "systemd-analyze")
         .args(["security", "--offline=yes"])
         .arg(&path)
         .output()
@@ -85,10 +85,10 @@ fn the_docker_files_are_valid() {
         .arg("check")
         .arg(docker.join("meshgate.toml")));
     assert!(checked.contains("ok"), "{checked}");
-    run(Command::new("promtool")
+    run(bounded(60, "promtool")
         .args(["check", "config"])
         .arg(docker.join("prometheus.yml")));
-    let config = run(Command::new("docker-compose")
+    let config = run(bounded(60, "docker-compose")
         .arg("-f")
         .arg(docker.join("compose.yaml"))
         .arg("config"));
@@ -196,7 +196,7 @@ async fn the_dashboard_queries_real_metrics() {
         format!("groups:\n  - name: dashboard\n    rules:\n{rules}"),
     )
     .unwrap();
-    run(Command::new("promtool")
+    run(bounded(60, "promtool")
         .args(["check", "rules"])
         .arg(&rules_file));
 }

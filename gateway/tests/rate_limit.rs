@@ -312,8 +312,9 @@ async fn a_reload_never_refills_a_drained_bucket() {
     );
 }
 
-/// Acceptance: more than 100k distinct keys in 10 s grow the gateway's memory by no more
-/// than 64 MiB.
+/// Acceptance: more than 100k distinct keys in 10 s grow the gateway's memory by little (4.1
+/// MiB measured for 139k keys; bounded here at 16 MiB, the allocator and wrk's connections
+/// being noisy), and a limit with `max_keys` below the key count evicts to stay within it.
 #[tokio::test(flavor = "multi_thread")]
 async fn many_keys_keep_memory_bounded() {
     let _machine = load_test_lock();
@@ -323,7 +324,7 @@ async fn many_keys_keep_memory_bounded() {
         &[(
             "keys",
             "/",
-            "requests_per_second = 1\nburst = 5\nkey = \"header:x-key\"",
+            "requests_per_second = 1\nburst = 5\nkey = \"header:x-key\"\nmax_keys = 50000",
         )],
     ));
     let script = gateway.dir.path().join("keys.lua");
@@ -364,9 +365,18 @@ end
     assert!(keys > 100_000, "only {keys} distinct keys were sent");
     assert_eq!(socket_errors, 0);
     assert!(
-        after.saturating_sub(before) <= 64 * 1024,
+        after.saturating_sub(before) <= 16 * 1024,
         "RSS grew by {} KiB",
         after - before
+    );
+    let evictions = metric_value(
+        &gateway.metrics().await,
+        "meshgate_rate_limit_evictions_total{route=\"keys\"}",
+    );
+    eprintln!("{evictions} buckets evicted to stay within max_keys = 50000");
+    assert!(
+        evictions >= (keys - 50_000) as f64 * 0.9,
+        "{evictions} evictions for {keys} keys over max_keys = 50000"
     );
 }
 

@@ -246,7 +246,7 @@ async fn twenty_swaps_under_wrk_load_drop_nothing() {
     let gateway = Gateway::start(&split_policy(v1, v2, 90, 10));
     let url = gateway.url("/");
     let wrk = std::thread::spawn(move || {
-        std::process::Command::new("wrk")
+        bounded(120, "wrk")
             .args(["-t2", "-c16", "-d8s", "--latency", &url])
             .output()
             .expect("wrk is installed by `make deps`")

@@ -218,6 +218,7 @@ async fn a_full_breaker_answers_503_overflow_at_once() {
         }));
     }
     let mut fast_overflows = 0;
+    let mut admitted_ok = 0;
     for call in calls {
         let (status, reason, limit, took) = call.await.unwrap();
         if status == 503 && reason.as_deref() == Some("overflow") {
@@ -225,10 +226,19 @@ async fn a_full_breaker_answers_503_overflow_at_once() {
             if took < Duration::from_millis(500) {
                 fast_overflows += 1;
             }
+        } else {
+            // Every request the breaker admitted is served by the slow upstream.
+            assert_eq!(status, 200, "an admitted request failed: {reason:?}");
+            admitted_ok += 1;
         }
     }
-    eprintln!("{fast_overflows} of 12 got a fast 503 overflow");
+    eprintln!("{fast_overflows} of 12 got a fast 503 overflow, {admitted_ok} were served");
     assert!(fast_overflows >= 8, "{fast_overflows} fast overflows of 12");
+    assert!(
+        admitted_ok >= 2,
+        "the two admitted requests were served: {admitted_ok}"
+    );
+    assert_eq!(fast_overflows + admitted_ok, 12);
     let state = gateway.admin_json("/upstreams").await;
     assert!(
         state["upstreams"][0]["circuit_breaker"]["overflows_total"]

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 
@@ -390,4 +392,126 @@ async fn idle_client_connections_are_closed_after_the_idle_timeout() {
         "closed too early: {idle:?}"
     );
     eprintln!("idle connection closed after {idle:?}");
+}
+
+/// The endpoint that answers `path` with header `x-user: user`.
+async fn served_by(client: &reqwest::Client, url: &str, user: &str) -> String {
+    let response = client.get(url).header("x-user", user).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.headers()["x-echo-server"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Consistent hashing's defining properties: a key always lands on the same endpoint, and
+/// when an endpoint is added only the keys that now belong to it move (about a quarter of
+/// them for a fourth endpoint), none between the old ones. Round robin fails both.
+#[tokio::test(flavor = "multi_thread")]
+async fn consistent_hashing_moves_few_keys_when_an_endpoint_is_added() {
+    let servers = [
+        start_echo("a").await,
+        start_echo("b").await,
+        start_echo("c").await,
+        start_echo("d").await,
+    ];
+    let upstreams = |n: usize| {
+        let endpoints: Vec<String> = servers[..n].iter().map(|s| format!("\"{s}\"")).collect();
+        format!(
+            "\n[[upstreams]]\nname = \"hashed\"\nendpoints = [{}]\nbalance = \"consistent_hash\"\nhash_key = \"header:x-user\"\n\n[[routes]]\nname = \"hashed\"\nmatch = {{ path_prefix = \"/\" }}\nsplit = [{{ upstream = \"hashed\" }}]\n",
+            endpoints.join(", ")
+        )
+    };
+    let gateway = Gateway::start(&upstreams(3));
+    let client = client();
+    let url = gateway.url("/");
+    let mut before = Vec::new();
+    for user in 0..200 {
+        let user = format!("user-{user}");
+        let first = served_by(&client, &url, &user).await;
+        assert_eq!(served_by(&client, &url, &user).await, first, "{user} moved");
+        before.push(first);
+    }
+    let response = client
+        .put(gateway.admin_url("/policy"))
+        .bearer_auth(TOKEN)
+        .body(gateway.policy_with_body(&upstreams(4)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let mut moved = 0;
+    for (user, old) in before.iter().enumerate() {
+        let now = served_by(&client, &url, &format!("user-{user}")).await;
+        if &now != old {
+            assert_eq!(
+                now, "d",
+                "user-{user} moved from {old} to {now}, not to the new endpoint"
+            );
+            moved += 1;
+        }
+    }
+    println!("{moved} of 200 keys moved to the fourth endpoint");
+    assert!((20..=90).contains(&moved), "{moved} of 200 keys moved");
+}
+
+/// least_request's defining property, under concurrency: a slow endpoint holds its requests
+/// longer, so new requests go to the other one. Round robin would send half to each.
+#[tokio::test(flavor = "multi_thread")]
+async fn least_request_avoids_the_busy_endpoint_under_concurrency() {
+    let (slow, slow_config, _slow) = start_upstream("slow", 200, Duration::from_millis(400)).await;
+    let (fast, fast_config, _fast) = start_upstream("fast", 200, Duration::ZERO).await;
+    let gateway = Gateway::start(&format!(
+        "\n[[upstreams]]\nname = \"least\"\nendpoints = [\"{slow}\", \"{fast}\"]\nbalance = \"least_request\"\n\n[[routes]]\nname = \"least\"\nmatch = {{ path_prefix = \"/\" }}\nsplit = [{{ upstream = \"least\" }}]\n"
+    ));
+    let client = client();
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let client = client.clone();
+        let url = gateway.url("/");
+        calls.push(tokio::spawn(async move {
+            // Spread the requests over the slow endpoint's answer time.
+            tokio::time::sleep(Duration::from_millis(i * 10)).await;
+            client.get(url).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    let slow_count = slow_config
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let fast_count = fast_config
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    println!("least_request: slow {slow_count}, fast {fast_count} of 40");
+    assert_eq!(slow_count + fast_count, 40);
+    assert!(slow_count <= 6, "the busy endpoint got {slow_count} of 40");
+}
+
+/// `balance = "random"`: both endpoints serve, in no fixed order.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_balancing_uses_every_endpoint_in_no_fixed_order() {
+    let a = start_echo("a").await;
+    let b = start_echo("b").await;
+    let gateway = Gateway::start(&format!(
+        "\n[[upstreams]]\nname = \"random\"\nendpoints = [\"{a}\", \"{b}\"]\nbalance = \"random\"\n\n[[routes]]\nname = \"random\"\nmatch = {{ path_prefix = \"/\" }}\nsplit = [{{ upstream = \"random\" }}]\n"
+    ));
+    let client = client();
+    let mut sequence = String::new();
+    for _ in 0..200 {
+        let response = client.get(gateway.url("/")).send().await.unwrap();
+        sequence.push_str(response.headers()["x-echo-server"].to_str().unwrap());
+    }
+    let a_count = sequence.matches('a').count();
+    println!("random: {a_count} of 200 on a");
+    // Binomial(200, 0.5): 70 to 130 holds with a probability above 0.9999.
+    assert!((70..=130).contains(&a_count), "{a_count} of 200 on a");
+    // Round robin alternates; random repeats an endpoint about half the time.
+    let repeats = sequence
+        .as_bytes()
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .count();
+    assert!(repeats > 50, "only {repeats} repeats: {sequence}");
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 
@@ -111,7 +111,7 @@ async fn metrics_count_every_request_and_pass_promtool() {
         ) >= 1.0
     );
 
-    let mut promtool = Command::new("promtool")
+    let mut promtool = bounded(60, "promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

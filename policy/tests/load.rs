@@ -306,19 +306,67 @@ fn admin_off_loopback_needs_an_explicit_token_file() {
 }
 
 #[test]
-fn nothing_panics_on_odd_input() {
-    for source in [
-        "",
-        "version = \"one\"",
-        "listeners = 3\nversion = 1",
-        "version = 1\n[[routes]]\nmatch = 1\n",
-        "version = 1\nroutes = [1, \"x\"]",
-        "version = 1\n[[upstreams]]\nendpoints = [[1]]\nname = \"\"\n",
-        "version = 1\n[[routes]]\nname = \"r\"\nmatch = { host = \"*\" }\nsplit = []",
-        "\u{feff}version = 1",
+fn odd_input_is_refused_with_its_line_and_path() {
+    for (source, line, path, message) in [
+        ("", 1, "(document)", "missing key `version`"),
+        ("version = \"one\"", 1, "version", "invalid type: string"),
+        (
+            "listeners = 3\nversion = 1",
+            1,
+            "listeners",
+            "expected an array of tables",
+        ),
+        (
+            "version = 1\n[[routes]]\nmatch = 1\n",
+            2,
+            "routes[0]",
+            "missing field `name`",
+        ),
+        (
+            "version = 1\n[[routes]]\nmatch = 1\n",
+            3,
+            "routes[0].match",
+            "invalid type: integer",
+        ),
+        (
+            "version = 1\nroutes = [1, \"x\"]",
+            2,
+            "routes[0]",
+            "invalid type: integer",
+        ),
+        (
+            "version = 1\nroutes = [1, \"x\"]",
+            2,
+            "routes[1]",
+            "invalid type: string",
+        ),
+        (
+            "version = 1\n[[upstreams]]\nendpoints = [[1]]\nname = \"\"\n",
+            3,
+            "upstreams[0].endpoints[0]",
+            "expected an address",
+        ),
+        (
+            "version = 1\n[[routes]]\nname = \"r\"\nmatch = { host = \"*\" }\nsplit = []",
+            4,
+            "routes[0].match.host",
+            "a wildcard host must look like",
+        ),
+        (
+            "version = 1\n[[routes]]\nname = \"r\"\nmatch = { host = \"*\" }\nsplit = []",
+            5,
+            "routes[0].split",
+            "at least one split",
+        ),
     ] {
-        let _ = load(source, Path::new("."));
+        let errors = refused(source);
+        assert!(
+            has(&errors, line, path, message),
+            "{source:?}: expected line {line}, {path}: {message}; got {errors:#?}"
+        );
     }
+    // A byte order mark before the first key is not an error.
+    assert!(load("\u{feff}version = 1", Path::new(".")).is_ok());
 }
 
 /// Writes a self-signed certificate for `name` and its key into `dir`.

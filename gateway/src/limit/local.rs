@@ -87,22 +87,22 @@ impl LocalBuckets {
     }
 
     /// Takes one token from the bucket of `key` (ignored for a single bucket).
-    /// Returns the decision and whether a bucket was evicted to make room.
-    pub fn take(&self, key: impl Hash) -> (Decision, bool) {
+    /// Returns the decision and how many buckets were evicted to make room.
+    pub fn take(&self, key: impl Hash) -> (Decision, u64) {
         let now = self.now();
         match &self.storage {
             Storage::Single(tat) => {
                 let mut current = tat.load(Ordering::Relaxed);
                 loop {
                     match self.gcra.step(current, now) {
-                        Err(refused) => return (refused, false),
+                        Err(refused) => return (refused, 0),
                         Ok((next, admitted)) => match tat.compare_exchange_weak(
                             current,
                             next,
                             Ordering::Relaxed,
                             Ordering::Relaxed,
                         ) {
-                            Ok(_) => return (admitted, false),
+                            Ok(_) => return (admitted, 0),
                             Err(actual) => current = actual,
                         },
                     }
@@ -117,12 +117,11 @@ impl LocalBuckets {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 let current = buckets.get(&hash).copied();
                 match self.gcra.step(current.unwrap_or(0), now) {
-                    Err(refused) => (refused, false),
+                    Err(refused) => (refused, 0),
                     Ok((next, admitted)) => {
-                        let mut evicted = false;
+                        let mut evicted = 0;
                         if current.is_none() && buckets.len() >= keyed.shard_capacity {
-                            evict(&mut buckets, now);
-                            evicted = true;
+                            evicted = evict(&mut buckets, now);
                         }
                         buckets.insert(hash, next);
                         (admitted, evicted)
@@ -147,15 +146,19 @@ impl LocalBuckets {
 }
 
 /// Makes room in a full shard: every full bucket goes (forgetting them loses nothing), and
-/// when none is full, the one closest to full.
-fn evict<S: BuildHasher>(buckets: &mut HashMap<u64, u64, S>, now: u64) {
+/// when none is full, the one closest to full. Returns how many buckets went.
+fn evict<S: BuildHasher>(buckets: &mut HashMap<u64, u64, S>, now: u64) -> u64 {
     let before = buckets.len();
     buckets.retain(|_, tat| *tat > now);
     if buckets.len() < before {
-        return;
+        return (before - buckets.len()) as u64;
     }
-    if let Some(key) = buckets.iter().min_by_key(|(_, tat)| **tat).map(|(k, _)| *k) {
-        buckets.remove(&key);
+    match buckets.iter().min_by_key(|(_, tat)| **tat).map(|(k, _)| *k) {
+        Some(key) => {
+            buckets.remove(&key);
+            1
+        }
+        None => 0,
     }
 }
 
@@ -179,10 +182,10 @@ mod tests {
         map.insert(1, 10); // full at now = 50
         map.insert(2, 100);
         map.insert(3, 200);
-        evict(&mut map, 50);
+        assert_eq!(evict(&mut map, 50), 1);
         assert_eq!(map.len(), 2);
         assert!(!map.contains_key(&1));
-        evict(&mut map, 50);
+        assert_eq!(evict(&mut map, 50), 1);
         assert_eq!(map.keys().copied().collect::<Vec<_>>(), vec![3]);
     }
 }

@@ -187,8 +187,8 @@ impl RateLimiter {
                     LimitKey::Identity => buckets.take(source.identity),
                     LimitKey::Header(name) => buckets.take(header_value(source.header, name)),
                 };
-                if evicted {
-                    self.evictions.inc();
+                if evicted > 0 {
+                    self.evictions.inc_by(evicted);
                 }
                 decision
             }

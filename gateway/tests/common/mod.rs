@@ -226,14 +226,16 @@ impl Gateway {
         self.child.id()
     }
 
-    /// The gateway's resident memory in KiB.
+    /// The gateway's resident memory in KiB; fails the test when `/proc` can't tell.
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default()
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("cannot read the gateway's /proc status: {e}"));
+        status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+            .filter(|&kib: &u64| kib > 0)
+            .unwrap_or_else(|| panic!("no VmRSS in the gateway's /proc status:\n{status}"))
     }
 
     /// Starts a second gateway process on the same policy with `--upgrade`: it waits for the
@@ -385,9 +387,21 @@ pub fn wrk_summary(output: &str) -> (u64, u64, u64) {
     (requests, non_2xx, socket_errors)
 }
 
-/// Runs wrk (bounded by `-d`) with `args` before the URL; returns its standard output.
+/// `program` under coreutils' `timeout`: killed after `seconds` (and SIGKILLed 5 s later if
+/// it ignores SIGTERM), so that no external tool can hang a test.
+pub fn bounded(seconds: u32, program: &str) -> Command {
+    let mut command = Command::new("timeout");
+    command
+        .arg("--kill-after=5")
+        .arg(seconds.to_string())
+        .arg(program);
+    command
+}
+
+/// Runs wrk (bounded by `-d`, and killed after 120 s whatever it was asked) with `args`
+/// before the URL; returns its standard output.
 pub fn run_wrk(args: &[&str], url: &str) -> String {
-    let output = Command::new("wrk")
+    let output = bounded(120, "wrk")
         .args(args)
         .arg(url)
         .output()
@@ -407,7 +421,7 @@ impl Redis {
     pub fn start(port: Option<u16>) -> Redis {
         let port = port.unwrap_or_else(free_port);
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
+        let child = bounded(600, "redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")

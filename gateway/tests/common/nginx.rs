@@ -2,7 +2,7 @@
 //! on drop.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::free_port;
@@ -63,7 +63,7 @@ http {{
         ),
     )
     .unwrap();
-    let child = Command::new("nginx")
+    let child = super::bounded(600, "nginx")
         .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
