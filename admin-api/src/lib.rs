@@ -189,6 +189,9 @@ async fn get_policy(State(state): State<AppState>) -> Response {
         "x-meshgate-policy-version",
         HeaderValue::from(active.version),
     );
+    if let Ok(pending) = HeaderValue::from_str(&active.restart_required.join(", ")) {
+        headers.insert("x-meshgate-restart-required", pending);
+    }
     response
 }
 

@@ -11,6 +11,8 @@ pub struct ActivePolicy {
     pub hash: String,
     /// Number of the applied policy, counting from 1 at start.
     pub version: u64,
+    /// Static sections the policy changes that wait for a restart.
+    pub restart_required: Vec<String>,
 }
 
 /// The answer to a successful apply (PUT, reload, rollback).
@@ -160,6 +162,9 @@ pub struct Explanation {
     /// Why the path is refused with `400 bad-path`, when it is; no route is tried then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Every listener, running or pending, so that a route's `listeners` can be read against
+    /// what runs.
+    pub listeners: Vec<ListenerInfo>,
     /// The route the request takes, if any.
     pub matched: Option<String>,
     /// Every route in match order with its verdict.
@@ -196,6 +201,22 @@ pub struct Candidate {
 pub struct RoutesBody {
     /// Routes in match order.
     pub routes: Vec<RouteInfo>,
+    /// Every listener: those the process runs, and those pending until a restart.
+    pub listeners: Vec<ListenerInfo>,
+}
+
+/// A listener, running or pending.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    /// Its name, which routes refer to.
+    pub name: String,
+    /// The address it is bound to (running) or will be bound to on restart (pending).
+    pub listen: String,
+    /// `running` or `pending`.
+    pub state: String,
+    /// What changes on restart (`listens on …`, `removed`, `starts`…), when anything does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_restart: Option<String>,
 }
 
 /// One compiled route.

@@ -65,6 +65,20 @@ impl RequestView for QueryView<'_> {
     }
 }
 
+fn listener_infos(snapshot: &crate::snapshot::Snapshot) -> Vec<ListenerInfo> {
+    snapshot
+        .listeners
+        .states
+        .iter()
+        .map(|view| ListenerInfo {
+            name: view.name.clone(),
+            listen: view.listen.to_string(),
+            state: view.state.to_owned(),
+            on_restart: view.on_restart.clone(),
+        })
+        .collect()
+}
+
 fn describe_key(key: &RequestKey) -> String {
     match key {
         RequestKey::ClientIp => "client_ip".into(),
@@ -76,10 +90,19 @@ fn describe_key(key: &RequestKey) -> String {
 impl AdminBackend for GatewayAdmin {
     fn policy(&self) -> ActivePolicy {
         let (source, hash, version) = self.store.active();
+        let restart_required = self
+            .store
+            .snapshot()
+            .listeners
+            .restart_required
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
         ActivePolicy {
             source,
             hash,
             version,
+            restart_required,
         }
     }
 
@@ -189,7 +212,10 @@ impl AdminBackend for GatewayAdmin {
                 split_key: route.split_key.as_ref().map(describe_key),
             })
             .collect();
-        RoutesBody { routes }
+        RoutesBody {
+            routes,
+            listeners: listener_infos(&snapshot),
+        }
     }
 
     fn explain(&self, query: &ExplainQuery) -> Result<Explanation, String> {
@@ -265,6 +291,7 @@ impl AdminBackend for GatewayAdmin {
             })
             .unwrap_or_default();
         Ok(Explanation {
+            listeners: listener_infos(&snapshot),
             normalized: path != given,
             path,
             refused,
@@ -294,40 +321,24 @@ impl AdminBackend for GatewayAdmin {
 /// Reads the admin token, or creates one when the default token file is missing.
 pub fn load_admin_token(settings: &AdminSettings) -> Result<String, String> {
     let path = &settings.token_file;
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let token = text.trim().to_owned();
-            if token.len() < 16 {
-                return Err(format!(
-                    "{}: the admin token must be at least 16 characters",
-                    path.display()
-                ));
-            }
-            Ok(token)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !settings.token_file_explicit => {
-            use rand::Rng;
-            use std::os::unix::fs::OpenOptionsExt;
-            let bytes: [u8; 24] = rand::rng().random();
-            let token = hex::encode(bytes);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| {
-                    format!("cannot create the admin token file {}: {e}", path.display())
-                })?;
-            writeln!(file, "{token}")
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            tracing::info!("created a new admin token in {}", path.display());
-            Ok(token)
-        }
-        Err(e) => Err(format!(
-            "cannot read the admin token file {}: {e}",
-            path.display()
-        )),
+    if path.exists() || settings.token_file_explicit {
+        let contents = meshgate_policy::files::read_named_file(path)?;
+        return meshgate_policy::check_admin_token(path, &contents);
     }
+    // The default file is missing: create it with a fresh token, readable by its owner only.
+    use rand::Rng;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bytes: [u8; 24] = rand::rng().random();
+    let token = hex::encode(bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create the admin token file {}: {e}", path.display()))?;
+    writeln!(file, "{token}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    tracing::info!("created a new admin token in {}", path.display());
+    Ok(token)
 }
 
 /// Serves the admin API inside Pingora's server, and marks the gateway ready once every

@@ -90,7 +90,7 @@ pub fn main() -> ExitCode {
 
 fn check(file: &std::path::Path) -> ExitCode {
     let name = file.display().to_string();
-    let source = match std::fs::read_to_string(file) {
+    let source = match meshgate_policy::files::read_policy_file(file) {
         Ok(source) => source,
         Err(e) => {
             eprintln!("{name}: cannot read: {e}");

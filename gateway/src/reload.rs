@@ -12,10 +12,11 @@ use arc_swap::ArcSwap;
 
 use crate::tls::TlsRegistry;
 use meshgate_admin::{Applied, ApplyError, ErrorItem, Validated};
+use meshgate_policy::compiled::{Listener, StaticParts, STATIC_SECTIONS};
 use meshgate_policy::{CompiledPolicy, PolicyError};
 use sha2::{Digest, Sha256};
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ListenerPlan, Snapshot};
 use crate::telemetry::Telemetry;
 use crate::upstream::UpstreamState;
 
@@ -52,6 +53,11 @@ pub struct PolicyStore {
     telemetry: Arc<Telemetry>,
     /// Certificates and keys of TLS listeners and upstreams.
     pub tls: Arc<TlsRegistry>,
+    /// The listeners bound at start, which serve until the process ends.
+    running: Vec<Listener>,
+    /// What of the start-up policy takes effect only at start: `restart_required` is
+    /// computed against it, not against the previous policy.
+    started: StaticParts,
 }
 
 /// Hex SHA-256 of a policy's text.
@@ -82,8 +88,8 @@ pub fn base_dir_of(path: &Path) -> PathBuf {
 impl PolicyStore {
     /// Loads the policy file at startup; every error is returned when it is invalid.
     pub fn open(path: &Path, telemetry: Arc<Telemetry>) -> Result<Self, String> {
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read the policy file: {e}", path.display()))?;
+        let source = meshgate_policy::files::read_policy_file(path)
+            .map_err(|e| format!("cannot read the policy file: {e}"))?;
         let base_dir = base_dir_of(path);
         let compiled = meshgate_policy::load(&source, &base_dir).map_err(|errors| {
             let file = path.display().to_string();
@@ -107,7 +113,12 @@ impl PolicyStore {
                 })?;
             }
         }
-        let snapshot = Snapshot::build(compiled, None, 1, &telemetry.metrics, &tls);
+        let running = compiled.listeners.clone();
+        let started = compiled.static_parts();
+        let mut compiled = compiled;
+        let plan = ListenerPlan::adopt(&mut compiled, &running, &started);
+        set_restart_gauges(&telemetry, &plan.restart_required);
+        let snapshot = Snapshot::build(compiled, plan, None, 1, &telemetry.metrics, &tls);
         let (health_checks, health_receiver) = tokio::sync::mpsc::unbounded_channel();
         for upstream in &snapshot.upstreams {
             if upstream.spec.health_check.is_some() {
@@ -127,6 +138,8 @@ impl PolicyStore {
                 next_version: 2,
             }),
             telemetry,
+            running,
+            started,
         })
     }
 
@@ -177,8 +190,9 @@ impl PolicyStore {
     /// Checks a policy as `apply` would, changing nothing.
     pub fn validate(&self, source: &str) -> Result<Validated, ApplyError> {
         let compiled = self.compile(source)?;
-        let restart_required = compiled
-            .static_changes(&self.current.load().policy)
+        let restart_required = self
+            .started
+            .changes(&compiled.static_parts())
             .into_iter()
             .map(str::to_owned)
             .collect();
@@ -254,8 +268,7 @@ impl PolicyStore {
         // between would be undone by the older text.
         let source = match source {
             Some(source) => source,
-            None => std::fs::read_to_string(&self.path)
-                .map_err(|e| ApplyError::Io(format!("cannot read {}: {e}", self.path.display())))?,
+            None => meshgate_policy::files::read_policy_file(&self.path).map_err(ApplyError::Io)?,
         };
         if let Some(expected) = if_match {
             if expected != "*" && expected != state.active.hash {
@@ -270,16 +283,13 @@ impl PolicyStore {
             return Ok(Applied {
                 version: old.version,
                 hash,
-                restart_required: Vec::new(),
+                restart_required: owned(&old.listeners.restart_required),
                 changed: false,
             });
         }
-        let compiled = self.compile(&source)?;
-        let restart_required: Vec<String> = compiled
-            .static_changes(&old.policy)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let mut compiled = self.compile(&source)?;
+        let plan = ListenerPlan::adopt(&mut compiled, &self.running, &self.started);
+        let restart_required = owned(&plan.restart_required);
         if origin != Origin::File {
             persist(&self.path, &source).map_err(|e| {
                 ApplyError::Io(format!(
@@ -290,8 +300,10 @@ impl PolicyStore {
         }
         self.telemetry.configure(&compiled.telemetry);
         let version = state.next_version;
+        set_restart_gauges(&self.telemetry, &plan.restart_required);
         let snapshot = Snapshot::build(
             compiled,
+            plan,
             Some(&old),
             version,
             &self.telemetry.metrics,
@@ -393,4 +405,19 @@ pub fn watch_policy_file(store: Arc<PolicyStore>) -> notify::Result<notify::Reco
         })
         .map_err(|e| notify::Error::generic(&e.to_string()))?;
     Ok(watcher)
+}
+
+fn owned(sections: &[&'static str]) -> Vec<String> {
+    sections.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// `meshgate_restart_required{section}`: 1 for each section whose change waits for a restart.
+fn set_restart_gauges(telemetry: &Telemetry, pending: &[&'static str]) {
+    for section in STATIC_SECTIONS {
+        telemetry
+            .metrics
+            .restart_required
+            .with_label_values(&[section])
+            .set(i64::from(pending.contains(section)));
+    }
 }

@@ -225,6 +225,93 @@ pub struct Snapshot {
     pub rate_limit_store: Option<Arc<RateLimitStore>>,
     /// The applied policy's number.
     pub version: u64,
+    /// The listeners the process runs and what changes on restart.
+    pub listeners: ListenerPlan,
+}
+
+/// The listeners the process runs, against what the applied policy says of them.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerPlan {
+    /// Each running listener's address and its index in `policy.listeners`.
+    bound: Vec<(std::net::SocketAddr, usize)>,
+    /// Sections whose change waits for a restart, against what the process runs.
+    pub restart_required: Vec<&'static str>,
+    /// Every listener, running or pending, as `/routes` and `/explain` show them.
+    pub states: Vec<ListenerView>,
+}
+
+/// One listener as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerView {
+    /// Its name.
+    pub name: String,
+    /// The address it is bound to, or will be on restart.
+    pub listen: std::net::SocketAddr,
+    /// `running`, or `pending` (bound on restart).
+    pub state: &'static str,
+    /// What changes on restart, for a running listener the policy changes or drops.
+    pub on_restart: Option<String>,
+}
+
+impl ListenerPlan {
+    /// Makes `running` (the listeners bound at start) the listeners of `policy` (see
+    /// [`CompiledPolicy::adopt_running_listeners`]) and says what the policy changes of them.
+    pub fn adopt(
+        policy: &mut CompiledPolicy,
+        running: &[meshgate_policy::compiled::Listener],
+        started: &meshgate_policy::compiled::StaticParts,
+    ) -> ListenerPlan {
+        let restart_required = started.changes(&policy.static_parts());
+        let mut states = Vec::new();
+        for live in running {
+            let declared = policy.listeners.iter().find(|l| l.name == live.name);
+            let on_restart = match declared {
+                None => Some("removed".to_owned()),
+                Some(l) if l.addr != live.addr => Some(format!("listens on {}", l.addr)),
+                Some(l) if l.tls.is_some() != live.tls.is_some() => Some(
+                    if l.tls.is_some() {
+                        "serves TLS"
+                    } else {
+                        "serves plain HTTP"
+                    }
+                    .to_owned(),
+                ),
+                Some(l) if l.max_connections != live.max_connections => {
+                    Some(format!("max_connections = {}", l.max_connections))
+                }
+                Some(_) => None,
+            };
+            states.push(ListenerView {
+                name: live.name.clone(),
+                listen: live.addr,
+                state: "running",
+                on_restart,
+            });
+        }
+        for declared in &policy.listeners {
+            if !running.iter().any(|l| l.name == declared.name) {
+                states.push(ListenerView {
+                    name: declared.name.clone(),
+                    listen: declared.addr,
+                    state: "pending",
+                    on_restart: Some("starts".to_owned()),
+                });
+            }
+        }
+        policy.adopt_running_listeners(running);
+        let bound = running
+            .iter()
+            .filter_map(|live| {
+                let index = policy.listeners.iter().position(|l| l.name == live.name)?;
+                Some((live.addr, index))
+            })
+            .collect();
+        ListenerPlan {
+            bound,
+            restart_required,
+            states,
+        }
+    }
 }
 
 impl Snapshot {
@@ -233,6 +320,7 @@ impl Snapshot {
     /// and the rate-limit store when its settings are unchanged.
     pub fn build(
         policy: CompiledPolicy,
+        listeners: ListenerPlan,
         previous: Option<&Snapshot>,
         version: u64,
         metrics: &Metrics,
@@ -329,17 +417,23 @@ impl Snapshot {
             routes,
             rate_limit_store,
             version,
+            listeners,
         }
     }
 
-    /// The index of the listener bound to `local`: an exact address match first, then a
-    /// wildcard address on the same port.
+    /// The index of the running listener bound to `local`: an exact address match first,
+    /// then a wildcard address on the same port. Only listeners the process runs are found, by
+    /// the address they were bound to, whatever the policy says of them since.
     pub fn listener_for(&self, local: std::net::SocketAddr) -> Option<usize> {
-        let listeners = &self.policy.listeners;
-        listeners.iter().position(|l| l.addr == local).or_else(|| {
-            listeners
-                .iter()
-                .position(|l| l.addr.port() == local.port() && l.addr.ip().is_unspecified())
-        })
+        let bound = &self.listeners.bound;
+        bound
+            .iter()
+            .find(|(addr, _)| *addr == local)
+            .or_else(|| {
+                bound
+                    .iter()
+                    .find(|(addr, _)| addr.port() == local.port() && addr.ip().is_unspecified())
+            })
+            .map(|(_, index)| *index)
     }
 }

@@ -453,8 +453,7 @@ async fn certificates_rotate_live_and_bad_files_are_refused() {
         ask(&mut to_server).contains("200"),
         "the established connection still works"
     );
-    let _ = established.kill();
-    let _ = established.wait();
+    kill_bounded(&mut established);
 
     // A broken certificate file is refused; the second certificate keeps serving.
     std::fs::write(path_of(&cert).with_extension("bad"), "not a certificate").unwrap();

@@ -656,6 +656,66 @@ impl CompiledPolicy {
 
     /// Names of the static parts (which take effect on restart) that differ from `other`.
     pub fn static_changes(&self, other: &CompiledPolicy) -> Vec<&'static str> {
+        self.static_parts().changes(&other.static_parts())
+    }
+
+    /// The parts of this policy that take effect only when the process starts.
+    pub fn static_parts(&self) -> StaticParts {
+        StaticParts {
+            server: self.server.clone(),
+            admin: self.admin.clone(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.addr, l.tls.is_some(), l.max_connections))
+                .collect(),
+            metrics_listen: self.telemetry.metrics_listen,
+        }
+    }
+
+    /// Makes the listeners the process runs (`running`, as bound at start) the listeners of
+    /// this policy, whatever it says of them: a running listener keeps its name, address and
+    /// whether it has TLS until the restart, while what applies on reload (its certificates,
+    /// `client_ca`, `client_auth`, `default_authz`) comes from this policy when it still names
+    /// the listener. A running listener this policy no longer names is kept as it ran, with
+    /// the routes that apply to every listener. Listeners this policy adds stay in the list,
+    /// unbound, so routes may name them ahead of the restart.
+    pub fn adopt_running_listeners(&mut self, running: &[Listener]) {
+        for live in running {
+            match self.listeners.iter_mut().find(|l| l.name == live.name) {
+                Some(listener) => {
+                    listener.addr = live.addr;
+                    listener.max_connections = live.max_connections;
+                    if listener.tls.is_some() != live.tls.is_some() {
+                        listener.tls = live.tls.clone();
+                        listener.default_authz = live.default_authz;
+                    }
+                }
+                None => {
+                    self.listeners.push(live.clone());
+                    let unrestricted = (0..self.routes.len())
+                        .filter(|&r| self.routes[r].listeners.is_none())
+                        .collect();
+                    self.routes_by_listener.push(unrestricted);
+                }
+            }
+        }
+    }
+}
+
+/// What of a policy takes effect only at start: `[server]`, `[admin]`, the listeners' names,
+/// addresses, TLS-or-not and connection limits, and `[telemetry].metrics_listen`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticParts {
+    server: ServerSettings,
+    admin: AdminSettings,
+    listeners: Vec<(String, SocketAddr, bool, u32)>,
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl StaticParts {
+    /// The section names that differ between `self` and `other`, in a fixed order.
+    pub fn changes(&self, other: &StaticParts) -> Vec<&'static str> {
         let mut changed = Vec::new();
         if self.server != other.server {
             changed.push("server");
@@ -663,21 +723,18 @@ impl CompiledPolicy {
         if self.admin != other.admin {
             changed.push("admin");
         }
-        let bound = |listeners: &[Listener]| {
-            listeners
-                .iter()
-                .map(|l| (l.name.clone(), l.addr, l.tls.is_some()))
-                .collect::<Vec<_>>()
-        };
-        if bound(&self.listeners) != bound(&other.listeners) {
+        if self.listeners != other.listeners {
             changed.push("listeners");
         }
-        if self.telemetry.metrics_listen != other.telemetry.metrics_listen {
+        if self.metrics_listen != other.metrics_listen {
             changed.push("telemetry.metrics_listen");
         }
         changed
     }
 }
+
+/// Every section `restart_required` may name.
+pub const STATIC_SECTIONS: &[&str] = &["server", "admin", "listeners", "telemetry.metrics_listen"];
 
 /// Whether `name` is a valid HTTP header name (RFC 9110 token).
 pub fn is_header_name(name: &str) -> bool {

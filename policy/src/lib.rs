@@ -7,6 +7,7 @@
 pub mod compiled;
 pub mod duration;
 mod error;
+pub mod files;
 mod load;
 pub mod path;
 pub mod pem;
@@ -15,4 +16,4 @@ pub mod size;
 
 pub use compiled::{CompiledPolicy, RequestView};
 pub use error::PolicyError;
-pub use load::load;
+pub use load::{check_admin_token, load};

@@ -1,6 +1,8 @@
 //! Checks of the PEM files a policy names: that they can be read and hold what their key says.
 //! The gateway loads them again when it builds its TLS state, since their contents may change
 //! on disk at any time; these checks let a bad file be refused with its key path and line.
+//! Every file is read through [`crate::files::read_named_file`], so a device, a FIFO or a huge
+//! file is refused instead of read.
 
 use std::path::Path;
 
@@ -9,8 +11,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Reads a PEM certificate chain: at least one certificate, each valid X.509.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| describe(path, e))?;
-    let certs = iter
+    let contents = crate::files::read_named_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&contents)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| describe(path, e))?;
     if certs.is_empty() {
@@ -30,7 +32,8 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 
 /// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| describe(path, e))
+    let contents = crate::files::read_named_file(path)?;
+    PrivateKeyDer::from_pem_slice(&contents).map_err(|e| describe(path, e))
 }
 
 fn describe(path: &Path, error: rustls_pki_types::pem::Error) -> String {

@@ -151,6 +151,20 @@ fn log_levels_take_the_tracing_filter_syntax() {
             load(&source, Path::new(".")).unwrap_or_else(|e| panic!("{filter:?} refused: {e:#?}"));
         assert_eq!(policy.telemetry.log_level, filter);
     }
+    // A misspelt level would be read by `tracing` as a target and silence every line.
+    for typo in ["warning", "information", "meshgate=loud", "warn,erorr"] {
+        let source = format!("version = 1\n[telemetry]\nlog_level = \"{typo}\"\n");
+        let errors = refused(&source);
+        assert!(
+            has(
+                &errors,
+                3,
+                "telemetry.log_level",
+                "the levels are error, warn, info"
+            ),
+            "{typo}: {errors:#?}"
+        );
+    }
 }
 
 #[test]

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub upstream_connect_duration: HistogramVec,
     /// `meshgate_upstream_connections_total{upstream,reused}`.
     pub upstream_connections: IntCounterVec,
+    /// `meshgate_restart_required{section}`: 1 while a change of `section` waits for a
+    /// restart.
+    pub restart_required: IntGaugeVec,
     /// `meshgate_listener_connections{listener}`: client connections being served.
     pub listener_connections: IntGaugeVec,
     /// `meshgate_listener_connections_waiting{listener}`: accepted connections waiting for a
@@ -196,6 +199,14 @@ impl Metrics {
             &["route", "upstream"],
         )
         .expect("static metric definition");
+        let restart_required = IntGaugeVec::new(
+            Opts::new(
+                "meshgate_restart_required",
+                "1 while the applied policy changes a static section that the process runs with until it restarts.",
+            ),
+            &["section"],
+        )
+        .expect("static metric definition");
         let listener_connections = IntGaugeVec::new(
             Opts::new(
                 "meshgate_listener_connections",
@@ -270,6 +281,7 @@ impl Metrics {
             Box::new(request_bytes.clone()),
             Box::new(response_bytes.clone()),
             Box::new(requests_in_flight.clone()),
+            Box::new(restart_required.clone()),
             Box::new(listener_connections.clone()),
             Box::new(listener_connections_waiting.clone()),
             Box::new(upstream_connect_duration.clone()),
@@ -304,6 +316,7 @@ impl Metrics {
             requests_in_flight,
             upstream_connect_duration,
             upstream_connections,
+            restart_required,
             listener_connections,
             listener_connections_waiting,
         }

@@ -8,9 +8,10 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::telemetry::Metrics;
 
-/// Reads a file whole, naming it in the error.
+/// Reads a file a policy names, whole: a regular file of at most 1 MiB, else an error naming
+/// it.
 pub fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    meshgate_policy::files::read_named_file(path)
 }
 
 /// The first URI SAN of a DER certificate: the SPIFFE ID of a mesh workload.

@@ -398,6 +398,17 @@ pub fn bounded(seconds: u32, program: &str) -> Command {
     command
 }
 
+/// Kills a process started with [`bounded`] and whatever it runs: `timeout` leads a process
+/// group of its own, so SIGKILL to the group reaches the tool too (SIGKILL to `timeout` alone
+/// would leave the tool running).
+pub fn kill_bounded(child: &mut Child) {
+    // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
 /// Runs wrk (bounded by `-d`, and killed after 120 s whatever it was asked) with `args`
 /// before the URL; returns its standard output.
 pub fn run_wrk(args: &[&str], url: &str) -> String {
@@ -445,8 +456,7 @@ impl Redis {
 
     /// Kills the server at once (SIGKILL) and waits for it to be gone.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_bounded(&mut self.child);
     }
 }
 

@@ -17,8 +17,7 @@ pub struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::kill_bounded(&mut self.child);
     }
 }
 

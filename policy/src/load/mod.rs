@@ -29,6 +29,7 @@ mod upstreams;
 use checks::*;
 use rate_limit::*;
 use routes::*;
+pub use server::check_admin_token;
 use server::*;
 
 const MAX_ROUTE_WEIGHT: u32 = 10_000;

@@ -102,7 +102,7 @@ impl Compiler<'_, '_> {
         let token_file = match &admin.token_file {
             Some(file) => {
                 let resolved = self.resolve_path(file);
-                if !resolved.is_file() {
+                if !resolved.exists() {
                     sink.at(
                         &path.key("token_file"),
                         format!("token file {} does not exist", resolved.display()),
@@ -112,6 +112,15 @@ impl Compiler<'_, '_> {
             }
             None => self.base_dir.join("admin.token"),
         };
+        // The same rule `run` applies, so that `meshgate check` refuses what `run` would. A
+        // missing default file is created with a fresh token at start, so it is not an error.
+        if token_file.exists() {
+            if let Err(message) = crate::files::read_named_file(&token_file)
+                .and_then(|bytes| check_admin_token(&token_file, &bytes).map(|_| ()))
+            {
+                sink.at(&path.key("token_file"), message);
+            }
+        }
         if let Some(addr) = listen {
             if !addr.ip().is_loopback() && !token_file_explicit {
                 sink.at(
@@ -154,4 +163,28 @@ pub(super) fn compile_trusted_proxies(
             }
         })
         .collect()
+}
+
+/// Shortest admin token accepted, in characters.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// The admin token held by `contents` (the file's text, trimmed), or why it is refused.
+pub fn check_admin_token(file: &Path, contents: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(contents)
+        .map_err(|_| format!("{}: the admin token is not UTF-8 text", file.display()))?;
+    let token = text.trim();
+    if token.len() < MIN_ADMIN_TOKEN {
+        return Err(format!(
+            "{}: the admin token must be at least {MIN_ADMIN_TOKEN} characters (it has {})",
+            file.display(),
+            token.len()
+        ));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{}: the admin token must be one word, without spaces or control characters",
+            file.display()
+        ));
+    }
+    Ok(token.to_owned())
 }

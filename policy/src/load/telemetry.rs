@@ -84,6 +84,13 @@ impl Compiler<'_, '_> {
             .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
         if log_level.trim().is_empty() {
             sink.at(&path.key("log_level"), "log_level must not be empty");
+        } else if let Some(bad) = unknown_level(&log_level) {
+            sink.at(
+                &path.key("log_level"),
+                format!(
+                    "log_level {log_level:?}: {bad:?} is not a level; the levels are error, warn, info, debug, trace and off, alone or after a target (\"warn,meshgate=debug\")"
+                ),
+            );
         } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             sink.at(
                 &path.key("log_level"),
@@ -104,6 +111,29 @@ impl Compiler<'_, '_> {
             metrics_listen,
         })
     }
+}
+
+/// The levels a log filter directive may name.
+const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+
+/// The first level of a filter that is not one. `tracing` reads a bare word it does not know
+/// as a target name, so `"warning"` would be accepted and silence every line, errors included.
+fn unknown_level(filter: &str) -> Option<&str> {
+    filter.split(',').map(str::trim).find_map(|directive| {
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None => directive,
+        };
+        let known = LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level));
+        // A bare target (all its events) is accepted when it can only be a target: a module
+        // path, or one of the gateway's own crates.
+        let bare_target = !directive.contains('=')
+            && (directive.contains("::")
+                || ["meshgate", "pingora"]
+                    .iter()
+                    .any(|c| directive.starts_with(c)));
+        (!known && !bare_target && !directive.is_empty()).then_some(level)
+    })
 }
 
 /// The OTLP/HTTP traces URL of a collector's base URL: `/v1/traces` is added unless the path

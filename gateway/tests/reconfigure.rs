@@ -1,0 +1,172 @@
+//! End to end: reconfiguring never blackholes a running listener, and `restart_required` says
+//! what the process runs against what the policy asks, under keepalive load.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+fn body(upstream: SocketAddr, version: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "pool"
+endpoints = ["{upstream}"]
+
+[[routes]]
+name = "main"
+match = {{ path_prefix = "/" }}
+split = [{{ upstream = "pool" }}]
+headers = {{ response_set = {{ "x-policy" = "{version}" }} }}
+"#
+    )
+}
+
+async fn put(gateway: &Gateway, policy: String) -> serde_json::Value {
+    let response = client()
+        .put(gateway.admin_url("/policy"))
+        .bearer_auth(TOKEN)
+        .body(policy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// The policy head with the listener moved to `listen` (and renamed to `name`).
+fn moved(gateway: &Gateway, body: &str, name: &str, listen: SocketAddr) -> String {
+    gateway.policy_with_body(body).replacen(
+        &format!("name = \"public\"\nlisten = \"{}\"", gateway.listen),
+        &format!("name = \"{name}\"\nlisten = \"{listen}\""),
+        1,
+    )
+}
+
+fn restart_gauge(metrics: &str, section: &str) -> Option<String> {
+    let prefix = format!("meshgate_restart_required{{section=\"{section}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_listener_keeps_serving_under_load_until_the_restart() {
+    let _machine = load_test_lock();
+    let upstream = start_echo("echo").await;
+    let gateway = Gateway::start(&body(upstream, "1"));
+    let elsewhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+
+    // Keepalive load on the running address while the listener is moved away by a PUT.
+    let url = gateway.url("/");
+    let load =
+        tokio::task::spawn_blocking(move || run_wrk(&["-t1", "-c8", "-d3s", "--latency"], &url));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let applied = put(
+        &gateway,
+        moved(&gateway, &body(upstream, "2"), "public", elsewhere),
+    )
+    .await;
+    assert_eq!(
+        applied["restart_required"],
+        serde_json::json!(["listeners"])
+    );
+    let output = load.await.unwrap();
+    let (requests, non_2xx, socket_errors) = wrk_summary(&output);
+    println!(
+        "wrk across the PUT: {requests} requests, {non_2xx} non-2xx, {socket_errors} socket errors"
+    );
+    assert!(requests > 1000, "{output}");
+    assert_eq!((non_2xx, socket_errors), (0, 0), "{output}");
+
+    // The running address serves the new policy's routes under the running name.
+    let response = client().get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-policy"], "2");
+    let records = gateway.access_records_at_least(requests as usize + 1).await;
+    assert!(
+        records.iter().all(|r| r["listener"] == "public"),
+        "a request was served without its listener"
+    );
+    let routes = gateway.admin_json("/routes").await;
+    let listeners = routes["listeners"].as_array().unwrap();
+    println!("/routes listeners: {listeners:?}");
+    assert_eq!(listeners.len(), 1);
+    assert_eq!(listeners[0]["state"], "running");
+    assert_eq!(listeners[0]["listen"], gateway.listen.to_string());
+    assert_eq!(
+        listeners[0]["on_restart"],
+        format!("listens on {elsewhere}")
+    );
+    let explained = gateway.admin_json("/explain?path=/").await;
+    assert_eq!(explained["listeners"], routes["listeners"]);
+    assert_eq!(
+        restart_gauge(&gateway.metrics().await, "listeners").as_deref(),
+        Some("1")
+    );
+
+    // A later PUT that does not touch the listener still lists the pending change.
+    let applied = put(
+        &gateway,
+        moved(&gateway, &body(upstream, "3"), "public", elsewhere),
+    )
+    .await;
+    assert_eq!(
+        applied["restart_required"],
+        serde_json::json!(["listeners"])
+    );
+    let policy = client()
+        .get(gateway.admin_url("/policy"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(policy.headers()["x-meshgate-restart-required"], "listeners");
+
+    // A renamed listener: the running one keeps its name and the routes for every listener.
+    let applied = put(
+        &gateway,
+        moved(&gateway, &body(upstream, "4"), "edge", gateway.listen),
+    )
+    .await;
+    assert_eq!(
+        applied["restart_required"],
+        serde_json::json!(["listeners"])
+    );
+    let response = client().get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(response.headers()["x-policy"], "4");
+    let routes = gateway.admin_json("/routes").await;
+    let states: Vec<(String, String)> = routes["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("public".to_owned(), "running".to_owned()),
+            ("edge".to_owned(), "pending".to_owned())
+        ]
+    );
+
+    // Back to what runs: nothing is pending any more.
+    let applied = put(&gateway, gateway.policy_with_body(&body(upstream, "5"))).await;
+    assert_eq!(applied["restart_required"], serde_json::json!([]));
+    assert_eq!(
+        restart_gauge(&gateway.metrics().await, "listeners").as_deref(),
+        Some("0")
+    );
+    let routes = gateway.admin_json("/routes").await;
+    assert!(
+        routes["listeners"][0].get("on_restart").is_none(),
+        "{routes}"
+    );
+}
