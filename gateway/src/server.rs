@@ -28,7 +28,8 @@ pub struct RunOptions {
     pub upgrade: bool,
     /// The socket through which listening sockets are handed over on upgrade.
     pub upgrade_sock: String,
-    /// Where the daemon writes its PID.
+    /// Where the process writes its PID (Pingora does it for a daemon; meshgate does it for
+    /// a process in the foreground too, so that a hand upgrade can find the old process).
     pub pid_file: String,
 }
 
@@ -37,6 +38,7 @@ pub struct RunOptions {
 struct ControlService {
     store: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 #[async_trait]
@@ -64,6 +66,20 @@ impl BackgroundService for ControlService {
         }
         let _ = shutdown.changed().await;
         drop(watcher);
+        // Pingora waits out the whole grace period before it exits; leave as soon as the
+        // last client connection has ended instead.
+        let grace = self.store.snapshot().policy.server.grace_period;
+        let started = std::time::Instant::now();
+        while !self.lifecycle.is_idle() && started.elapsed() < grace {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            open_connections = self.lifecycle.open_connections(),
+            after = ?started.elapsed(),
+            "every client connection has ended; exiting"
+        );
+        self.telemetry.shutdown(std::time::Duration::from_secs(3));
+        std::process::exit(0);
     }
 }
 
@@ -113,7 +129,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on the metrics address {addr}: {e}"))
         })
         .transpose()?;
-    let lifecycle = Arc::new(Lifecycle::default());
+    let lifecycle = Arc::new(Lifecycle::new(policy.server.drain_delay));
 
     let conf = ServerConf {
         threads: policy.server.threads,
@@ -131,10 +147,16 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    if !options.daemon {
+        // After bootstrap: an upgrading process has its sockets by then.
+        if let Err(e) = std::fs::write(&options.pid_file, format!("{}\n", std::process::id())) {
+            tracing::warn!("cannot write the PID file {}: {e}", options.pid_file);
+        }
+    }
 
     let mut proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
-        MeshProxy::new(store.clone(), telemetry.clone()),
+        MeshProxy::new(store.clone(), telemetry.clone(), lifecycle.clone()),
     );
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
@@ -157,7 +179,12 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         .collect();
     let mut proxy = pingora::services::listening::Service::new(
         "meshgate proxy".to_owned(),
-        GuardedApp::new(proxy_app, policy.server.client_header_timeout, limits),
+        GuardedApp::new(
+            proxy_app,
+            policy.server.client_header_timeout,
+            limits,
+            lifecycle.clone(),
+        ),
     );
     for listener in &policy.listeners {
         match store.tls.listener(&listener.name) {
@@ -191,6 +218,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         ControlService {
             store: store.clone(),
             telemetry: telemetry.clone(),
+            lifecycle: lifecycle.clone(),
         },
     ));
     tracing::info!(

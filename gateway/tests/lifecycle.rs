@@ -1,121 +1,371 @@
-//! Drain, graceful shutdown and zero-drop upgrades, on the real binary.
+//! Drain, graceful shutdown and zero-drop upgrades, on the real binary, under keepalive load.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::raw::read_until_closed;
 use common::*;
+use tokio::io::AsyncWriteExt;
 
-/// A gateway with a 3 s grace period in front of `upstream` (every path).
-fn start_with_grace(upstream: SocketAddr) -> Gateway {
+/// A gateway in front of `upstream` (every path), with the given grace period and drain delay.
+fn start_with(upstream: SocketAddr, grace: &str, drain_delay: &str) -> Gateway {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let access_log = dir.path().join("access.log");
-    let policy = policy_head(listen, admin, access_log.to_str().unwrap())
-        .replace("grace_period = \"1s\"", "grace_period = \"3s\"")
-        + &split_policy(upstream, upstream, 1, 0);
+    let policy = policy_head(listen, admin, access_log.to_str().unwrap()).replace(
+        "grace_period = \"1s\"",
+        &format!("grace_period = \"{grace}\"\ndrain_delay = \"{drain_delay}\""),
+    ) + &split_policy(upstream, upstream, 1, 0);
     Gateway::start_with(dir, &policy, listen, admin)
 }
 
-/// Sends a request to a 1.5 s upstream, then ends the gateway with `end`; checks that the
-/// in-flight request finishes, readiness fails, new connections are refused, and the process
-/// exits on its own.
+fn post_drain(gateway: &Gateway) {
+    let response = bounded(10, "curl")
+        .args(["-sS", "-X", "POST", "-H"])
+        .arg(format!("Authorization: Bearer {TOKEN}"))
+        .arg(gateway.admin_url("/drain"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&response.stdout);
+    assert!(body.contains("\"draining\":true"), "{body}");
+}
+
+/// Sends a request to a 1.5 s upstream, then ends the gateway with `end`, and checks the
+/// drain as a load balancer sees it: `/readyz` answers 503 at once while the listener still
+/// accepts and serves (with `Connection: close`) for the drain delay; then the listener
+/// closes, the in-flight request finishes, and the process exits as soon as it has, well
+/// before its 10 s grace period.
 async fn ends_gracefully(end: impl FnOnce(&Gateway)) {
     let (upstream, _, _task) = start_upstream("slow", 200, Duration::from_millis(1500)).await;
-    let mut gateway = start_with_grace(upstream);
+    let mut gateway = start_with(upstream, "10s", "800ms");
     let url = gateway.url("/");
-    let in_flight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    let in_flight = tokio::spawn(async move {
+        let response = client().get(url).send().await;
+        (response.map(|r| r.status()), Instant::now())
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     end(&gateway);
 
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_millis(300);
     while http_status(gateway.admin, "/readyz") != Some(503) {
         assert!(Instant::now() < deadline, "readiness still passes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
+    // Within the drain delay a new connection is still served, and told to go.
+    let mut stream = tokio::net::TcpStream::connect(gateway.listen)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(answer.statuses(), vec![200], "{}", answer.text());
+    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    assert!(answer.closed, "the connection closes after its answer");
+
+    let deadline = Instant::now() + Duration::from_secs(3);
     while std::net::TcpStream::connect(gateway.listen).is_ok() {
         assert!(Instant::now() < deadline, "the listener still accepts");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = in_flight
-        .await
-        .unwrap()
-        .expect("the in-flight request finished");
-    assert_eq!(status, 200);
+    let closed_after = started.elapsed();
     assert!(
-        gateway.wait_exit(Duration::from_secs(10)),
+        closed_after >= Duration::from_millis(750),
+        "the listener closed {closed_after:?} into an 800 ms drain delay"
+    );
+    let (status, finished) = in_flight.await.unwrap();
+    assert_eq!(status.expect("the in-flight request finished"), 200);
+    assert!(
+        gateway.wait_exit(Duration::from_secs(5)),
         "the process did not exit; stderr:\n{}",
         gateway.stderr()
     );
-    eprintln!("exited {:?} after the signal", started.elapsed());
+    let exited = Instant::now();
+    println!(
+        "readiness 503 at once, listener closed after {closed_after:?}, exited {:?} after the last request",
+        exited - finished
+    );
+    assert!(
+        exited - finished < Duration::from_secs(2),
+        "the process waited {:?} after its last request",
+        exited - finished
+    );
 }
 
-/// Acceptance: after `/drain`, `/readyz` answers 503; listeners stop accepting and in-flight
-/// requests finish.
+/// Acceptance: after `/drain`, `/readyz` answers 503 at once, listeners keep serving for the
+/// drain delay, then stop accepting; in-flight requests finish; the process exits at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_fails_readiness_and_lets_in_flight_requests_finish() {
-    ends_gracefully(|gateway| {
-        let response = std::process::Command::new("curl")
-            .args(["-sS", "-X", "POST", "-H"])
-            .arg(format!("Authorization: Bearer {TOKEN}"))
-            .arg(gateway.admin_url("/drain"))
-            .output()
-            .unwrap();
-        let body = String::from_utf8_lossy(&response.stdout);
-        assert!(body.contains("\"draining\":true"), "{body}");
-    })
-    .await;
+    ends_gracefully(post_drain).await;
 }
 
-/// SIGTERM shuts down the same way.
+/// SIGTERM drains the same way.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_shuts_down_gracefully() {
     ends_gracefully(|gateway| gateway.signal("TERM")).await;
 }
 
-/// Acceptance: an upgrade (`--upgrade` plus SIGQUIT) during an 8 s `wrk -c8` run causes 0
-/// errors, and the new process serves afterwards, admin API included.
+/// An idle gateway exits right after its drain delay, not after its 30 s grace period.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_upgrade_under_load_drops_nothing() {
-    let _machine = load_test_lock();
+async fn an_idle_gateway_exits_right_after_the_drain_delay() {
     let upstream = start_echo("u").await;
-    let mut old = start_with_grace(upstream);
-    let url = old.url("/");
-    let load = tokio::task::spawn_blocking(move || run_wrk(&["-t2", "-c8", "-d8s"], &url));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut new = old.spawn_upgrade();
-    // The new process binds the admin port beside the old one and waits for the sockets.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        new.try_wait().unwrap().is_none(),
-        "the new process is waiting"
-    );
-    old.signal("QUIT");
-    let output = load.await.unwrap();
-    eprintln!("{output}");
-    let (requests, non_2xx, socket_errors) = wrk_summary(&output);
-    assert!(requests > 1000, "wrk made only {requests} requests");
-    assert_eq!(non_2xx, 0, "{output}");
-    assert_eq!(socket_errors, 0, "{output}");
-    assert!(
-        old.wait_exit(Duration::from_secs(15)),
-        "the old process did not exit"
-    );
-    // Only the new process is left to answer.
-    assert!(new.try_wait().unwrap().is_none(), "the new process runs");
-    assert_eq!(http_status(old.listen, "/"), Some(200));
-    assert_eq!(http_status(old.admin, "/readyz"), Some(200));
-    let policy = client()
-        .get(old.admin_url("/policy"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .send()
+    let mut gateway = start_with(upstream, "30s", "200ms");
+    // A keepalive client left idle: it is closed after a second of idleness.
+    let mut idle = tokio::net::TcpStream::connect(gateway.listen)
         .await
         .unwrap();
-    assert_eq!(policy.status(), 200);
-    let _ = new.kill();
-    let _ = new.wait();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    gateway.signal("TERM");
+    let answer = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(
+        answer.closed,
+        "the idle keepalive connection was not closed"
+    );
+    assert!(gateway.wait_exit(Duration::from_secs(5)), "still running");
+    println!("idle gateway exited {:?} after SIGTERM", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// Acceptance: a keepalive `wrk` run through a drain gets 0 socket errors until the
+/// listeners close, and every answer is a 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_under_keepalive_load_drops_nothing() {
+    let _machine = load_test_lock();
+    let upstream = start_echo("u").await;
+    let gateway = start_with(upstream, "5s", "3s");
+    let url = gateway.url("/");
+    let load = tokio::task::spawn_blocking(move || run_wrk(&["-t1", "-c32", "-d3s"], &url));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    post_drain(&gateway);
+    let output = load.await.unwrap();
+    let (requests, non_2xx, socket_errors) = wrk_summary(&output);
+    println!("wrk -c32 through a drain: {requests} requests, {non_2xx} non-2xx, {socket_errors} socket errors");
+    assert!(requests > 1000, "{output}");
+    assert_eq!((non_2xx, socket_errors), (0, 0), "{output}");
+    assert_eq!(http_status(gateway.admin, "/readyz"), Some(503));
+}
+
+fn signal_pid(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// `meshgate_requests_total` summed over its samples, from the process answering `admin`.
+async fn requests_served(admin: SocketAddr) -> f64 {
+    let text = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("meshgate_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Upgrades `gateway` `times` in a row while `load` runs: each new process takes the sockets
+/// and the old one exits once its connections have gone. Returns the last process.
+fn upgrade_in_a_row(gateway: &mut Gateway, times: u32) -> Child {
+    let mut old: Option<Child> = None;
+    for n in 1..=times {
+        let new = gateway.spawn_upgrade_numbered(n);
+        match old.as_mut() {
+            None => gateway.signal("QUIT"),
+            Some(previous) => signal_pid(previous.id(), "QUIT"),
+        }
+        let exited = match old.as_mut() {
+            None => gateway.wait_exit(Duration::from_secs(20)),
+            Some(previous) => wait_child(previous, Duration::from_secs(20)),
+        };
+        assert!(exited, "the old process of upgrade {n} did not exit");
+        if let Some(mut previous) = old.take() {
+            let _ = previous.wait();
+        }
+        old = Some(new);
+    }
+    old.expect("at least one upgrade")
+}
+
+/// Acceptance: two upgrades in a row (`--upgrade` plus SIGQUIT) during a `wrk -c32`
+/// keepalive run cause 0 errors; the new process served part of the load, and serves
+/// afterwards, admin API included.
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_under_keepalive_load_drop_nothing() {
+    let _machine = load_test_lock();
+    let upstream = start_echo("u").await;
+    let mut gateway = start_with(upstream, "10s", "1s");
+    let url = gateway.url("/");
+    let load = tokio::task::spawn_blocking(move || run_wrk(&["-t2", "-c32", "-d16s"], &url));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut last = tokio::task::block_in_place(|| upgrade_in_a_row(&mut gateway, 2));
+    let served_by_last_before = requests_served(gateway.admin).await;
+    let output = load.await.unwrap();
+    println!("{output}");
+    let (requests, non_2xx, socket_errors) = wrk_summary(&output);
+    let served_by_last = requests_served(gateway.admin).await;
+    println!(
+        "wrk -c32 across 2 upgrades: {requests} requests, {non_2xx} non-2xx, {socket_errors} socket errors; the last process served {served_by_last}"
+    );
+    assert!(requests > 1000, "wrk made only {requests} requests");
+    assert_eq!((non_2xx, socket_errors), (0, 0), "{output}");
+    assert!(
+        served_by_last > served_by_last_before && served_by_last < requests as f64,
+        "the last process served {served_by_last} of {requests}"
+    );
+    assert!(matches!(last.try_wait(), Ok(None)), "the new process runs");
+    assert_eq!(http_status(gateway.listen, "/"), Some(200));
+    assert_eq!(http_status(gateway.admin, "/readyz"), Some(200));
+    let _ = last.kill();
+    let _ = last.wait();
+}
+
+/// The same over HTTP/2 (h2c, `h2load`): the old process sends GOAWAY and finishes its
+/// streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_under_http2_load_drops_nothing() {
+    let _machine = load_test_lock();
+    let upstream = start_echo("u").await;
+    let mut gateway = start_with(upstream, "10s", "1s");
+    let url = gateway.url("/");
+    let load = tokio::task::spawn_blocking(move || {
+        let output = bounded(60, "h2load")
+            .args(["-c", "8", "-m", "4", "-D", "9", "--warm-up-time=0"])
+            .arg(&url)
+            .output()
+            .expect("h2load is installed by `make deps` (nghttp2-client)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut last = tokio::task::block_in_place(|| upgrade_in_a_row(&mut gateway, 1));
+    let output = load.await.unwrap();
+    println!("{output}");
+    let line = |prefix: &str| {
+        output
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // "requests: 1000 total, 1000 started, 1000 done, 1000 succeeded, 0 failed, 0 errored, 0 timeout"
+    let requests = line("requests:");
+    let number = |word: &str| -> u64 {
+        requests
+            .split(',')
+            .find(|part| part.trim().ends_with(word))
+            .and_then(|part| part.split_whitespace().find_map(|w| w.parse().ok()))
+            .unwrap_or(u64::MAX)
+    };
+    let status = line("status codes:");
+    assert!(number("succeeded") > 1000, "{output}");
+    assert_eq!(number("failed"), 0, "{output}");
+    assert_eq!(number("errored"), 0, "{output}");
+    assert!(status.contains(" 0 3xx, 0 4xx, 0 5xx"), "{output}");
+    let _ = last.kill();
+    let _ = last.wait();
+}
+
+/// `docs/operations.md`'s hand upgrade, run as it is written: only its paths move to a
+/// temporary folder and its admin port to a free one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_hand_upgrade_works_as_written() {
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operations.md"
+    ))
+    .unwrap();
+    let start = docs
+        .find("<!-- upgrade-by-hand -->")
+        .expect("the marked block");
+    let end = docs.find("<!-- /upgrade-by-hand -->").expect("its end");
+    let block = &docs[start..end];
+    let script = block
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block");
+
+    let upstream = start_echo("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(etc.join("admin.token"), TOKEN).unwrap();
+    let policy = policy_head(listen, admin, "off") + &split_policy(upstream, upstream, 1, 0);
+    std::fs::write(etc.join("meshgate.toml"), policy).unwrap();
+    let script = script
+        .replace("/etc/meshgate/", &format!("{}/", etc.display()))
+        .replace("/run/meshgate/", &format!("{}/", run.display()))
+        .replace("localhost:9901", &admin.to_string());
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_meshgate"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The steps run with `set -e`, under a time limit; the gateway they leave running is the
+    // new process, whose PID the script leaves in the PID file.
+    // Its output goes to a file: the gateways it starts in the background would hold a pipe
+    // open after the script ends.
+    let out_path = dir.path().join("script.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        bounded(60, "bash")
+            .arg("-c")
+            .arg(format!("set -e\n{script}"))
+            .env("PATH", path)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = std::fs::read_to_string(&out_path).unwrap();
+    let new_pid: u32 = std::fs::read_to_string(run.join("meshgate.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    println!("the hand upgrade printed {stdout:?}; the new process is {new_pid}");
+    let serving = http_status(listen, "/");
+    let ready = http_status(admin, "/readyz");
+    signal_pid(new_pid, "KILL");
+    assert!(status.success(), "the documented steps failed: {stdout}");
+    assert!(stdout.ends_with("ready"), "step 4 did not answer: {stdout}");
+    assert_eq!(serving, Some(200));
+    assert_eq!(ready, Some(200));
 }

@@ -112,6 +112,8 @@ pub struct ServerSettings {
     pub threads: usize,
     /// Drain time on shutdown and upgrade.
     pub grace_period: Duration,
+    /// How long a drain keeps accepting after readiness fails.
+    pub drain_delay: Duration,
     /// How long an idle HTTP/1.1 client connection is kept between requests.
     pub client_idle_timeout: Duration,
     /// Whether request paths are normalized before routing.

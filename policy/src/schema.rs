@@ -49,6 +49,8 @@ pub struct ServerSection {
     pub threads: Option<usize>,
     /// How long in-flight requests may take to finish on shutdown or upgrade (default 30s).
     pub grace_period: Option<Duration>,
+    /// How long a drain keeps accepting and serving after readiness fails (default 5s).
+    pub drain_delay: Option<Duration>,
     /// How long an idle HTTP/1.1 client connection is kept between requests (default 60s).
     pub client_idle_timeout: Option<Duration>,
     /// Addresses and CIDR blocks of proxies in front of the gateway, whose

@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +28,9 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::lifecycle::{Lifecycle, DRAIN_IDLE};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 
@@ -54,16 +57,23 @@ pub struct GuardedApp<A> {
     inner: Arc<A>,
     header_timeout: Duration,
     limits: Vec<ConnectionLimit>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl<A> GuardedApp<A> {
     /// Guards `inner`: heads must arrive within `header_timeout`, and each listener in
     /// `limits` serves at most its number of connections at once.
-    pub fn new(inner: A, header_timeout: Duration, limits: Vec<ConnectionLimit>) -> Self {
+    pub fn new(
+        inner: A,
+        header_timeout: Duration,
+        limits: Vec<ConnectionLimit>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         GuardedApp {
             inner: Arc::new(inner),
             header_timeout,
             limits,
+            lifecycle,
         }
     }
 
@@ -100,6 +110,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = self.lifecycle.open_connection();
         let limit = self.limit_for(&stream);
         let _place = match limit {
             Some(limit) => {
@@ -114,14 +125,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream
         } else {
-            Box::new(HeadTimedStream::new(stream, self.header_timeout))
+            Box::new(HeadTimedStream::new(
+                stream,
+                self.header_timeout,
+                self.lifecycle.closing(),
+            ))
         };
         self.inner.process_new(stream, shutdown).await
     }
 
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
-    }
+    /// Pingora's HTTP cleanup aborts every idle keepalive connection the moment the listeners
+    /// stop, racing with requests already on the wire. It is left out: [`HeadTimedStream`]
+    /// closes idle connections after [`DRAIN_IDLE`] instead.
+    async fn cleanup(&self) {}
 }
 
 /// Where a connection is in its request cycle.
@@ -153,11 +169,24 @@ pub struct HeadTimedStream {
     answer_written: Option<usize>,
     /// Bytes read by [`Peek::try_peek`], served again by the next reads.
     peeked: Vec<u8>,
+    /// Resolves when a drain or upgrade starts; `None` once it has.
+    closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// When the connection opened.
+    opened: tokio::time::Instant,
+    /// When it last became idle, in milliseconds after `opened` (written through `&self` by
+    /// [`Self::request_done`]).
+    idle_since_ms: AtomicU64,
+    /// When idle connections are being closed: the deadline of this one's idleness.
+    drain_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl HeadTimedStream {
-    fn new(inner: Stream, timeout: Duration) -> Self {
+    fn new(inner: Stream, timeout: Duration, closing: WaitForCancellationFutureOwned) -> Self {
         HeadTimedStream {
+            closing: Some(Box::pin(closing)),
+            opened: tokio::time::Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
+            drain_deadline: None,
             inner,
             timeout,
             phase: AtomicU8::new(phase::HEAD),
@@ -184,8 +213,41 @@ impl HeadTimedStream {
         );
     }
 
+    /// Whether the connection has no request under way: between requests, or opened and
+    /// silent.
+    fn is_idle(&self) -> bool {
+        match self.phase.load(Ordering::Relaxed) {
+            phase::IDLE => true,
+            phase::HEAD => !self.head_started,
+            _ => false,
+        }
+    }
+
+    /// During a drain or upgrade, whether this idle connection has been idle for
+    /// [`DRAIN_IDLE`] and is to be closed. Registers the wake-ups that get it there.
+    fn poll_drained(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(closing) = self.closing.as_mut() {
+            if closing.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.closing = None;
+        }
+        if !self.is_idle() {
+            self.drain_deadline = None;
+            return false;
+        }
+        let idle_since =
+            self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        let deadline = self
+            .drain_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(idle_since + DRAIN_IDLE)));
+        deadline.as_mut().poll(cx).is_ready()
+    }
+
     /// The request is answered: the next byte starts the next head's deadline.
     pub fn request_done(&self) {
+        self.idle_since_ms
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         let _ = self.phase.compare_exchange(
             phase::REQUEST,
             phase::IDLE,
@@ -238,6 +300,11 @@ impl AsyncRead for HeadTimedStream {
         }
         if this.answer_written.is_some() {
             return this.poll_time_out(cx);
+        }
+        if this.poll_drained(cx) {
+            // Idle through a drain: end the connection as a client closing would, so no
+            // request can be on its way on it.
+            return Poll::Ready(Ok(()));
         }
         let current = this.phase.load(Ordering::Relaxed);
         if current == phase::REQUEST || current == phase::OFF {

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::lifecycle::RequestInFlight;
 use crate::limit::{self, RateLimiter};
 use crate::snapshot::Snapshot;
 use crate::telemetry::RequestSpan;
@@ -64,11 +65,13 @@ pub struct RequestCtx {
     pub(super) span: Option<RequestSpan>,
     /// Request body bytes seen so far, counted against the route's `max_request_body`.
     pub(super) body_bytes: u64,
+    /// Counts the request as being served, so that a drain waits for it.
+    pub(super) _in_flight: RequestInFlight,
 }
 
 impl RequestCtx {
     /// A new request's state, before any phase ran.
-    pub(super) fn new() -> RequestCtx {
+    pub(super) fn new(in_flight: RequestInFlight) -> RequestCtx {
         RequestCtx {
             snapshot: None,
             started: Instant::now(),
@@ -98,6 +101,7 @@ impl RequestCtx {
             upstream_time: None,
             span: None,
             body_bytes: 0,
+            _in_flight: in_flight,
         }
     }
 

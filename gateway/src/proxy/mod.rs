@@ -40,6 +40,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use crate::lifecycle::Lifecycle;
 use crate::limit;
 use crate::reload::PolicyStore;
 use crate::telemetry::Telemetry;
@@ -74,11 +75,17 @@ pub struct MeshProxy {
     client_body_timeout: std::time::Duration,
     /// `[server]`'s head limits and path normalization, fixed at start.
     head_limits: HeadLimits,
+    /// Whether the process is draining: keepalive clients are then told to go.
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl MeshProxy {
     /// A proxy that serves whatever policy `store` holds.
-    pub fn new(store: Arc<PolicyStore>, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(
+        store: Arc<PolicyStore>,
+        telemetry: Arc<Telemetry>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         let server = store.snapshot().policy.server.clone();
         MeshProxy {
             store,
@@ -86,6 +93,7 @@ impl MeshProxy {
             client_idle_seconds: server.client_idle_timeout.as_secs().max(1),
             client_body_timeout: server.client_body_timeout,
             head_limits: HeadLimits::new(&server),
+            lifecycle,
         }
     }
 }
@@ -103,7 +111,7 @@ impl ProxyHttp for MeshProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.lifecycle.request_started())
     }
 
     async fn early_request_filter(
@@ -152,7 +160,12 @@ impl ProxyHttp for MeshProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match self.admit(session, ctx).await {
+        let admitted = self.admit(session, ctx).await;
+        if self.lifecycle.is_draining() {
+            // Draining: this answer is the connection's last (`Connection: close`).
+            session.set_keepalive(None);
+        }
+        match admitted {
             Ok(()) => Ok(false),
             Err(answer) => {
                 answer.send(session, ctx).await?;
@@ -400,10 +413,15 @@ impl ProxyHttp for MeshProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if self.lifecycle.is_draining() {
+            // A drain or an upgrade started while this request was in flight: its response
+            // is the connection's last, so the client opens a new one (to the new process).
+            session.set_keepalive(None);
+        }
         if let (Some(snapshot), Some(route)) = (&ctx.snapshot, ctx.route) {
             snapshot.routes[route]
                 .response_headers

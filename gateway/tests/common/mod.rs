@@ -13,13 +13,53 @@ pub mod raw;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
-/// A free loopback port (bound and released; the kernel does not hand it out again at once).
+/// A free loopback port, handed to no other test of this run. The kernel's port is bound and
+/// released, so another test process could be given the same one a moment later; and the
+/// gateway binds with `SO_REUSEPORT` (for upgrades), so two gateways on one port would share
+/// its connections instead of failing. Every port handed out is recorded in a file shared by
+/// the test processes (under a file lock) and never handed out again for 10 minutes.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    use std::io::{Read, Seek, Write};
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ports-in-use");
+    let mut registry = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .expect("open the port registry");
+    registry.lock().expect("lock the port registry");
+    let mut text = String::new();
+    registry.read_to_string(&mut text).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .as_secs();
+    // Lines are `port seconds`; forget those older than 10 minutes.
+    let mut issued: Vec<(u16, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (port, at) = l.split_once(' ')?;
+            Some((port.parse().ok()?, at.parse().ok()?))
+        })
+        .filter(|(_, at)| now.saturating_sub(*at) < 600)
+        .collect();
+    let port = (0..1000)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .find(|port| !issued.iter().any(|(p, _)| p == port))
+        .expect("a port no other test holds");
+    issued.push((port, now));
+    let text: String = issued.iter().map(|(p, at)| format!("{p} {at}\n")).collect();
+    registry.set_len(0).unwrap();
+    registry.rewind().unwrap();
+    registry.write_all(text.as_bytes()).unwrap();
+    port
 }
 
 /// Starts an in-process echo upstream named `name`; returns its address.
@@ -241,20 +281,42 @@ impl Gateway {
     /// Starts a second gateway process on the same policy with `--upgrade`: it waits for the
     /// listening sockets, which this one hands over on SIGQUIT.
     pub fn spawn_upgrade(&self) -> Child {
-        let stderr = std::fs::File::create(self.dir.path().join("stderr-upgrade.log")).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        self.spawn_upgrade_numbered(1)
+    }
+
+    /// Starts the `n`-th new process of a series of upgrades (its own stderr and PID file),
+    /// and returns once it waits for the sockets: it has bound the upgrade socket.
+    pub fn spawn_upgrade_numbered(&self, n: u32) -> Child {
+        let sock = self.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let name = if n == 1 {
+            "stderr-upgrade.log".to_owned()
+        } else {
+            format!("stderr-upgrade-{n}.log")
+        };
+        let stderr = std::fs::File::create(self.dir.path().join(name)).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
             .arg("run")
             .arg("-c")
             .arg(&self.policy_path)
             .arg("--upgrade")
             .arg("--upgrade-sock")
-            .arg(self.dir.path().join("upgrade.sock"))
+            .arg(&sock)
             .arg("--pid-file")
-            .arg(self.dir.path().join("meshgate-upgrade.pid"))
+            .arg(self.dir.path().join(format!("meshgate-upgrade-{n}.pid")))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .expect("start the new meshgate")
+            .expect("start the new meshgate");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(
+                Instant::now() < deadline && matches!(child.try_wait(), Ok(None)),
+                "the new process did not wait for the sockets"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
     }
 
     /// Sends a signal (`"TERM"`, `"QUIT"`…) to the process.

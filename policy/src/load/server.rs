@@ -79,6 +79,7 @@ impl Compiler<'_, '_> {
                 .grace_period
                 .map_or(DEFAULT_GRACE_PERIOD, |d| d.get()),
             client_idle_timeout,
+            drain_delay: server.drain_delay.map_or(DEFAULT_DRAIN_DELAY, |d| d.get()),
             path_normalization: server.path_normalization.unwrap_or_default(),
             client_header_timeout,
             client_body_timeout,
