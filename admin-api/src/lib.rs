@@ -35,7 +35,9 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// Re-reads the policy file and applies it.
     fn reload(&self) -> Result<Applied, ApplyError>;
     /// Goes back to the previously applied policy.
-    fn rollback(&self) -> Result<Applied, ApplyError>;
+    fn rollback(&self, version: Option<u64>) -> Result<Applied, ApplyError>;
+    /// `GET /policy/history`.
+    fn history(&self) -> HistoryBody;
     /// State of every upstream.
     fn upstreams(&self) -> UpstreamsBody;
     /// The compiled routes.
@@ -67,6 +69,7 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
         .route("/policy", get(get_policy).put(put_policy))
         .route("/policy/validate", post(validate_policy))
         .route("/policy/rollback", post(rollback_policy))
+        .route("/policy/history", get(policy_history))
         .route("/reload", post(reload_policy))
         .route("/drain", post(drain))
         .route("/upstreams", get(upstreams))
@@ -223,6 +226,16 @@ fn apply_error_response(error: ApplyError) -> Response {
             StatusCode::CONFLICT,
             "there is no previous policy to roll back to",
         ),
+        ApplyError::UnknownVersion { version, kept } => error_response(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "the history holds no version {version}; it holds {}",
+                kept.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
         ApplyError::Io(message) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &message),
     }
 }
@@ -284,9 +297,31 @@ async fn drain(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn rollback_policy(State(state): State<AppState>) -> Response {
+async fn rollback_policy(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let mut version = None;
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match (key.as_ref(), value.parse::<u64>()) {
+            ("version", Ok(number)) => version = Some(number),
+            ("version", Err(_)) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("version must be a policy version number, not {value:?}"),
+                )
+            }
+            (other, _) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown query parameter {other:?}; expected version"),
+                )
+            }
+        }
+    }
     let backend = state.backend.clone();
-    run_blocking(move || applied_response(backend.rollback())).await
+    run_blocking(move || applied_response(backend.rollback(version))).await
+}
+
+async fn policy_history(State(state): State<AppState>) -> Response {
+    Json(state.backend.history()).into_response()
 }
 
 /// Policy work reads files and compiles regexes: keep it off the async worker threads.

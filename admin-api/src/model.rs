@@ -53,8 +53,37 @@ pub enum ApplyError {
     },
     /// There is no previous policy to roll back to.
     NoPrevious,
+    /// The history holds no policy of that version.
+    UnknownVersion {
+        /// The version asked for.
+        version: u64,
+        /// The versions the history holds.
+        kept: Vec<u64>,
+    },
     /// Reading or writing the policy file failed.
     Io(String),
+}
+
+/// `GET /policy/history`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryBody {
+    /// The applied policies kept, newest first.
+    pub history: Vec<HistoryItem>,
+}
+
+/// One applied policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryItem {
+    /// Its version.
+    pub version: u64,
+    /// Its hash.
+    pub hash: String,
+    /// When it was applied (RFC 3339, UTC).
+    pub time: String,
+    /// `file`, `api` or `rollback`.
+    pub origin: String,
+    /// Whether it is the active policy.
+    pub active: bool,
 }
 
 /// The result of a validation that succeeded.

@@ -118,8 +118,25 @@ impl AdminBackend for GatewayAdmin {
         self.store.reload_from_file()
     }
 
-    fn rollback(&self) -> Result<Applied, ApplyError> {
-        self.store.rollback()
+    fn rollback(&self, version: Option<u64>) -> Result<Applied, ApplyError> {
+        self.store.rollback(version)
+    }
+
+    fn history(&self) -> HistoryBody {
+        let (entries, active) = self.store.history();
+        HistoryBody {
+            history: entries
+                .into_iter()
+                .rev()
+                .map(|entry| HistoryItem {
+                    active: entry.version == active,
+                    version: entry.version,
+                    hash: entry.hash,
+                    time: entry.time,
+                    origin: entry.origin,
+                })
+                .collect(),
+        }
     }
 
     fn upstreams(&self) -> UpstreamsBody {

@@ -16,6 +16,7 @@ use meshgate_policy::compiled::{Listener, StaticParts, STATIC_SECTIONS};
 use meshgate_policy::{CompiledPolicy, PolicyError};
 use sha2::{Digest, Sha256};
 
+use crate::history::{Entry, PolicyHistory};
 use crate::snapshot::{ListenerPlan, Snapshot};
 use crate::telemetry::Telemetry;
 use crate::upstream::UpstreamState;
@@ -38,7 +39,8 @@ struct PolicyText {
 
 struct StoreState {
     active: PolicyText,
-    previous: Option<PolicyText>,
+    /// The applied policies, the active one last.
+    history: PolicyHistory,
     next_version: u64,
 }
 
@@ -103,8 +105,19 @@ impl PolicyStore {
         // that the access log can be opened, so a bad path fails the start.
         crate::telemetry::AccessLog::check(&compiled.telemetry.access_log)
             .map_err(|e| format!("cannot open the access log: {e}"))?;
-        telemetry.metrics.policy_version.set(1);
         let hash = policy_hash(&source);
+        // Versions go on from the kept history, so that a version names one policy across
+        // restarts; a start on the policy the history ends with keeps its version.
+        let mut history = PolicyHistory::open(path, compiled.admin.history);
+        let version = match history.last() {
+            Some(last) if last.hash == hash => last.version,
+            _ => {
+                let version = history.last_version() + 1;
+                history.record(history_entry(version, &hash, Origin::File, &source));
+                version
+            }
+        };
+        telemetry.metrics.policy_version.set(version as i64);
         let tls = TlsRegistry::new(telemetry.clone());
         for listener in &compiled.listeners {
             if let Some(spec) = &listener.tls {
@@ -118,7 +131,7 @@ impl PolicyStore {
         let mut compiled = compiled;
         let plan = ListenerPlan::adopt(&mut compiled, &running, &started);
         set_restart_gauges(&telemetry, &plan.restart_required);
-        let snapshot = Snapshot::build(compiled, plan, None, 1, &telemetry.metrics, &tls);
+        let snapshot = Snapshot::build(compiled, plan, None, version, &telemetry.metrics, &tls);
         let (health_checks, health_receiver) = tokio::sync::mpsc::unbounded_channel();
         for upstream in &snapshot.upstreams {
             if upstream.spec.health_check.is_some() {
@@ -134,8 +147,8 @@ impl PolicyStore {
             tls,
             state: Mutex::new(StoreState {
                 active: PolicyText { source, hash },
-                previous: None,
-                next_version: 2,
+                next_version: history.last_version().max(version) + 1,
+                history,
             }),
             telemetry,
             running,
@@ -322,14 +335,13 @@ impl PolicyStore {
         }
         self.current.store(Arc::new(snapshot));
         state.next_version += 1;
-        let previous = std::mem::replace(
-            &mut state.active,
-            PolicyText {
-                source,
-                hash: hash.clone(),
-            },
-        );
-        state.previous = Some(previous);
+        state
+            .history
+            .record(history_entry(version, &hash, origin, &source));
+        state.active = PolicyText {
+            source,
+            hash: hash.clone(),
+        };
         self.telemetry.metrics.policy_version.set(version as i64);
         Ok(Applied {
             version,
@@ -344,18 +356,46 @@ impl PolicyStore {
         self.apply_source(None, Origin::File, None)
     }
 
-    /// Applies the previously active policy again (and persists it).
-    pub fn rollback(&self) -> Result<Applied, ApplyError> {
-        let previous = self.lock().previous.as_ref().map(|p| p.source.clone());
-        match previous {
-            Some(source) => self.apply(source, Origin::Rollback, None),
-            None => Err(ApplyError::NoPrevious),
-        }
+    /// Applies a policy of the history again, as a new version (validated again, and
+    /// persisted): `version`, or the one applied before the active one.
+    pub fn rollback(&self, version: Option<u64>) -> Result<Applied, ApplyError> {
+        let source =
+            {
+                let state = self.lock();
+                let active = self.current.load().version;
+                let entry =
+                    match version {
+                        Some(version) => state.history.get(version).ok_or_else(|| {
+                            ApplyError::UnknownVersion {
+                                version,
+                                kept: state.history.entries().map(|e| e.version).collect(),
+                            }
+                        })?,
+                        None => state.history.before(active).ok_or(ApplyError::NoPrevious)?,
+                    };
+                entry.source.clone()
+            };
+        self.apply(source, Origin::Rollback, None)
+    }
+
+    /// The applied policies, oldest first, and the active version.
+    pub fn history(&self) -> (Vec<Entry>, u64) {
+        let state = self.lock();
+        (
+            state.history.entries().cloned().collect(),
+            self.current.load().version,
+        )
     }
 }
 
 /// Writes `source` beside `path` and renames it over `path`, so readers never see half a file.
 fn persist(path: &Path, source: &str) -> std::io::Result<()> {
+    write_then_rename(path, source.as_bytes())
+}
+
+/// Writes `contents` to a temporary file beside `path`, syncs it, and renames it over `path`,
+/// so that a reader sees the old file or the new one, never a part.
+pub(crate) fn write_then_rename(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = base_dir_of(path);
     let name = path
         .file_name()
@@ -363,7 +403,7 @@ fn persist(path: &Path, source: &str) -> std::io::Result<()> {
         .unwrap_or_else(|| "policy.toml".into());
     let temp = dir.join(format!(".{name}.meshgate-tmp"));
     let mut file = std::fs::File::create(&temp)?;
-    file.write_all(source.as_bytes())?;
+    file.write_all(contents)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&temp, path)
@@ -419,5 +459,26 @@ fn set_restart_gauges(telemetry: &Telemetry, pending: &[&'static str]) {
             .restart_required
             .with_label_values(&[section])
             .set(i64::from(pending.contains(section)));
+    }
+}
+
+impl Origin {
+    /// How the history names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Api => "api",
+            Origin::Rollback => "rollback",
+            Origin::File => "file",
+        }
+    }
+}
+
+fn history_entry(version: u64, hash: &str, origin: Origin, source: &str) -> Entry {
+    Entry {
+        version,
+        hash: hash.to_owned(),
+        time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        origin: origin.as_str().to_owned(),
+        source: source.to_owned(),
     }
 }

@@ -355,7 +355,7 @@ end
     let before = gateway.rss_kib();
     let script = script.to_str().unwrap().to_owned();
     let output = tokio::task::spawn_blocking(move || {
-        run_wrk(&["-t2", "-c16", "-d10s", "-s", &script], &url)
+        run_wrk(&["-t2", "-c16", "-d14s", "-s", &script], &url)
     })
     .await
     .unwrap();

@@ -170,3 +170,104 @@ async fn a_changed_listener_keeps_serving_under_load_until_the_restart() {
         "{routes}"
     );
 }
+
+async fn rollback(gateway: &Gateway, query: &str) -> (u16, serde_json::Value) {
+    let response = client()
+        .post(gateway.admin_url(&format!("/policy/rollback{query}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn history_versions(history: &serde_json::Value) -> Vec<(u64, String, bool)> {
+    history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["version"].as_u64().unwrap(),
+                e["origin"].as_str().unwrap().to_owned(),
+                e["active"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Acceptance: the last `[admin].history` applied policies are listed with version, hash,
+/// time and origin; a rollback goes back to any of them as a new version; the history
+/// survives a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_history_keeps_the_last_policies_across_a_restart() {
+    let upstream = start_echo("echo").await;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let head = policy_head(listen, admin, "off").replacen(
+        "token_file = \"admin.token\"\n",
+        "token_file = \"admin.token\"\nhistory = 4\n",
+        1,
+    );
+    let gateway = Gateway::start_with(dir, &(head.clone() + &body(upstream, "1")), listen, admin);
+    for version in ["2", "3", "4", "5"] {
+        put(&gateway, head.clone() + &body(upstream, version)).await;
+    }
+    let history = gateway.admin_json("/policy/history").await;
+    println!("history: {:?}", history_versions(&history));
+    assert_eq!(
+        history_versions(&history),
+        [
+            (5, "api".to_owned(), true),
+            (4, "api".to_owned(), false),
+            (3, "api".to_owned(), false),
+            (2, "api".to_owned(), false)
+        ],
+        "the last 4 of 5, newest first"
+    );
+    assert!(history["history"][0]["time"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    // Back to version 3, as version 6: its routes serve again.
+    let (status, applied) = rollback(&gateway, "?version=3").await;
+    assert_eq!(status, 200, "{applied}");
+    assert_eq!(applied["version"], 6);
+    assert_eq!(applied["hash"], history["history"][2]["hash"]);
+    let response = client().get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(response.headers()["x-policy"], "3");
+    let (status, refused) = rollback(&gateway, "?version=1").await;
+    assert_eq!(status, 404, "version 1 is no longer kept: {refused}");
+    let (status, _) = rollback(&gateway, "?version=three").await;
+    assert_eq!(status, 400);
+
+    // A restart on the same files: the history and the version numbers go on.
+    let kept = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(gateway.dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), kept.path().join(entry.file_name())).unwrap();
+        }
+    }
+    drop(gateway);
+    let policy = std::fs::read_to_string(kept.path().join("meshgate.toml")).unwrap();
+    let gateway = Gateway::start_with(kept, &policy, listen, admin);
+    let history = gateway.admin_json("/policy/history").await;
+    println!("after the restart: {:?}", history_versions(&history));
+    assert_eq!(
+        history_versions(&history)[0],
+        (6, "rollback".to_owned(), true)
+    );
+    assert_eq!(history_versions(&history).len(), 4);
+    let (status, applied) = rollback(&gateway, "?version=4").await;
+    assert_eq!(status, 200, "{applied}");
+    assert_eq!(applied["version"], 7);
+    let response = client().get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(response.headers()["x-policy"], "4");
+    // Without a version, rollback goes to the policy applied before the active one.
+    let (status, applied) = rollback(&gateway, "").await;
+    assert_eq!(status, 200, "{applied}");
+    let response = client().get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(response.headers()["x-policy"], "3");
+}

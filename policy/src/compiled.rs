@@ -139,6 +139,8 @@ pub struct AdminSettings {
     pub token_file: PathBuf,
     /// Whether `token_file` was written in the policy (as opposed to the default beside it).
     pub token_file_explicit: bool,
+    /// Applied policies kept for rollback.
+    pub history: usize,
 }
 
 /// Where access log lines go.

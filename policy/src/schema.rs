@@ -92,6 +92,8 @@ pub struct AdminSection {
     /// File holding the bearer token. Defaults to `admin.token` beside the policy file, created
     /// with a random token on first start when missing.
     pub token_file: Option<PathBuf>,
+    /// How many applied policies are kept for `GET /policy/history` and rollback (default 20).
+    pub history: Option<u32>,
 }
 
 /// `[telemetry]`.

@@ -50,6 +50,7 @@ const MAX_HEADER_FIELDS: u32 = 256;
 /// Upper bound for the head size limits: well under the parser's 1 MiB buffer.
 const MAX_HEAD_LIMIT: u64 = 512 * 1024;
 const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+const DEFAULT_HISTORY: u32 = 20;
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 0.01;

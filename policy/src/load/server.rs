@@ -132,10 +132,15 @@ impl Compiler<'_, '_> {
                 );
             }
         }
+        let history = admin.history.unwrap_or(DEFAULT_HISTORY);
+        if !(1..=1000).contains(&history) {
+            sink.at(&path.key("history"), "history must be between 1 and 1000");
+        }
         Some(AdminSettings {
             listen: listen?,
             token_file,
             token_file_explicit,
+            history: history as usize,
         })
     }
 }
