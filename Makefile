@@ -14,7 +14,7 @@ PACKAGES := cmake clang libclang-dev wrk nghttp2-client curl redis-server openss
 	prometheus systemd docker-compose
 BENCH_PACKAGES := haproxy procps util-linux apache2-utils valgrind
 
-.PHONY: deps bench-deps build run test lint bench clean
+.PHONY: deps bench-deps build run test lint bench clean check-api fuzz
 
 # install-missing PACKAGES...: apt-get install whichever are not installed yet.
 define install-missing
@@ -68,6 +68,12 @@ bench: build bench-deps
 	$(CARGO) build --release --example bare_pingora
 	loadtest/bench.sh
 	loadtest/callgrind.sh
+
+# schemathesis (from PyPI, into a venv under target/) with all of its checks against a running
+# gateway's admin API and admin-api/openapi.yaml.
+check-api: deps
+	$(CARGO) build --workspace
+	admin-api/check-api.sh target/debug/meshgate
 
 clean:
 	$(CARGO) clean

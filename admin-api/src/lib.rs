@@ -205,8 +205,24 @@ async fn read_text(body: Body) -> Result<String, Response> {
             &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
         )
     })?;
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| error_response(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"))
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| invalid_body("the body is not UTF-8 text"))?;
+    if text.trim().is_empty() {
+        return Err(invalid_body("the body is empty: send a whole policy file"));
+    }
+    Ok(text)
+}
+
+/// A body that is no policy at all, answered like any invalid policy: `400` with one error
+/// at the document's start.
+fn invalid_body(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({
+            "errors": [{ "line": 1, "column": 1, "path": "(document)", "message": message }]
+        })),
+    )
+        .into_response()
 }
 
 fn apply_error_response(error: ApplyError) -> Response {
@@ -259,6 +275,7 @@ async fn put_policy(State(state): State<AppState>, headers: HeaderMap, body: Bod
         Ok(source) => source,
         Err(response) => return response,
     };
+
     let if_match = headers
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
