@@ -75,5 +75,19 @@ check-api: deps
 	$(CARGO) build --workspace
 	admin-api/check-api.sh target/debug/meshgate
 
+# cargo-fuzz targets (fuzz/): the policy loader, the /explain query parser and header rules,
+# FUZZ_SECONDS each (default 60). cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the
+# stable toolchain take them. The loader's corpus starts from the bundled policies.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := policy_load explain_query header_rules
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	mkdir -p fuzz/corpus/policy_load && cp conf/*.toml conf/examples/*.toml fuzz/corpus/policy_load/
+	for target in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none $$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=5 -rss_limit_mb=2048 -print_final_stats=1 \
+			|| exit 1; \
+	done
+
 clean:
 	$(CARGO) clean

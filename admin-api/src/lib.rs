@@ -357,12 +357,25 @@ async fn routes(State(state): State<AppState>) -> Response {
 }
 
 async fn explain(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let query = match parse_explain_query(raw.as_deref().unwrap_or_default()) {
+        Ok(query) => query,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
+    };
+    match state.backend.explain(&query) {
+        Ok(explanation) => Json(explanation).into_response(),
+        Err(message) => error_response(StatusCode::BAD_REQUEST, &message),
+    }
+}
+
+/// Parses `GET /explain`'s query string (`method=&host=&path=&header=name:value&listener=`).
+/// Public so that it can be fuzzed on its own.
+pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
     let mut query = ExplainQuery {
         method: "GET".into(),
         path: "/".into(),
         ..ExplainQuery::default()
     };
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
         match key.as_ref() {
             "method" => query.method = value.into_owned(),
             "host" => query.host = Some(value.into_owned()),
@@ -372,23 +385,14 @@ async fn explain(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Resp
                 Some((name, header_value)) => query
                     .headers
                     .push((name.trim().to_ascii_lowercase(), header_value.trim().to_owned())),
-                None => {
-                    return error_response(
-                        StatusCode::BAD_REQUEST,
-                        "header must be written name:value",
-                    )
-                }
+                None => return Err("header must be written name:value".to_owned()),
             },
             other => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown query parameter {other:?}; expected method, host, path, header or listener"),
-                )
+                return Err(format!(
+                    "unknown query parameter {other:?}; expected method, host, path, header or listener"
+                ))
             }
         }
     }
-    match state.backend.explain(&query) {
-        Ok(explanation) => Json(explanation).into_response(),
-        Err(message) => error_response(StatusCode::BAD_REQUEST, &message),
-    }
+    Ok(query)
 }
