@@ -530,3 +530,25 @@ async fn pipelined_requests_are_all_answered_in_order() {
     assert!(first < second && second < third);
     assert!(answer.closed);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_response_cut_after_its_first_byte_resets_the_stream() {
+    let (upstream, counts) = scripted_upstream(half_then_full).await;
+    let gateway = Gateway::start(&route_to(upstream, RETRY_ON_RESET));
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let response = client.get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await;
+    println!("HTTP/2 body read: {body:?}");
+    assert!(body.is_err(), "the stream ended as if complete: {body:?}");
+    assert_eq!(
+        counts.requests(),
+        1,
+        "no second attempt after the first byte"
+    );
+}

@@ -226,15 +226,17 @@ impl HeadTimedStream {
     /// During a drain or upgrade, whether this idle connection has been idle for
     /// [`DRAIN_IDLE`] and is to be closed. Registers the wake-ups that get it there.
     fn poll_drained(&mut self, cx: &mut Context<'_>) -> bool {
+        // Only an idle connection waits on the drain: a busy one sees it in its response
+        // (`Connection: close`), and skipping the wait keeps the request path cheap.
+        if !self.is_idle() {
+            self.drain_deadline = None;
+            return false;
+        }
         if let Some(closing) = self.closing.as_mut() {
             if closing.as_mut().poll(cx).is_pending() {
                 return false;
             }
             self.closing = None;
-        }
-        if !self.is_idle() {
-            self.drain_deadline = None;
-            return false;
         }
         let idle_since =
             self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
