@@ -26,32 +26,14 @@ cleanup() {
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ECHO_PORT=$(port); LISTEN_PORT=$(port); ADMIN_PORT=$(port)
-TOKEN=check-api-token-0123456789abcdef
-echo "$TOKEN" > "$WORK/admin.token"
-cat > "$WORK/meshgate.toml" <<TOML
-version = 1
-[server]
-threads = 1
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-token_file = "admin.token"
-[telemetry]
-access_log = "off"
-log_level = "warn"
-[[listeners]]
-name = "public"
-listen = "127.0.0.1:$LISTEN_PORT"
-[[upstreams]]
-name = "echo"
-endpoints = ["127.0.0.1:$ECHO_PORT"]
-[[routes]]
-name = "all"
-split = [{ upstream = "echo" }]
-TOML
+. loadtest/lib.sh
+# The bench policy: one listener, one upstream, the admin token created on first start.
+meshgate_policy "$LISTEN_PORT" "$ADMIN_PORT" > "$WORK/meshgate.toml"
 "$ECHO" -l "127.0.0.1:$ECHO_PORT" -n echo >/dev/null 2>&1 & PIDS+=($!)
 "$BIN" run -c "$WORK/meshgate.toml" --upgrade-sock "$WORK/upgrade.sock" \
   --pid-file "$WORK/meshgate.pid" 2>"$WORK/stderr.log" & PIDS+=($!)
 for _ in $(seq 100); do curl -sf "127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && break; sleep 0.1; done
+TOKEN=$(cat "$WORK/admin.token")
 
 # /drain ends the gateway under test, so it is left out here (the suite's admin tests call it).
 timeout 600 "$VENV/bin/schemathesis" --config-file admin-api/schemathesis.toml run admin-api/openapi.yaml \

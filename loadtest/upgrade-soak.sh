@@ -23,29 +23,10 @@ cleanup() {
 trap cleanup EXIT
 
 "$ECHO" -l "127.0.0.1:$ECHO_PORT" -n soak >/dev/null 2>&1 & PIDS+=($!)
-echo "soak-token-0123456789abcdef" > "$WORK/admin.token"
-cat > "$WORK/meshgate.toml" <<TOML
-version = 1
-[server]
-threads = 1
-grace_period = "10s"
-drain_delay = "1s"
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-token_file = "admin.token"
-[telemetry]
-access_log = "off"
-log_level = "warn"
-[[listeners]]
-name = "public"
-listen = "127.0.0.1:$LISTEN_PORT"
-[[upstreams]]
-name = "echo"
-endpoints = ["127.0.0.1:$ECHO_PORT"]
-[[routes]]
-name = "all"
-split = [{ upstream = "echo" }]
-TOML
+. loadtest/lib.sh
+# The bench policy, with a short drain so that each old process leaves quickly.
+meshgate_policy "$LISTEN_PORT" "$ADMIN_PORT" \
+  | sed 's/^threads = 1$/threads = 1\ngrace_period = "10s"\ndrain_delay = "1s"/' > "$WORK/meshgate.toml"
 
 start() { # start [--upgrade]: a gateway on the shared policy, PID file and upgrade socket
   "$BIN" run -c "$WORK/meshgate.toml" --upgrade-sock "$WORK/upgrade.sock" \
