@@ -128,7 +128,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             Box::new(HeadTimedStream::new(
                 stream,
                 self.header_timeout,
-                self.lifecycle.closing(),
+                &self.lifecycle,
             ))
         };
         self.inner.process_new(stream, shutdown).await
@@ -158,7 +158,18 @@ pub struct HeadTimedStream {
     inner: Stream,
     timeout: Duration,
     phase: AtomicU8,
+    /// When the current head must have arrived.
+    head_deadline: tokio::time::Instant,
+    /// Wakes the connection at `head_deadline`. Armed only when a head read has to wait:
+    /// most heads arrive in one read, and arming a timer per request costs a lock in tokio's
+    /// timer wheel.
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Whether `deadline` is armed for the current `head_deadline`.
+    deadline_armed: bool,
+    /// Whether the drain signal has been polled once: its waker stays registered, so later
+    /// polls only read the flag below.
+    closing_registered: bool,
+    lifecycle: Arc<Lifecycle>,
     /// Whether any byte of the current head arrived (a silent connection is closed without
     /// an answer, as after a keepalive timeout).
     head_started: bool,
@@ -181,16 +192,21 @@ pub struct HeadTimedStream {
 }
 
 impl HeadTimedStream {
-    fn new(inner: Stream, timeout: Duration, closing: WaitForCancellationFutureOwned) -> Self {
+    fn new(inner: Stream, timeout: Duration, lifecycle: &Arc<Lifecycle>) -> Self {
+        let now = tokio::time::Instant::now();
         HeadTimedStream {
-            closing: Some(Box::pin(closing)),
+            head_deadline: now + timeout,
+            deadline_armed: false,
+            closing_registered: false,
+            lifecycle: Arc::clone(lifecycle),
+            closing: Some(Box::pin(lifecycle.closing())),
             opened: tokio::time::Instant::now(),
             idle_since_ms: AtomicU64::new(0),
             drain_deadline: None,
             inner,
             timeout,
             phase: AtomicU8::new(phase::HEAD),
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: Box::pin(tokio::time::sleep_until(now + timeout)),
             head_started: false,
             preface_matched: Some(0),
             answer_written: None,
@@ -233,6 +249,12 @@ impl HeadTimedStream {
             return false;
         }
         if let Some(closing) = self.closing.as_mut() {
+            // The connection's task stays the same for its whole life, so the waker of the
+            // first poll stays good: after it, an atomic load says whether to look again.
+            if self.closing_registered && !self.lifecycle.is_draining() {
+                return false;
+            }
+            self.closing_registered = true;
             if closing.as_mut().poll(cx).is_pending() {
                 return false;
             }
@@ -312,12 +334,23 @@ impl AsyncRead for HeadTimedStream {
         if current == phase::REQUEST || current == phase::OFF {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        if current == phase::HEAD && this.deadline.as_mut().poll(cx).is_ready() {
+        if current == phase::HEAD && tokio::time::Instant::now() >= this.head_deadline {
             this.answer_written = Some(0);
             return this.poll_time_out(cx);
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if result.is_pending() && this.phase.load(Ordering::Relaxed) == phase::HEAD {
+            // The head is not all here: wake up at its deadline if nothing else comes.
+            if !this.deadline_armed {
+                this.deadline.as_mut().reset(this.head_deadline);
+                this.deadline_armed = true;
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                this.answer_written = Some(0);
+                return this.poll_time_out(cx);
+            }
+        }
         if let Poll::Ready(Ok(())) = result {
             let read = &buf.filled()[before..];
             if !read.is_empty() {
@@ -335,8 +368,8 @@ impl AsyncRead for HeadTimedStream {
                 if current == phase::IDLE {
                     this.phase.store(phase::HEAD, Ordering::Relaxed);
                     this.head_started = true;
-                    let next = tokio::time::Instant::now() + this.timeout;
-                    this.deadline.as_mut().reset(next);
+                    this.head_deadline = tokio::time::Instant::now() + this.timeout;
+                    this.deadline_armed = false;
                 } else {
                     this.head_started = true;
                 }
