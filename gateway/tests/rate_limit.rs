@@ -230,8 +230,15 @@ async fn refusals_say_why_and_each_key_has_its_own_bucket() {
         3.0,
         "{metrics}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let records = gateway.access_records();
+    let records = gateway
+        .access_records_until(|records| {
+            records
+                .iter()
+                .filter(|r| r["rate_limit"] == "shadow-refused")
+                .count()
+                >= 4
+        })
+        .await;
     assert_eq!(
         records
             .iter()

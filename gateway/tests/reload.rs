@@ -158,7 +158,15 @@ async fn file_edit_by_rename_applies_within_seconds_and_bad_edits_are_ignored() 
     let temp = gateway.dir.path().join("edit.tmp");
     std::fs::write(&temp, "version = 1\n[[routes]]\nname = 3\n").unwrap();
     std::fs::rename(&temp, &gateway.policy_path).unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Wait for the watcher to have read and refused the broken file.
+    let refused = gateway
+        .wait_for_metric(
+            "meshgate_policy_reloads_total{result=\"invalid\"}",
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(refused, 1.0, "the broken edit was not seen");
     let counts = count_servers(&client, &gateway.url("/"), 10).await;
     assert_eq!(counts.get("v1"), Some(&10));
 

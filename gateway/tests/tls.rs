@@ -336,8 +336,13 @@ async fn mutual_tls_identities_and_authorization() {
         metrics.contains("meshgate_tls_certificate_expiry_timestamp_seconds{file="),
         "{metrics}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let records = gateway.access_records();
+    let records = gateway
+        .access_records_until(|records| {
+            records
+                .iter()
+                .any(|r| r["identity"] == "spiffe://test/ns/shop/sa/checkout")
+        })
+        .await;
     assert!(
         records
             .iter()
@@ -458,7 +463,14 @@ async fn certificates_rotate_live_and_bad_files_are_refused() {
     // A broken certificate file is refused; the second certificate keeps serving.
     std::fs::write(path_of(&cert).with_extension("bad"), "not a certificate").unwrap();
     std::fs::rename(path_of(&cert).with_extension("bad"), &cert).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait for the watcher to have seen the broken file and refused it.
+    gateway
+        .wait_for_metric(
+            "meshgate_tls_reloads_total{result=\"refused\"}",
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(served_cn(port).contains("second"), "{}", served_cn(port));
     let metrics = gateway.metrics().await;
     assert!(

@@ -228,6 +228,41 @@ impl Gateway {
         self.access_records()
     }
 
+    /// The access log's records once `done` holds for them (waits up to 5 s; returns what is
+    /// there then, for the caller's assertion to report).
+    pub async fn access_records_until(
+        &self,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let records = self.access_records();
+            if done(&records) || Instant::now() > deadline {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits up to `limit` for the metric sample starting with `prefix` (name and labels) to
+    /// reach `at_least`; returns its last value.
+    pub async fn wait_for_metric(&self, prefix: &str, at_least: f64, limit: Duration) -> f64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let value = self
+                .metrics()
+                .await
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if value >= at_least || Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The policy text with the standard head, for PUTs.
     pub fn policy_with_body(&self, body: &str) -> String {
         let access_log = self.dir.path().join("access.log");
