@@ -249,8 +249,14 @@ async fn unchanged_upstreams_keep_their_state_across_reloads() {
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_swaps_under_wrk_load_drop_nothing() {
     let _machine = load_test_lock();
-    let v1 = start_echo("v1").await;
-    let v2 = start_echo("v2").await;
+    let (v1, v1_config, _v1_task) = start_upstream("v1", 200, Duration::ZERO).await;
+    let (v2, v2_config, _v2_task) = start_upstream("v2", 200, Duration::ZERO).await;
+    let served = || {
+        (
+            v1_config.requests.load(std::sync::atomic::Ordering::SeqCst),
+            v2_config.requests.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    };
     let gateway = Gateway::start(&split_policy(v1, v2, 90, 10));
     let url = gateway.url("/");
     let wrk = std::thread::spawn(move || {
@@ -261,6 +267,7 @@ async fn twenty_swaps_under_wrk_load_drop_nothing() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = client();
+    let mut windows = Vec::new();
     for swap in 0..20 {
         let (w1, w2) = if swap % 2 == 0 { (10, 90) } else { (90, 10) };
         let response = bearer(client.put(gateway.admin_url("/policy")))
@@ -269,7 +276,25 @@ async fn twenty_swaps_under_wrk_load_drop_nothing() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "swap {swap}");
+        // What each side served while this version was the active one.
+        let before = served();
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = served();
+        windows.push((w1, after.0 - before.0, after.1 - before.1));
+    }
+    println!("(v1 weight, v1 served, v2 served) per version: {windows:?}");
+    for (swap, (w1, to_v1, to_v2)) in windows.iter().enumerate() {
+        assert!(
+            to_v1 + to_v2 > 100,
+            "swap {swap}: traffic did not run: {windows:?}"
+        );
+        // Traffic moved with each version: the 90% side took the bulk of its window.
+        let (heavy, light) = if *w1 == 90 {
+            (to_v1, to_v2)
+        } else {
+            (to_v2, to_v1)
+        };
+        assert!(heavy > &(light * 4), "swap {swap}: {windows:?}");
     }
     let output = wrk.join().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
