@@ -341,19 +341,38 @@ async fn traces_are_continued_and_exported_over_otlp() {
     assert_eq!(records[1]["trace_id"], started[1].as_str());
 }
 
-/// The exporter's failure never fails a request: every span goes to a closed port.
+/// The exporter's failure never fails a request: the collector accepts each export
+/// connection and drops it at once, unanswered. Its accept count shows that exports were
+/// attempted, so the requests ran while the exporter failed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_collector_fails_no_request() {
     let upstream = start_echo("v1").await;
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}", collector.local_addr().unwrap());
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = collector.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
     let mut gateway = start_traced(upstream, &dead, 1.0);
     let client = client();
     for _ in 0..200 {
         let response = client.get(gateway.url("/")).send().await.unwrap();
         assert_eq!(response.status(), 200);
     }
-    // Past the first export attempts too.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Until the exporter has tried (and failed) to send, then more requests past it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while attempts.load(std::sync::atomic::Ordering::SeqCst) == 0
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let tried = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    println!("export connections the dead collector dropped: {tried}");
+    assert!(tried > 0, "no export was attempted");
     for _ in 0..50 {
         let response = client.get(gateway.url("/")).send().await.unwrap();
         assert_eq!(response.status(), 200);
