@@ -533,6 +533,9 @@ impl ProxyHttp for MeshProxy {
         ctx.reason = reason;
         ctx.error_status = status;
         if status > 0 && session.response_written().is_none() {
+            // The connection ends with this answer (`can_reuse_downstream: false` below): say
+            // so, or Pingora writes `Connection: keep-alive` and then closes.
+            session.set_keepalive(None);
             let written = match reason {
                 Some(reason) => {
                     let extra = ctx.overflow.map(overflow_header).unwrap_or_default();
