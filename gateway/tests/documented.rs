@@ -214,3 +214,84 @@ fn the_admin_token_file_is_created_with_mode_0600() {
     assert!(token.trim().len() >= 16);
     assert_eq!(String::from_utf8_lossy(&authorized.stdout), "200");
 }
+
+/// `[telemetry].metrics_listen` serves `/metrics` and `/healthz` only: the admin API stays
+/// on its own address.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_listen_serves_only_metrics_and_health() {
+    let v1 = start_echo("v1").await;
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let policy = policy_head(listen, admin, "off").replacen(
+        "access_log = \"off\"\n",
+        &format!("access_log = \"off\"\nmetrics_listen = \"{metrics_addr}\"\n"),
+        1,
+    ) + &split_policy(v1, v1, 1, 0);
+    let gateway = Gateway::start_with(tempfile::tempdir().unwrap(), &policy, listen, admin);
+    let get = |path: &'static str| async move {
+        let response = client()
+            .get(format!("http://{metrics_addr}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("meshgate_policy_version 1"), "{text}");
+    assert_eq!(get("/healthz").await.0, 200);
+    for admin_only in ["/routes", "/policy", "/upstreams"] {
+        assert_eq!(
+            get(admin_only).await.0,
+            404,
+            "{admin_only} on the metrics listener"
+        );
+    }
+    drop(gateway);
+}
+
+/// `MESHGATE_LOG`, when set, wins over `[telemetry].log_level`.
+#[tokio::test(flavor = "multi_thread")]
+async fn meshgate_log_wins_over_the_policy_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let v1 = start_echo("v1").await;
+    let policy = policy_head(listen, admin, "off").replacen(
+        "access_log = \"off\"\n",
+        "access_log = \"off\"\nlog_level = \"error\"\n",
+        1,
+    ) + &split_policy(v1, v1, 1, 0);
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let policy_path = dir.path().join("meshgate.toml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .arg("run")
+        .arg("-c")
+        .arg(&policy_path)
+        .arg("--upgrade-sock")
+        .arg(dir.path().join("upgrade.sock"))
+        .arg("--pid-file")
+        .arg(dir.path().join("meshgate.pid"))
+        .env("MESHGATE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_status(admin, "/readyz") != Some(200) {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    // At the policy's `error`, no INFO line would be written; MESHGATE_LOG=info lets them in.
+    assert!(
+        stderr.contains("INFO") && stderr.contains("ready"),
+        "MESHGATE_LOG did not win: {stderr}"
+    );
+}
