@@ -154,6 +154,17 @@ async fn a_drain_under_keepalive_load_drops_nothing() {
     assert_eq!(http_status(gateway.admin, "/readyz"), Some(503));
 }
 
+/// A process killed when the test ends, whichever way it ends, so that a failed assertion
+/// leaves no gateway running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn signal_pid(pid: u32, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
@@ -224,7 +235,9 @@ async fn upgrades_under_keepalive_load_drop_nothing() {
     let url = gateway.url("/");
     let load = tokio::task::spawn_blocking(move || run_wrk(&["-t2", "-c32", "-d16s"], &url));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut last = tokio::task::block_in_place(|| upgrade_in_a_row(&mut gateway, 2));
+    let mut last = KillOnDrop(tokio::task::block_in_place(|| {
+        upgrade_in_a_row(&mut gateway, 2)
+    }));
     let served_by_last_before = requests_served(gateway.admin).await;
     let output = load.await.unwrap();
     println!("{output}");
@@ -239,11 +252,12 @@ async fn upgrades_under_keepalive_load_drop_nothing() {
         served_by_last > served_by_last_before && served_by_last < requests as f64,
         "the last process served {served_by_last} of {requests}"
     );
-    assert!(matches!(last.try_wait(), Ok(None)), "the new process runs");
+    assert!(
+        matches!(last.0.try_wait(), Ok(None)),
+        "the new process runs"
+    );
     assert_eq!(http_status(gateway.listen, "/"), Some(200));
     assert_eq!(http_status(gateway.admin, "/readyz"), Some(200));
-    let _ = last.kill();
-    let _ = last.wait();
 }
 
 /// The same over HTTP/2 (h2c, `h2load`): the old process sends GOAWAY and finishes its
@@ -263,7 +277,9 @@ async fn an_upgrade_under_http2_load_drops_nothing() {
         String::from_utf8_lossy(&output.stdout).into_owned()
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut last = tokio::task::block_in_place(|| upgrade_in_a_row(&mut gateway, 1));
+    let _last = KillOnDrop(tokio::task::block_in_place(|| {
+        upgrade_in_a_row(&mut gateway, 1)
+    }));
     let output = load.await.unwrap();
     println!("{output}");
     let line = |prefix: &str| {
@@ -287,8 +303,6 @@ async fn an_upgrade_under_http2_load_drops_nothing() {
     assert_eq!(number("failed"), 0, "{output}");
     assert_eq!(number("errored"), 0, "{output}");
     assert!(status.contains(" 0 3xx, 0 4xx, 0 5xx"), "{output}");
-    let _ = last.kill();
-    let _ = last.wait();
 }
 
 /// `docs/operations.md`'s hand upgrade, run as it is written: only its paths move to a
