@@ -178,24 +178,9 @@ fn the_admin_token_file_is_created_with_mode_0600() {
         format!("version = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
-        .arg("run")
-        .arg("-c")
-        .arg(&policy)
-        .arg("--upgrade-sock")
-        .arg(dir.path().join("upgrade.sock"))
-        .arg("--pid-file")
-        .arg(dir.path().join("meshgate.pid"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_meshgate(&policy, &[], std::process::Stdio::null());
     let token_file = dir.path().join("admin.token");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_status(format!("127.0.0.1:{admin}").parse().unwrap(), "/readyz") != Some(200) {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready_at(format!("127.0.0.1:{admin}").parse().unwrap());
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
     let token = std::fs::read_to_string(&token_file).unwrap();
     let authorized = bounded(10, "curl")
@@ -268,24 +253,12 @@ async fn meshgate_log_wins_over_the_policy_log_level() {
     let policy_path = dir.path().join("meshgate.toml");
     std::fs::write(&policy_path, policy).unwrap();
     let stderr_path = dir.path().join("stderr.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
-        .arg("run")
-        .arg("-c")
-        .arg(&policy_path)
-        .arg("--upgrade-sock")
-        .arg(dir.path().join("upgrade.sock"))
-        .arg("--pid-file")
-        .arg(dir.path().join("meshgate.pid"))
-        .env("MESHGATE_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_status(admin, "/readyz") != Some(200) {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_meshgate(
+        &policy_path,
+        &[("MESHGATE_LOG", "info")],
+        std::fs::File::create(&stderr_path).unwrap(),
+    );
+    wait_ready_at(admin);
     let _ = child.kill();
     let _ = child.wait();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();

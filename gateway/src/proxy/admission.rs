@@ -76,6 +76,20 @@ impl MeshProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<(), Answer> {
+        // The steps read the snapshot while they write the context: take it out for them and
+        // put it back, rather than clone its `Arc` (a refcount every worker thread shares).
+        let snapshot = ctx.snapshot.take().expect("set in early_request_filter");
+        let admitted = self.admit_on(&snapshot, session, ctx).await;
+        ctx.snapshot = Some(snapshot);
+        admitted
+    }
+
+    async fn admit_on(
+        &self,
+        snapshot: &Snapshot,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Answer> {
         let header = session.req_header_mut();
         for name in IDENTITY_HEADERS {
             header.remove_header(*name);
@@ -83,7 +97,6 @@ impl MeshProxy {
         self.head_limits
             .normalize(header)
             .map_err(|_| Answer::of(Reason::BadPath))?;
-        let snapshot = Arc::clone(ctx.snapshot.as_ref().expect("set in early_request_filter"));
         let route_index = ctx
             .listener
             .and_then(|listener| {
@@ -116,10 +129,10 @@ impl MeshProxy {
             limit::client_address(peer, session.req_header(), &snapshot.policy.trusted_proxies);
         ctx.client_ip = Some(client);
         if let Some(limiter) = &snapshot.routes[route_index].rate_limiter {
-            rate_limit(limiter, &snapshot, session, ctx).await?;
+            rate_limit(limiter, snapshot, session, ctx).await?;
         }
         inject_fault(route).await?;
-        choose_split(&snapshot, route_index, session, ctx)
+        choose_split(snapshot, route_index, session, ctx)
     }
 }
 

@@ -156,18 +156,7 @@ impl Gateway {
         let policy_path = dir.path().join("meshgate.toml");
         std::fs::write(&policy_path, policy).unwrap();
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .arg("run")
-            .arg("-c")
-            .arg(&policy_path)
-            .arg("--upgrade-sock")
-            .arg(dir.path().join("upgrade.sock"))
-            .arg("--pid-file")
-            .arg(dir.path().join("meshgate.pid"))
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start meshgate");
+        let child = spawn_meshgate(&policy_path, &[], stderr);
         let gateway = Gateway {
             child,
             dir,
@@ -386,6 +375,38 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `meshgate run` on `policy`, with its upgrade socket and PID file beside it, `env` added to
+/// its environment and its stderr to `stderr`.
+pub fn spawn_meshgate(
+    policy: &std::path::Path,
+    env: &[(&str, &str)],
+    stderr: impl Into<Stdio>,
+) -> Child {
+    let dir = policy.parent().expect("the policy's folder");
+    Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .arg("run")
+        .arg("-c")
+        .arg(policy)
+        .arg("--upgrade-sock")
+        .arg(dir.join("upgrade.sock"))
+        .arg("--pid-file")
+        .arg(dir.join("meshgate.pid"))
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start meshgate")
+}
+
+/// Waits up to 20 s for the admin API at `admin` to answer `/readyz` with 200.
+pub fn wait_ready_at(admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_status(admin, "/readyz") != Some(200) {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
