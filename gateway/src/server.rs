@@ -12,7 +12,7 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::{load_admin_token, AdminService, GatewayAdmin};
 use crate::lifecycle::{Lifecycle, SignalWatch};
-use crate::proxy::connection::{ConnectionLimit, GuardedApp};
+use crate::proxy::connection::{AcceptGate, ConnectionLimit, GuardedApp};
 use crate::proxy::MeshProxy;
 use crate::reload::{watch_policy_file, PolicyStore};
 use crate::telemetry::Telemetry;
@@ -161,32 +161,31 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
     proxy_app.server_options = Some(server_options);
-    let limits = policy
-        .listeners
-        .iter()
-        .map(|listener| ConnectionLimit {
-            addr: listener.addr,
-            places: tokio::sync::Semaphore::new(listener.max_connections as usize),
-            served: telemetry
+    // One service per listener: Pingora gives a service's listeners one connection filter,
+    // and each listener's accept loop pauses on its own `max_connections`.
+    let proxy_app = Arc::new(proxy_app);
+    for listener in &policy.listeners {
+        let limit = ConnectionLimit::new(
+            listener.max_connections as usize,
+            telemetry
                 .metrics
                 .listener_connections
                 .with_label_values(&[listener.name.as_str()]),
-            waiting: telemetry
+            telemetry
                 .metrics
                 .listener_connections_waiting
                 .with_label_values(&[listener.name.as_str()]),
-        })
-        .collect();
-    let mut proxy = pingora::services::listening::Service::new(
-        "meshgate proxy".to_owned(),
-        GuardedApp::new(
-            proxy_app,
-            policy.server.client_header_timeout,
-            limits,
-            lifecycle.clone(),
-        ),
-    );
-    for listener in &policy.listeners {
+        );
+        let mut proxy = pingora::services::listening::Service::new(
+            format!("meshgate proxy {}", listener.name),
+            GuardedApp::new(
+                proxy_app.clone(),
+                policy.server.client_header_timeout,
+                limit.clone(),
+                lifecycle.clone(),
+            ),
+        );
+        proxy.set_connection_filter(Arc::new(AcceptGate(limit)));
         match store.tls.listener(&listener.name) {
             None => proxy.add_tcp(&listener.addr.to_string()),
             Some(state) => {
@@ -195,8 +194,8 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 proxy.add_tls_with_settings(&listener.addr.to_string(), None, settings);
             }
         }
+        server.add_service(proxy);
     }
-    server.add_service(proxy);
 
     let admin = Arc::new(GatewayAdmin::new(
         store.clone(),

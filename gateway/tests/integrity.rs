@@ -401,7 +401,7 @@ async fn a_stalled_request_body_gets_408() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn max_connections_holds_new_connections_until_a_place_frees() {
+async fn max_connections_leaves_new_connections_in_the_kernel_backlog() {
     let upstream = start_echo("echo").await;
     let body = route_to(upstream, "");
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -423,9 +423,15 @@ async fn max_connections_holds_new_connections_until_a_place_frees() {
         assert_eq!(answer.statuses(), vec![200]);
         held.push(stream);
     }
-    let mut third = tokio::net::TcpStream::connect(listen).await.unwrap();
-    third.write_all(&get("/")).await.unwrap();
-    let waiting = read_until_closed(&mut third, Duration::from_millis(700)).await;
+    // Four more: the first is accepted and waits in the gateway, the accept loop pauses on
+    // it, and the other three stay in the kernel's accept queue.
+    let mut over = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        stream.write_all(&get("/")).await.unwrap();
+        over.push(stream);
+    }
+    let waiting = read_until_closed(&mut over[0], Duration::from_millis(700)).await;
     assert!(waiting.bytes.is_empty(), "served over the limit");
     let metrics = gateway.metrics().await;
     assert!(
@@ -436,9 +442,42 @@ async fn max_connections_holds_new_connections_until_a_place_frees() {
         metrics.contains("meshgate_listener_connections_waiting{listener=\"public\"} 1"),
         "{metrics}"
     );
+    assert_eq!(
+        accept_queue(listen),
+        Some(3),
+        "connections left in the backlog"
+    );
     drop(held.pop());
-    let served = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    let served = read_until_closed(&mut over[0], Duration::from_secs(5)).await;
     assert_eq!(served.statuses(), vec![200]);
+    // The place it took is given back as it closes; the rest are served in turn.
+    for stream in over.iter_mut().skip(1) {
+        let served = read_until_closed(stream, Duration::from_secs(5)).await;
+        assert_eq!(served.statuses(), vec![200]);
+    }
+    assert_eq!(accept_queue(listen), Some(0));
+}
+
+/// How many connections wait in the kernel's accept queue of the socket listening on `addr`
+/// (the `rx_queue` of its LISTEN row in `/proc/net/tcp`).
+fn accept_queue(addr: std::net::SocketAddr) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("an IPv4 listener is expected");
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(ip.octets()),
+        addr.port()
+    );
+    table.lines().skip(1).find_map(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"0A") {
+            return None;
+        }
+        let (_, rx) = fields.get(4)?.split_once(':')?;
+        u64::from_str_radix(rx, 16).ok()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::ConnectionFilter;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN,
@@ -32,7 +33,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::lifecycle::{Lifecycle, DRAIN_IDLE};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// What a timed-out client is told before the connection closes.
 const REQUEST_TIMEOUT_ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nx-meshgate-reason: client-timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
@@ -41,49 +42,122 @@ const REQUEST_TIMEOUT_ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nx-meshga
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// One listener's connection limit.
+///
+/// Over the limit the listener stops accepting, so new connections wait in the kernel's
+/// backlog, as NGINX's and HAProxy's do, instead of holding a file descriptor and a task in
+/// the gateway. The one connection accepted when the limit was reached waits in the gateway
+/// (so do TLS connections still in their handshake when places ran out), counted by `waiting`.
 pub struct ConnectionLimit {
-    /// The listener's address, as the accepted sockets report it.
-    pub addr: std::net::SocketAddr,
     /// Places under `max_connections`.
-    pub places: Semaphore,
+    places: Arc<Semaphore>,
+    /// Signalled each time a served connection closes and frees a place.
+    freed: Notify,
     /// Connections being served.
-    pub served: IntGauge,
+    served: IntGauge,
     /// Connections accepted and waiting for a place.
-    pub waiting: IntGauge,
+    waiting: IntGauge,
 }
 
-/// Pingora's HTTP application, with connection limits and the head deadline in front of it.
+impl ConnectionLimit {
+    /// A limit of `max_connections` places, counted in the `served` and `waiting` gauges.
+    pub fn new(max_connections: usize, served: IntGauge, waiting: IntGauge) -> Arc<Self> {
+        Arc::new(ConnectionLimit {
+            places: Arc::new(Semaphore::new(max_connections)),
+            freed: Notify::new(),
+            served,
+            waiting,
+        })
+    }
+
+    /// Takes a place for a connection, waiting for one if there is none.
+    async fn take_place(&self) -> Option<Place<'_>> {
+        let permit = {
+            let _waiting = GaugeHold::new(&self.waiting);
+            self.places.clone().acquire_owned().await.ok()?
+        };
+        Some(Place {
+            limit: self,
+            permit: Some(permit),
+            _served: GaugeHold::new(&self.served),
+        })
+    }
+}
+
+/// A served connection's place under its listener's limit; frees it when dropped.
+struct Place<'a> {
+    limit: &'a ConnectionLimit,
+    permit: Option<OwnedSemaphorePermit>,
+    _served: GaugeHold<'a>,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        // The place is given back before the accept loop is woken to take it.
+        drop(self.permit.take());
+        self.limit.freed.notify_waiters();
+    }
+}
+
+/// Pauses a listener's accept loop while its connections are all in use.
+///
+/// Pingora calls it after each `accept()`, before the TLS handshake; while it waits, the
+/// loop accepts nothing more and new connections stay in the kernel's backlog.
+#[derive(Clone)]
+pub struct AcceptGate(pub Arc<ConnectionLimit>);
+
+impl std::fmt::Debug for AcceptGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptGate")
+            .field("places", &self.0.places.available_permits())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for AcceptGate {
+    async fn should_accept(&self, _peer: Option<&std::net::SocketAddr>) -> bool {
+        let limit = &self.0;
+        if limit.places.available_permits() > 0 {
+            return true;
+        }
+        let _waiting = GaugeHold::new(&limit.waiting);
+        loop {
+            let freed = limit.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            // Registered before the check, so a place freed in between is not missed.
+            freed.as_mut().enable();
+            if limit.places.available_permits() > 0 {
+                return true;
+            }
+            freed.await;
+        }
+    }
+}
+
+/// Pingora's HTTP application, with a listener's connection limit and the head deadline in
+/// front of it. Each listener has its own, sharing one application.
 pub struct GuardedApp<A> {
     inner: Arc<A>,
     header_timeout: Duration,
-    limits: Vec<ConnectionLimit>,
+    limit: Arc<ConnectionLimit>,
     lifecycle: Arc<Lifecycle>,
 }
 
 impl<A> GuardedApp<A> {
-    /// Guards `inner`: heads must arrive within `header_timeout`, and each listener in
-    /// `limits` serves at most its number of connections at once.
+    /// Guards `inner`: heads must arrive within `header_timeout`, and the listener serves at
+    /// most `limit`'s number of connections at once.
     pub fn new(
-        inner: A,
+        inner: Arc<A>,
         header_timeout: Duration,
-        limits: Vec<ConnectionLimit>,
+        limit: Arc<ConnectionLimit>,
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
         GuardedApp {
-            inner: Arc::new(inner),
+            inner,
             header_timeout,
-            limits,
+            limit,
             lifecycle,
         }
-    }
-
-    fn limit_for(&self, stream: &Stream) -> Option<&ConnectionLimit> {
-        let local = *stream.get_socket_digest()?.local_addr()?.as_inet()?;
-        self.limits.iter().find(|l| l.addr == local).or_else(|| {
-            self.limits
-                .iter()
-                .find(|l| l.addr.port() == local.port() && l.addr.ip().is_unspecified())
-        })
     }
 }
 
@@ -111,17 +185,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = self.lifecycle.open_connection();
-        let limit = self.limit_for(&stream);
-        let _place = match limit {
-            Some(limit) => {
-                let permit = {
-                    let _waiting = GaugeHold::new(&limit.waiting);
-                    limit.places.acquire().await.ok()?
-                };
-                Some((permit, GaugeHold::new(&limit.served)))
-            }
-            None => None,
-        };
+        let place = self.limit.take_place().await?;
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream
         } else {
@@ -131,7 +195,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
                 &self.lifecycle,
             ))
         };
-        self.inner.process_new(stream, shutdown).await
+        let reused = self.inner.process_new(stream, shutdown).await;
+        drop(place);
+        reused
     }
 
     /// Pingora's HTTP cleanup aborts every idle keepalive connection the moment the listeners

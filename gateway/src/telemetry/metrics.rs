@@ -60,7 +60,7 @@ pub struct Metrics {
     pub restart_required: IntGaugeVec,
     /// `meshgate_listener_connections{listener}`: client connections being served.
     pub listener_connections: IntGaugeVec,
-    /// `meshgate_listener_connections_waiting{listener}`: accepted connections waiting for a
+    /// `meshgate_listener_connections_waiting{listener}`: accepted connections waiting in the gateway for a
     /// place under `max_connections`.
     pub listener_connections_waiting: IntGaugeVec,
 }
