@@ -495,3 +495,31 @@ allow = ["spiffe://prod/ns/*/sa/x", ""]
         assert!(has(&errors, line, path, message), "{path}: {errors:#?}");
     }
 }
+
+#[test]
+fn retry_conditions_name_what_is_wrong() {
+    let source = r#"version = 1
+[[upstreams]]
+name = "u"
+endpoints = ["127.0.0.1:1"]
+[[routes]]
+name = "r"
+split = [{ upstream = "u" }]
+retry = { attempts = 1, on = ["409", "sometimes", 700, "reset", 503] }
+"#;
+    let errors = refused(source);
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    for (path, message) in [
+        ("routes[0].retry.on[0]", "write 409 without quotes"),
+        (
+            "routes[0].retry.on[1]",
+            "unknown retry condition \"sometimes\"",
+        ),
+        ("routes[0].retry.on[2]", "700 is not an HTTP status code"),
+    ] {
+        assert!(
+            has(&errors, 8, path, message),
+            "missing {path}: {errors:#?}"
+        );
+    }
+}

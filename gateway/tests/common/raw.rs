@@ -57,12 +57,19 @@ pub struct Counts {
     pub connections: Arc<AtomicUsize>,
     /// Connections whose peer closed while the upstream waited to answer.
     pub closed_early: Arc<AtomicUsize>,
+    /// The `Content-Length` body of each request read whole, in order, as its length.
+    pub bodies: Arc<std::sync::Mutex<Vec<usize>>>,
 }
 
 impl Counts {
     /// Request heads read so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The lengths of the request bodies read whole so far.
+    pub fn bodies(&self) -> Vec<usize> {
+        self.bodies.lock().unwrap().clone()
     }
 }
 
@@ -110,6 +117,18 @@ where
             }
         };
         let n = counts.requests.fetch_add(1, Ordering::SeqCst);
+        let declared = content_length(&head);
+        while buffered.len() < declared {
+            let mut chunk = [0u8; 16384];
+            match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buffered.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+        if declared > 0 {
+            buffered.drain(..declared);
+            counts.bodies.lock().unwrap().push(declared);
+        }
         let reply = script(n, &head);
         if !reply.delay.is_zero() {
             // Watch the connection while waiting: a peer that closes is counted.
@@ -132,6 +151,15 @@ where
             return;
         }
     }
+}
+
+/// The `Content-Length` of a request head, 0 when it has none.
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

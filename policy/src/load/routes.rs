@@ -358,6 +358,10 @@ pub(super) fn compile_retry(
                         "reset" => on.reset = true,
                         "5xx" => on.server_error = true,
                         "gateway-error" => on.gateway_error = true,
+                        other if other.parse::<u16>().is_ok() => sink.at(
+                            &path.key("on").index(i),
+                            format!("a status code is a number, not a string: write {other} without quotes"),
+                        ),
                         other => sink.at(
                             &path.key("on").index(i),
                             format!("unknown retry condition {other:?}: expected connect-failure, refused, reset, 5xx, gateway-error or a status code"),
