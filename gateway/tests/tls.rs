@@ -4,73 +4,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::https::*;
 use common::nginx::start_nginx_mtls;
 use common::pki::Authority;
 use common::*;
-
-/// What curl saw.
-#[derive(Debug)]
-struct Fetched {
-    /// curl's exit code: 0, or why the transfer failed (35 and 56 for TLS handshakes).
-    exit: i32,
-    status: u16,
-    http_version: String,
-    headers: String,
-    body: String,
-}
-
-fn curl(dir: &Path, args: &[&str], url: &str) -> Fetched {
-    let headers = dir.join("curl.headers");
-    let body = dir.join("curl.body");
-    let _ = std::fs::remove_file(&headers);
-    let _ = std::fs::remove_file(&body);
-    let output = Command::new("curl")
-        .args(["-sS", "--max-time", "5", "-D"])
-        .arg(&headers)
-        .arg("-o")
-        .arg(&body)
-        .args(["-w", "%{http_code} %{http_version}"])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("curl is installed by `make deps`");
-    let written = String::from_utf8_lossy(&output.stdout).into_owned();
-    let mut parts = written.split_whitespace();
-    Fetched {
-        exit: output.status.code().unwrap_or(-1),
-        status: parts.next().and_then(|s| s.parse().ok()).unwrap_or(0),
-        http_version: parts.next().unwrap_or("").to_owned(),
-        headers: std::fs::read_to_string(&headers)
-            .unwrap_or_default()
-            .to_ascii_lowercase(),
-        body: std::fs::read_to_string(&body).unwrap_or_default(),
-    }
-}
-
-/// Starts a gateway whose `public` listener has `tls` as its `[listeners.tls]` table.
-fn start_tls_gateway(dir: tempfile::TempDir, tls: &str, body: &str) -> Gateway {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let access_log = dir.path().join("access.log");
-    let policy =
-        policy_head(listen, admin, access_log.to_str().unwrap()) + "[listeners.tls]\n" + tls + body;
-    Gateway::start_with(dir, &policy, listen, admin)
-}
-
-fn echo_route(upstream: SocketAddr, name: &str, prefix: &str, extra: &str) -> String {
-    format!(
-        "\n[[upstreams]]\nname = \"{name}\"\nendpoints = [\"{upstream}\"]\n\n[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"{prefix}\" }}\nsplit = [{{ upstream = \"{name}\" }}]\n{extra}\n"
-    )
-}
-
-fn resolve(name: &str, gateway: &Gateway) -> String {
-    format!("{name}:{}:127.0.0.1", gateway.listen.port())
-}
 
 fn metric_value(metrics: &str, prefix: &str) -> f64 {
     metrics
@@ -349,27 +290,6 @@ async fn mutual_tls_identities_and_authorization() {
             .any(|r| r["identity"] == "spiffe://test/ns/shop/sa/checkout" && r["status"] == 200),
         "{records:#?}"
     );
-}
-
-/// The subject CN that `openssl s_client` sees on a new connection.
-fn served_cn(port: u16) -> String {
-    let output = bounded(30, "openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args(["-servername", "main.test"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl is installed by `make deps`");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find(|l| l.trim_start().starts_with("subject="))
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn replace_by_rename(from: &Path, to: &Path) {
-    let staging = to.with_extension("new");
-    std::fs::copy(from, &staging).unwrap();
-    std::fs::rename(&staging, to).unwrap();
 }
 
 /// Acceptance: replacing the listener's certificate by rename is seen by a new

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
@@ -13,16 +13,19 @@ use super::TlsRegistry;
 
 /// Time without events before the files are read, so a write in several steps is read once.
 const SETTLE: Duration = Duration::from_millis(300);
+/// The longest wait for quiet after a change: a folder that is written all the time (a log
+/// beside the certificates) must not hold a rotation back.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(1);
 /// How often the set of watched folders is checked against the files a reload may have added.
 const RESCAN: Duration = Duration::from_secs(2);
 
 /// Starts watching, on a thread that owns the watcher and lives as long as the process.
 pub fn watch_files(registry: Arc<TlsRegistry>) -> notify::Result<()> {
-    let (events, receiver) = std::sync::mpsc::channel::<()>();
+    let (events, receiver) = std::sync::mpsc::channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             if !event.kind.is_access() {
-                let _ = events.send(());
+                let _ = events.send(event.paths);
             }
         }
     })?;
@@ -32,9 +35,17 @@ pub fn watch_files(registry: Arc<TlsRegistry>) -> notify::Result<()> {
         .name("tls-watch".into())
         .spawn(move || loop {
             match receiver.recv_timeout(RESCAN) {
-                Ok(()) => {
-                    while receiver.recv_timeout(SETTLE).is_ok() {}
-                    registry.reload_files();
+                Ok(paths) => {
+                    let files: HashSet<PathBuf> = registry.files().into_iter().collect();
+                    if paths.iter().any(|path| concerns_us(path, &files)) {
+                        let deadline = Instant::now() + SETTLE_AT_MOST;
+                        while let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+                            if receiver.recv_timeout(wait.min(SETTLE)).is_err() {
+                                break;
+                            }
+                        }
+                        registry.reload_files();
+                    }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
@@ -43,6 +54,14 @@ pub fn watch_files(registry: Arc<TlsRegistry>) -> notify::Result<()> {
         })
         .map_err(|e| notify::Error::generic(&e.to_string()))?;
     Ok(())
+}
+
+/// Whether a change at `path` may change one of `files`: it is one of them, or a link or
+/// folder they may resolve through (as in Kubernetes' `..data` swap). Other files in the same
+/// folders, such as a log written beside the certificates, are let go.
+fn concerns_us(path: &std::path::Path, files: &HashSet<PathBuf>) -> bool {
+    files.contains(path)
+        || std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink() || m.is_dir())
 }
 
 fn watch_new_folders(

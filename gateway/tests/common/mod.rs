@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod https;
 pub mod nginx;
 pub mod pki;
 pub mod raw;
