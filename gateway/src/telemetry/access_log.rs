@@ -2,13 +2,19 @@
 //! bounded channel, so a slow disk or a blocked stdout never holds a request. When the channel
 //! is full the line is dropped and counted.
 //!
+//! A file target is reopened when the path no longer names the open file (moved away or
+//! removed by logrotate, without `copytruncate`), checked every second, so rotation needs no
+//! signal and no reload.
+//!
 //! The writer never blocks on the channel: it wakes on a timer, takes every queued line and
 //! writes them in one go. A request's send then never has a sleeping thread to wake, which
 //! would cost a futex call and a context switch per request (measured: +13 µs of CPU per
 //! request at 35k requests/s when the writer woke per line).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::Duration;
 
@@ -19,6 +25,8 @@ use prometheus::IntCounter;
 const QUEUE_LINES: usize = 32 * 1024;
 /// How often the writer takes the queued lines and writes them.
 const WRITE_EVERY: Duration = Duration::from_millis(50);
+/// How often a file target's path is compared with the open file (in writes).
+const CHECK_PATH_EVERY: u32 = 20;
 
 /// A running access log writer for one target.
 pub struct AccessLog {
@@ -31,17 +39,17 @@ pub struct AccessLog {
 impl AccessLog {
     /// Starts a writer thread for `target`; `None` for [`AccessLogTarget::Off`].
     pub fn start(target: &AccessLogTarget, dropped: IntCounter) -> std::io::Result<Option<Self>> {
-        let sink: Box<dyn Write + Send> = match target {
+        let sink = match target {
             AccessLogTarget::Off => return Ok(None),
-            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(path) => {
-                Box::new(OpenOptions::new().create(true).append(true).open(path)?)
+            AccessLogTarget::Stdout => {
+                Sink::Stdout(BufWriter::with_capacity(64 * 1024, std::io::stdout()))
             }
+            AccessLogTarget::File(path) => Sink::File(LogFile::open(path)?),
         };
         let (sender, receiver) = sync_channel(QUEUE_LINES);
         let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(receiver, BufWriter::with_capacity(64 * 1024, sink)))?;
+            .spawn(move || write_lines(receiver, sink))?;
         Ok(Some(AccessLog {
             target: target.clone(),
             sender,
@@ -78,9 +86,77 @@ impl AccessLog {
     }
 }
 
-fn write_lines(receiver: Receiver<String>, mut out: BufWriter<Box<dyn Write + Send>>) {
+/// Where the writer thread writes.
+enum Sink {
+    Stdout(BufWriter<std::io::Stdout>),
+    File(LogFile),
+}
+
+impl Sink {
+    fn out(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(out) => out,
+            Sink::File(file) => &mut file.out,
+        }
+    }
+}
+
+/// An access log file, and which file it is, to see when its path names another one.
+struct LogFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    /// Device and inode of the open file.
+    identity: (u64, u64),
+    /// Whether the last reopening failed (so the failure is logged once).
+    reopen_failed: bool,
+}
+
+impl LogFile {
+    fn open(path: &Path) -> std::io::Result<LogFile> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let meta = file.metadata()?;
+        Ok(LogFile {
+            path: path.to_owned(),
+            out: BufWriter::with_capacity(64 * 1024, file),
+            identity: (meta.dev(), meta.ino()),
+            reopen_failed: false,
+        })
+    }
+
+    /// Opens the path again if it no longer names the open file; keeps writing to the open
+    /// one if it can't.
+    fn reopen_if_moved(&mut self) {
+        let current = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        if current.as_ref().ok() == Some(&self.identity) {
+            return;
+        }
+        let _ = self.out.flush();
+        match LogFile::open(&self.path) {
+            Ok(reopened) => {
+                tracing::info!(path = %self.path.display(), "access log reopened: the file was moved or removed");
+                *self = reopened;
+            }
+            Err(e) => {
+                if !self.reopen_failed {
+                    tracing::warn!(path = %self.path.display(), "access log moved or removed and cannot be reopened, writing to the old file: {e}");
+                }
+                self.reopen_failed = true;
+            }
+        }
+    }
+}
+
+fn write_lines(receiver: Receiver<String>, mut sink: Sink) {
+    let mut writes: u32 = 0;
     loop {
         std::thread::sleep(WRITE_EVERY);
+        writes = writes.wrapping_add(1);
+        if writes.is_multiple_of(CHECK_PATH_EVERY) {
+            if let Sink::File(file) = &mut sink {
+                file.reopen_if_moved();
+            }
+        }
+        let out = sink.out();
         let mut wrote = false;
         let closed = loop {
             match receiver.try_recv() {

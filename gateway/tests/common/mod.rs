@@ -153,11 +153,22 @@ impl Gateway {
         listen: SocketAddr,
         admin: SocketAddr,
     ) -> Gateway {
+        Gateway::start_with_stdout(dir, policy, listen, admin, Stdio::null())
+    }
+
+    /// Starts a gateway on a complete policy text, its stdout to `stdout`.
+    pub fn start_with_stdout(
+        dir: tempfile::TempDir,
+        policy: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        stdout: impl Into<Stdio>,
+    ) -> Gateway {
         std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
         let policy_path = dir.path().join("meshgate.toml");
         std::fs::write(&policy_path, policy).unwrap();
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = spawn_meshgate(&policy_path, &[], stderr);
+        let child = spawn_meshgate_to(&policy_path, &[], stdout, stderr);
         let gateway = Gateway {
             child,
             dir,
@@ -386,6 +397,16 @@ pub fn spawn_meshgate(
     env: &[(&str, &str)],
     stderr: impl Into<Stdio>,
 ) -> Child {
+    spawn_meshgate_to(policy, env, Stdio::null(), stderr)
+}
+
+/// [`spawn_meshgate`] with its stdout to `stdout`.
+pub fn spawn_meshgate_to(
+    policy: &std::path::Path,
+    env: &[(&str, &str)],
+    stdout: impl Into<Stdio>,
+    stderr: impl Into<Stdio>,
+) -> Child {
     let dir = policy.parent().expect("the policy's folder");
     Command::new(env!("CARGO_BIN_EXE_meshgate"))
         .arg("run")
@@ -396,7 +417,7 @@ pub fn spawn_meshgate(
         .arg("--pid-file")
         .arg(dir.join("meshgate.pid"))
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(stderr)
         .spawn()
         .expect("start meshgate")
