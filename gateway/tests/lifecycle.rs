@@ -383,3 +383,113 @@ async fn the_documented_hand_upgrade_works_as_written() {
     assert_eq!(serving, Some(200));
     assert_eq!(ready, Some(200));
 }
+
+/// Kills, when the test ends however it ends, the daemons whose PIDs were in a PID file.
+struct KillDaemonsOnDrop(Vec<u32>);
+
+impl Drop for KillDaemonsOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+    }
+}
+
+fn pid_in(file: &std::path::Path) -> u32 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn alive(pid: u32) -> bool {
+    Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The systemd unit's `ExecStart` and `ExecReload` lines, run as systemd runs them (one after
+/// the other, `$MAINPID` from the PID file): `--daemon` starts a detached gateway, and the
+/// reload hands its sockets to a new daemon under `wrk -c32` with no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_units_daemon_start_and_reload_upgrade_under_load() {
+    let _machine = load_test_lock();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../systemd/meshgate.service"
+    ))
+    .unwrap();
+    let lines = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (start, reload) = (lines("ExecStart="), lines("ExecReload="));
+    assert_eq!((start.len(), reload.len()), (1, 3), "{unit}");
+
+    let upstream = start_echo("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (etc, run) = (dir.path().join("etc"), dir.path().join("run"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(etc.join("admin.token"), TOKEN).unwrap();
+    let policy = policy_head(listen, admin, "off")
+        .replace("admin.token", &etc.join("admin.token").display().to_string())
+        + &split_policy(upstream, upstream, 1, 0);
+    std::fs::write(etc.join("meshgate.toml"), policy).unwrap();
+    let pid_file = run.join("meshgate.pid");
+    let as_written = |line: &str, main_pid: u32| {
+        line.replace("/usr/local/bin/meshgate", env!("CARGO_BIN_EXE_meshgate"))
+            .replace("/etc/meshgate/", &format!("{}/", etc.display()))
+            .replace("/run/meshgate/", &format!("{}/", run.display()))
+            .replace("$MAINPID", &main_pid.to_string())
+    };
+    let run_line = |line: String| {
+        let status = bounded(30, "bash")
+            .arg("-c")
+            .arg(&line)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{line}: {status}");
+    };
+
+    tokio::task::block_in_place(|| run_line(as_written(&start[0], 0)));
+    wait_ready_at(admin);
+    let first = pid_in(&pid_file);
+    let mut daemons = KillDaemonsOnDrop(vec![first]);
+    assert!(first > 0 && alive(first), "no daemon in the PID file");
+
+    let url = format!("http://{listen}/");
+    let load = tokio::task::spawn_blocking(move || run_wrk(&["-t2", "-c32", "-d8s"], &url));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| {
+        for line in &reload {
+            run_line(as_written(line, first));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(first) {
+        assert!(Instant::now() < deadline, "the old daemon did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = pid_in(&pid_file);
+    daemons.0.push(second);
+    assert!(second != first && alive(second), "the PID file names {second}");
+    let output = load.await.unwrap();
+    let (requests, non_2xx, socket_errors) = wrk_summary(&output);
+    println!("wrk -c32 across the unit's reload: {requests} requests, {non_2xx} non-2xx, {socket_errors} socket errors");
+    assert!(requests > 1000, "{output}");
+    assert_eq!((non_2xx, socket_errors), (0, 0), "{output}");
+    assert!(requests_served(admin).await > 0.0, "the new daemon served none");
+    assert_eq!(http_status(listen, "/"), Some(200));
+    assert_eq!(http_status(admin, "/readyz"), Some(200));
+}

@@ -271,3 +271,62 @@ async fn policy_history_keeps_the_last_policies_across_a_restart() {
     let response = client().get(gateway.url("/")).send().await.unwrap();
     assert_eq!(response.headers()["x-policy"], "3");
 }
+
+/// A request in flight when a reload lands finishes under the policy it started with: its
+/// response gets the old version's header rules, and the next request the new ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_flight_request_keeps_its_snapshot_across_a_reload() {
+    let (slow, counts) = common::raw::scripted_upstream(|_, _| common::raw::Reply {
+        bytes: common::raw::ok_response("slow"),
+        close: false,
+        delay: Duration::from_millis(1500),
+    })
+    .await;
+    let gateway = Gateway::start(&body(slow, "v1"));
+    let in_flight = tokio::spawn(client().get(gateway.url("/")).send());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while counts.requests() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the request never left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = put(&gateway, gateway.policy_with_body(&body(slow, "v2"))).await;
+    assert_eq!(answer["version"], 2, "{answer}");
+    let pinned = in_flight.await.unwrap().unwrap();
+    assert_eq!(pinned.status(), 200);
+    assert_eq!(pinned.headers()["x-policy"], "v1");
+    let next = client().get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(next.headers()["x-policy"], "v2");
+}
+
+/// `trusted_proxies` applies on reload: `x-forwarded-for` from the loopback peer is not
+/// believed until the peer is listed, and then names the client in the access log.
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_proxies_apply_on_reload() {
+    let upstream = start_echo("u").await;
+    let gateway = Gateway::start(&body(upstream, "v1"));
+    let forwarded = |path: &'static str| {
+        client()
+            .get(gateway.url(path))
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+    };
+    assert_eq!(forwarded("/untrusted").await.unwrap().status(), 200);
+    let trusting = gateway
+        .policy_with_body(&body(upstream, "v1"))
+        .replacen("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n", 1);
+    let answer = put(&gateway, trusting).await;
+    assert_eq!(answer["restart_required"], serde_json::json!([]), "{answer}");
+    assert_eq!(forwarded("/trusted").await.unwrap().status(), 200);
+    let records = gateway
+        .access_records_until(|r| r.iter().any(|r| r["path"] == "/trusted"))
+        .await;
+    let client_of = |path: &str| {
+        records
+            .iter()
+            .find(|r| r["path"] == path)
+            .map(|r| r["client"].clone())
+            .unwrap()
+    };
+    assert_eq!(client_of("/untrusted"), "127.0.0.1");
+    assert_eq!(client_of("/trusted"), "203.0.113.9");
+}
