@@ -390,7 +390,10 @@ struct KillDaemonsOnDrop(Vec<u32>);
 impl Drop for KillDaemonsOnDrop {
     fn drop(&mut self) {
         for pid in &self.0 {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
         }
     }
 }
@@ -439,9 +442,10 @@ async fn the_units_daemon_start_and_reload_upgrade_under_load() {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     std::fs::write(etc.join("admin.token"), TOKEN).unwrap();
-    let policy = policy_head(listen, admin, "off")
-        .replace("admin.token", &etc.join("admin.token").display().to_string())
-        + &split_policy(upstream, upstream, 1, 0);
+    let policy = policy_head(listen, admin, "off").replace(
+        "admin.token",
+        &etc.join("admin.token").display().to_string(),
+    ) + &split_policy(upstream, upstream, 1, 0);
     std::fs::write(etc.join("meshgate.toml"), policy).unwrap();
     let pid_file = run.join("meshgate.pid");
     let as_written = |line: &str, main_pid: u32| {
@@ -483,13 +487,19 @@ async fn the_units_daemon_start_and_reload_upgrade_under_load() {
     }
     let second = pid_in(&pid_file);
     daemons.0.push(second);
-    assert!(second != first && alive(second), "the PID file names {second}");
+    assert!(
+        second != first && alive(second),
+        "the PID file names {second}"
+    );
     let output = load.await.unwrap();
     let (requests, non_2xx, socket_errors) = wrk_summary(&output);
     println!("wrk -c32 across the unit's reload: {requests} requests, {non_2xx} non-2xx, {socket_errors} socket errors");
     assert!(requests > 1000, "{output}");
     assert_eq!((non_2xx, socket_errors), (0, 0), "{output}");
-    assert!(requests_served(admin).await > 0.0, "the new daemon served none");
+    assert!(
+        requests_served(admin).await > 0.0,
+        "the new daemon served none"
+    );
     assert_eq!(http_status(listen, "/"), Some(200));
     assert_eq!(http_status(admin, "/readyz"), Some(200));
 }

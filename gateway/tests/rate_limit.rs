@@ -512,3 +512,66 @@ async fn store_failure_follows_on_error_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A Redis that holds its connections but answers nothing (frozen with SIGSTOP, as when it is
+/// stuck on a slow command) costs each decision at most the store's `timeout`: `allow` lets
+/// the request through, `deny` refuses it, both counted as timeouts; both recover when it
+/// answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_store_costs_at_most_its_timeout() {
+    let redis = Redis::start(None);
+    let upstream = start_echo("u").await;
+    let route = |prefix: &str, on_error: &str| {
+        limited_routes(
+            upstream,
+            &[(
+                "api",
+                "/",
+                "requests_per_second = 100\nburst = 100\nkey = \"route\"\nscope = \"global\"",
+            )],
+        ) + &store_section(
+            &redis.url(),
+            &format!("on_error = \"{on_error}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"100ms\""),
+        )
+    };
+    let open = Gateway::start(&route("open", "allow"));
+    let closed = Gateway::start(&route("closed", "deny"));
+    let client = client();
+    for gateway in [&open, &closed] {
+        assert_eq!(
+            statuses(&client, &gateway.url("/"), &[], 2).await,
+            [200, 200]
+        );
+    }
+
+    redis.pause();
+    for (gateway, expected) in [(&open, 200), (&closed, 503)] {
+        for _ in 0..5 {
+            let started = Instant::now();
+            let response = client.get(gateway.url("/")).send().await.unwrap();
+            let took = started.elapsed();
+            assert_eq!(response.status(), expected);
+            assert!(
+                took >= Duration::from_millis(90) && took < Duration::from_millis(600),
+                "a decision took {took:?} against a 100 ms timeout"
+            );
+        }
+        let timeouts = metric_value(
+            &gateway.metrics().await,
+            "meshgate_rate_limit_store_errors_total{kind=\"timeout\"}",
+        );
+        assert!(timeouts >= 5.0, "{timeouts} timeouts counted");
+    }
+    let refused = client.get(closed.url("/")).send().await.unwrap();
+    assert_eq!(
+        header(&refused, "x-meshgate-reason"),
+        "rate-limit-unavailable"
+    );
+
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(closed.url("/")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "deny gateway did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

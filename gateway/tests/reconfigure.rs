@@ -286,7 +286,10 @@ async fn an_in_flight_request_keeps_its_snapshot_across_a_reload() {
     let in_flight = tokio::spawn(client().get(gateway.url("/")).send());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while counts.requests() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the request never left");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never left"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let answer = put(&gateway, gateway.policy_with_body(&body(slow, "v2"))).await;
@@ -311,11 +314,17 @@ async fn trusted_proxies_apply_on_reload() {
             .send()
     };
     assert_eq!(forwarded("/untrusted").await.unwrap().status(), 200);
-    let trusting = gateway
-        .policy_with_body(&body(upstream, "v1"))
-        .replacen("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n", 1);
+    let trusting = gateway.policy_with_body(&body(upstream, "v1")).replacen(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        1,
+    );
     let answer = put(&gateway, trusting).await;
-    assert_eq!(answer["restart_required"], serde_json::json!([]), "{answer}");
+    assert_eq!(
+        answer["restart_required"],
+        serde_json::json!([]),
+        "{answer}"
+    );
     assert_eq!(forwarded("/trusted").await.unwrap().status(), 200);
     let records = gateway
         .access_records_until(|r| r.iter().any(|r| r["path"] == "/trusted"))

@@ -128,11 +128,14 @@ impl RateLimitStore {
                 Err(())
             }
             Ok(Err(e)) => {
-                if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
+                // A slow answer is a timeout, not a broken connection: the connection stays,
+                // so the next decision waits for the store again instead of failing at once.
+                if e.is_timeout() {
+                    self.errors_timeout.inc();
+                } else if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error()
+                {
                     self.errors_unavailable.inc();
                     self.mark_broken(slot);
-                } else if e.is_timeout() {
-                    self.errors_timeout.inc();
                 } else {
                     self.errors_other.inc();
                     tracing::warn!("rate limit store: {e}");

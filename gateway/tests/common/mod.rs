@@ -594,6 +594,28 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is answered, as with
+    /// a Redis stuck on a slow command.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Signals the server and the `timeout` that bounds it: their process group.
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} redis-server");
+    }
+
     /// Kills the server at once (SIGKILL) and waits for it to be gone.
     pub fn kill(&mut self) {
         kill_bounded(&mut self.child);
