@@ -4,6 +4,8 @@
 //! line and headers as text (tests use it to see what the gateway forwarded); every other
 //! request gets a fixed body. HTTP/1.1 and h2c are both served.
 
+pub mod reconnecting_h2;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
