@@ -4,10 +4,12 @@
 # keepalive requests with ab, and prints instructions per request over the measured part.
 #
 #   REQUESTS=2000 loadtest/callgrind.sh
+#   POLICIES="plain resilient" loadtest/callgrind.sh   # some of them only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 REQUESTS=${REQUESTS:-2000}
+POLICIES=${POLICIES:-plain resilient local-limit access-log traced}
 ECHO_PORT=18001
 WORK=$(mktemp -d /tmp/meshgate-callgrind.XXXXXX)
 meshgate_policy 18080 18901 > "$WORK/plain.toml"
@@ -24,7 +26,8 @@ trap cleanup EXIT
 target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 2>/dev/null &
 ECHO_PID=$!
 
-for policy in "$WORK"/{plain,resilient,local-limit,access-log,traced}.toml; do
+for name in $POLICIES; do
+  policy="$WORK/$name.toml"
   valgrind --tool=callgrind --callgrind-out-file="$WORK/out.%p" \
     target/release/meshgate run -c "$policy" --upgrade-sock "$WORK/u.sock" --pid-file "$WORK/p" \
     >/dev/null 2>"$WORK/valgrind.err" &

@@ -360,7 +360,10 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // meshgate patch: the connect future (TCP, TLS, proxy) is several KiB; boxed here
+            // it is allocated only when a connection is made, instead of inflating the future
+            // of every request that reuses one.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }
