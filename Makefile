@@ -46,7 +46,7 @@ run: build
 # The whole suite on the default (rustls) build, then the TLS end-to-end tests again on the
 # BoringSSL build. Under nextest each test is bounded by .config/nextest.toml; plain cargo test
 # is bounded as a whole by timeout(1).
-BORINGSSL := --no-default-features --features boringssl
+BORINGSSL := --no-default-features --features boringssl,jemalloc
 test: deps
 	$(CARGO) build --workspace --all-targets
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
