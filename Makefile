@@ -68,6 +68,7 @@ bench: build bench-deps
 	$(CARGO) build --release --example bare_pingora
 	loadtest/bench.sh
 	loadtest/callgrind.sh
+	loadtest/idle-memory.sh
 
 # schemathesis (from PyPI, into a venv under target/) with all of its checks against a running
 # gateway's admin API and admin-api/openapi.yaml.

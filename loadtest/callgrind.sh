@@ -5,6 +5,7 @@
 #
 #   REQUESTS=2000 loadtest/callgrind.sh
 #   POLICIES="plain resilient" loadtest/callgrind.sh   # some of them only
+#   PEERS=0 loadtest/callgrind.sh                       # meshgate only (no bare Pingora, NGINX, HAProxy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -26,25 +27,75 @@ trap cleanup EXIT
 target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 2>/dev/null &
 ECHO_PID=$!
 
-for name in $POLICIES; do
-  policy="$WORK/$name.toml"
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/out.%p" \
-    target/release/meshgate run -c "$policy" --upgrade-sock "$WORK/u.sock" --pid-file "$WORK/p" \
+# measure LABEL PORT COMMAND...: runs COMMAND under callgrind, warms it up, then counts the
+# instructions of REQUESTS keepalive requests to PORT (every thread of the process).
+measure() {
+  local label=$1 port=$2; shift 2
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/out.%p" "$@" \
     >/dev/null 2>"$WORK/valgrind.err" &
-  pid=$!
+  local pid=$!
   for _ in $(seq 1 300); do
-    curl -sf -o /dev/null http://127.0.0.1:18080/ && break
+    curl -sf -o /dev/null "http://127.0.0.1:$port/" && break
     sleep 0.2
   done
-  ab -q -k -n 500 -c 4 http://127.0.0.1:18080/ >/dev/null
+  ab -q -k -n 500 -c 4 "http://127.0.0.1:$port/" >/dev/null
   callgrind_control -z "$pid" >/dev/null
-  ab -q -k -n "$REQUESTS" -c 8 http://127.0.0.1:18080/ > "$WORK/ab.txt"
+  ab -q -k -n "$REQUESTS" -c 8 "http://127.0.0.1:$port/" > "$WORK/ab.txt"
   callgrind_control -d "$pid" >/dev/null
   sleep 1
+  local failed total
   failed=$(awk '/Failed requests/ {print $3}' "$WORK/ab.txt")
   # The first explicit dump holds exactly the measured requests.
   total=$(awk '/^summary:|^totals:/ {print $2; exit}' "$WORK/out.$pid.1")
-  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  kill -INT "$pid"; sleep 0.5; kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   rm -f "$WORK"/out.*
-  echo "$(basename "$policy"): $((total / REQUESTS)) instructions/request over $REQUESTS requests, $failed failed"
+  echo "$label: $((total / REQUESTS)) instructions/request over $REQUESTS requests, $failed failed"
+}
+
+for name in $POLICIES; do
+  measure "meshgate, $name" 18080 target/release/meshgate run -c "$WORK/$name.toml" \
+    --upgrade-sock "$WORK/u.sock" --pid-file "$WORK/p"
 done
+
+# The same load through the other proxies, one worker each, as in bench.sh.
+if [ "${PEERS:-1}" = 1 ]; then
+  if [ -x target/release/examples/bare_pingora ]; then
+    measure "bare Pingora" 18082 target/release/examples/bare_pingora 127.0.0.1:18082 "127.0.0.1:$ECHO_PORT" 1
+  fi
+  mkdir -p "$WORK/nginx"
+  cat > "$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:18083;
+    location / { proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+  measure "nginx" 18083 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx"
+  cat > "$WORK/haproxy.cfg" <<HAPROXY
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:18084
+  default_backend echo
+backend echo
+  server echo 127.0.0.1:$ECHO_PORT
+HAPROXY
+  measure "haproxy" 18084 haproxy -f "$WORK/haproxy.cfg" -db
+fi

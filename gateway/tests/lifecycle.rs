@@ -281,7 +281,10 @@ async fn an_upgrade_under_http2_load_drops_nothing() {
         String::from_utf8_lossy(&output.stdout).into_owned()
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let first = tokio::task::block_in_place(|| upgrade_in_a_row(&mut gateway, 1));
+    // Killed however the test ends, like every process it starts.
+    let mut first = KillOnDrop(tokio::task::block_in_place(|| {
+        upgrade_in_a_row(&mut gateway, 1)
+    }));
     let output = load.await.unwrap();
     println!("{output}");
     let line = |prefix: &str| {
@@ -317,7 +320,6 @@ async fn an_upgrade_under_http2_load_drops_nothing() {
     );
 
     // The second upgrade: `gateway` now points at the first new process.
-    let mut first = KillOnDrop(first);
     let listen = gateway.listen;
     let load = tokio::spawn(meshgate_echo::reconnecting_h2::run(
         listen,

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Memory at rest: meshgate's idle RSS on the bundled policy, and the memory per idle HTTP/1.1
+# keepalive connection of meshgate (the bench's plain route, one thread) and NGINX (one
+# worker) side by side: 5,000 and 10,000 connections, each after one proxied request.
+# Release build.
+#
+#   loadtest/idle-memory.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. loadtest/lib.sh
+ulimit -n "$(ulimit -Hn)" # 10,000 connections need as many descriptors in each process
+ECHO_PORT=18701; BUNDLED_PORT=18782; BUNDLED_ADMIN_PORT=18791
+MESHGATE_PORT=18780; ADMIN_PORT=18790; NGINX_PORT=18781
+WORK=$(mktemp -d /tmp/meshgate-idle.XXXXXX)
+PIDS=()
+cleanup() {
+  # NGINX's worker outlives a killed master: stop it through its PID file first.
+  [ -f "$WORK/nginx/nginx.pid" ] && nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -s stop 2>/dev/null || true
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return; sleep 0.1; done; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n idle >/dev/null 2>&1 & PIDS+=($!)
+
+# The bundled policy as `make run` starts it, on ports of its own.
+sed -e "s/127.0.0.1:8080/127.0.0.1:$BUNDLED_PORT/; s/127.0.0.1:9901/127.0.0.1:$BUNDLED_ADMIN_PORT/" \
+    -e "s/127.0.0.1:9001/127.0.0.1:$ECHO_PORT/; s/127.0.0.1:9002/127.0.0.1:$ECHO_PORT/" \
+    -e 's/^access_log = "stdout".*/access_log = "off"/' conf/meshgate.toml > "$WORK/bundled.toml"
+target/release/meshgate run -c "$WORK/bundled.toml" --upgrade-sock "$WORK/bundled.sock" \
+  --pid-file "$WORK/bundled.pid" >/dev/null 2>"$WORK/bundled.err" &
+BUNDLED=$!; PIDS+=($BUNDLED)
+meshgate_policy "$MESHGATE_PORT" "$ADMIN_PORT" > "$WORK/meshgate.toml"
+target/release/meshgate run -c "$WORK/meshgate.toml" --upgrade-sock "$WORK/u.sock" \
+  --pid-file "$WORK/meshgate.pid" >/dev/null 2>"$WORK/meshgate.err" &
+MESHGATE=$!; PIDS+=($MESHGATE)
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+worker_rlimit_nofile 16384;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_timeout 300s;
+  keepalive_requests 100000;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT backlog=4096;
+    location / { proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
+wait_port "$BUNDLED_PORT"; wait_port "$MESHGATE_PORT"; wait_port "$NGINX_PORT"
+sleep 1
+NGINX_PIDS=($NGINX_MASTER $(pgrep -P "$NGINX_MASTER" || true))
+
+echo "meshgate idle RSS, bundled policy (2 threads, access log off): $(( $(rss_kib "$BUNDLED") / 1024 )) MiB"
+kill -KILL "$BUNDLED"
+for count in 5000 10000; do
+  echo "meshgate: $(python3 loadtest/idle_connections.py "$MESHGATE_PORT" "$count" "$MESHGATE")"
+  echo "nginx:    $(python3 loadtest/idle_connections.py "$NGINX_PORT" "$count" "${NGINX_PIDS[@]}")"
+done
