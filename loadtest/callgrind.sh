@@ -63,24 +63,7 @@ if [ "${PEERS:-1}" = 1 ]; then
     measure "bare Pingora" 18082 target/release/examples/bare_pingora 127.0.0.1:18082 "127.0.0.1:$ECHO_PORT" 1
   fi
   mkdir -p "$WORK/nginx"
-  cat > "$WORK/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
-  server {
-    listen 127.0.0.1:18083;
-    location / { proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
+  nginx_conf "$WORK/nginx" 18083 "master_process off; daemon off;" > "$WORK/nginx/nginx.conf"
   measure "nginx" 18083 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx"
   cat > "$WORK/haproxy.cfg" <<HAPROXY
 global

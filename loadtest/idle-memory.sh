@@ -38,26 +38,9 @@ target/release/meshgate run -c "$WORK/meshgate.toml" --upgrade-sock "$WORK/u.soc
   --pid-file "$WORK/meshgate.pid" >/dev/null 2>"$WORK/meshgate.err" &
 MESHGATE=$!; PIDS+=($MESHGATE)
 mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-worker_rlimit_nofile 16384;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  keepalive_timeout 300s;
-  keepalive_requests 100000;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT backlog=4096;
-    location / { proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
+NGINX_CONNECTIONS=20000 nginx_conf "$WORK/nginx" "$NGINX_PORT" \
+  "worker_rlimit_nofile 16384; daemon off;" "keepalive_timeout 300s; keepalive_requests 100000;" \
+  " backlog=4096" > "$WORK/nginx/nginx.conf"
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
 wait_port "$BUNDLED_PORT"; wait_port "$MESHGATE_PORT"; wait_port "$NGINX_PORT"
 sleep 1

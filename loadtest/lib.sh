@@ -41,3 +41,27 @@ GLOBAL_LIMIT_ROUTE_KEYS='rate_limit = { requests_per_second = 1000000, burst = 1
 global_limit_store() {
   printf '[rate_limit_store]\nredis = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT"
 }
+
+# nginx_conf DIR PORT [MAIN_DIRECTIVES] [HTTP_DIRECTIVES] [LISTEN_OPTIONS]: NGINX with one
+# worker, its files in DIR, proxying 127.0.0.1:PORT to the echo upstream on $ECHO_PORT with
+# upstream keepalive, access log off; NGINX_CONNECTIONS worker connections (default 1024).
+nginx_conf() {
+  cat <<NGINX
+worker_processes 1;
+${3:-}
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections ${NGINX_CONNECTIONS:-1024}; }
+http {
+  access_log off;
+  ${4:-}
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$2${5:-};
+    location / { proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+}
