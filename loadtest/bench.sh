@@ -199,16 +199,7 @@ NGINX
 taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
 
-cat > "$WORK/haproxy.cfg" <<HAPROXY
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
+{ haproxy_head; cat <<HAPROXY; } > "$WORK/haproxy.cfg"
 frontend bench
   bind 127.0.0.1:$HAPROXY_PORT
   default_backend echo

@@ -65,15 +65,7 @@ if [ "${PEERS:-1}" = 1 ]; then
   mkdir -p "$WORK/nginx"
   nginx_conf "$WORK/nginx" 18083 "master_process off; daemon off;" > "$WORK/nginx/nginx.conf"
   measure "nginx" 18083 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx"
-  cat > "$WORK/haproxy.cfg" <<HAPROXY
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
+  { haproxy_head; cat <<HAPROXY; } > "$WORK/haproxy.cfg"
 frontend bench
   bind 127.0.0.1:18084
   default_backend echo

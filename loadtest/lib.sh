@@ -65,3 +65,19 @@ http {
 }
 NGINX
 }
+
+# haproxy_head: HAProxy's global and defaults sections as the benchmarks run it, one thread,
+# HTTP mode, server connections reused; frontends and backends follow.
+haproxy_head() {
+  cat <<HAPROXY
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+HAPROXY
+}

@@ -41,17 +41,6 @@ async fn get_ok(gateway: &Gateway, path: &str) {
     assert_eq!(response.status(), 200);
 }
 
-async fn put_policy(gateway: &Gateway, policy: &str) {
-    let response = client()
-        .put(gateway.admin_url("/policy"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(policy.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-}
-
 /// `stdout` writes one JSON object per request to stdout; a reload to `off` stops it, and a
 /// reload to a file sends the next requests there.
 #[tokio::test(flavor = "multi_thread")]
@@ -63,7 +52,7 @@ async fn stdout_off_and_a_file_take_effect_on_reload() {
     let stdout_path = dir.path().join("stdout.log");
     let file_path = dir.path().join("requests.log");
     let stdout = std::fs::File::create(&stdout_path).unwrap();
-    let body = route_to_echo(upstream);
+    let body = route_to(upstream, "");
     let policy = |target: &str| policy_head(listen, admin, target) + &body;
     let gateway = Gateway::start_with_stdout(dir, &policy("stdout"), listen, admin, stdout);
     for i in 0..3 {
@@ -73,11 +62,13 @@ async fn stdout_off_and_a_file_take_effect_on_reload() {
     assert_eq!(lines[2]["path"], "/stdout/2");
     assert_eq!(lines[2]["route"], "main");
 
-    put_policy(&gateway, &policy("off")).await;
+    gateway.apply_policy(policy("off")).await;
     for i in 0..3 {
         get_ok(&gateway, &format!("/off/{i}")).await;
     }
-    put_policy(&gateway, &policy(file_path.to_str().unwrap())).await;
+    gateway
+        .apply_policy(policy(file_path.to_str().unwrap()))
+        .await;
     get_ok(&gateway, "/file").await;
     let in_file = wait_lines(&file_path, 1).await;
     assert_eq!(in_file.len(), 1, "{in_file:?}");
@@ -86,18 +77,12 @@ async fn stdout_off_and_a_file_take_effect_on_reload() {
     assert_eq!(on_stdout.len(), 3, "lines written while off: {on_stdout:?}");
 }
 
-fn route_to_echo(upstream: SocketAddr) -> String {
-    format!(
-        "\n[[upstreams]]\nname = \"u\"\nendpoints = [\"{upstream}\"]\n\n[[routes]]\nname = \"main\"\nsplit = [{{ upstream = \"u\" }}]\n"
-    )
-}
-
 /// Moving the log file away (logrotate without `copytruncate`) makes the gateway open a new
 /// file at the path within about a second; no line is lost between the two.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_file_moved_away_is_reopened() {
     let upstream = start_echo("u").await;
-    let gateway = Gateway::start(&route_to_echo(upstream));
+    let gateway = Gateway::start(&route_to(upstream, ""));
     let log = gateway.dir.path().join("access.log");
     let rotated = gateway.dir.path().join("access.log.1");
     get_ok(&gateway, "/before").await;
@@ -146,7 +131,7 @@ async fn a_stuck_writer_drops_lines_and_counts_them_while_requests_go_on() {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let policy = policy_head(listen, admin, "stdout") + &route_to_echo(upstream);
+    let policy = policy_head(listen, admin, "stdout") + &route_to(upstream, "");
     // The pipe's read end stays open in this process, and is never read.
     let gateway = Gateway::start_with_stdout(dir, &policy, listen, admin, Stdio::piped());
     let output = tokio::task::spawn_blocking({

@@ -285,14 +285,7 @@ async fn tcp_health_checks_run_and_stop_when_the_upstream_is_removed() {
         per_check >= Duration::from_millis(60),
         "checks every {per_check:?}"
     );
-    let response = client()
-        .put(gateway.admin_url("/policy"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(gateway.policy_with_body(&base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    gateway.apply_policy(gateway.policy_with_body(&base)).await;
     // A check already under way may still land; then none.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after_reload = connections.load(Ordering::SeqCst);

@@ -113,15 +113,7 @@ async fn an_unchanged_policy_is_a_no_op() {
     let v1 = start_echo("v1").await;
     let gateway = Gateway::start(&split_policy(v1, v1, 1, 0));
     let policy = std::fs::read_to_string(&gateway.policy_path).unwrap();
-    let response = client()
-        .put(gateway.admin_url("/policy"))
-        .bearer_auth(TOKEN)
-        .body(policy)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let applied: serde_json::Value = response.json().await.unwrap();
+    let applied = gateway.apply_policy(policy).await;
     assert_eq!(applied["changed"], false);
     assert_eq!(applied["version"], 1);
     let history = gateway.admin_json("/policy/history").await;
@@ -133,19 +125,9 @@ async fn an_unchanged_policy_is_a_no_op() {
 #[tokio::test(flavor = "multi_thread")]
 async fn add_rules_append_to_existing_headers() {
     let upstream = start_echo("echo").await;
-    let gateway = Gateway::start(&format!(
-        r#"
-[[upstreams]]
-name = "pool"
-endpoints = ["{upstream}"]
-
-[[routes]]
-name = "main"
-split = [{{ upstream = "pool" }}]
-[routes.headers]
-request_add = {{ "x-tag" = "added" }}
-response_add = {{ "x-echo-server" = "added" }}
-"#
+    let gateway = Gateway::start(&route_to(
+        upstream,
+        "[routes.headers]\nrequest_add = { \"x-tag\" = \"added\" }\nresponse_add = { \"x-echo-server\" = \"added\" }",
     ));
     let response = client()
         .get(gateway.url("/headers"))

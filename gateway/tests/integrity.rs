@@ -12,22 +12,6 @@ use common::raw::*;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-fn route_to(upstream: std::net::SocketAddr, route_extra: &str) -> String {
-    format!(
-        r#"
-[[upstreams]]
-name = "pool"
-endpoints = ["{upstream}"]
-
-[[routes]]
-name = "main"
-match = {{ path_prefix = "/" }}
-split = [{{ upstream = "pool" }}]
-{route_extra}
-"#
-    )
-}
-
 const RETRY_ON_RESET: &str = r#"[routes.retry]
 attempts = 3
 on = ["connect-failure", "reset", "5xx"]

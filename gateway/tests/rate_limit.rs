@@ -24,6 +24,29 @@ fn store_section(url: &str, extra: &str) -> String {
     format!("\n[rate_limit_store]\nredis = \"{url}\"\n{extra}\n")
 }
 
+/// One route on `/` with a global limit of `rate` (its `requests_per_second` and `burst`)
+/// keyed on the route, and the store at `redis` with `on_error`, `key_prefix = prefix` and a
+/// 100 ms timeout.
+fn one_global_route(
+    upstream: SocketAddr,
+    redis: &Redis,
+    rate: &str,
+    prefix: &str,
+    on_error: &str,
+) -> String {
+    limited_routes(
+        upstream,
+        &[(
+            "api",
+            "/",
+            &format!("{rate}\nkey = \"route\"\nscope = \"global\""),
+        )],
+    ) + &store_section(
+        &redis.url(),
+        &format!("on_error = \"{on_error}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"100ms\""),
+    )
+}
+
 fn client_from(local: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(local.parse::<IpAddr>().unwrap())
@@ -444,16 +467,12 @@ async fn store_failure_follows_on_error_and_recovers() {
     let mut redis = Redis::start(None);
     let upstream = start_echo("u").await;
     let route = |prefix: &str, on_error: &str| {
-        limited_routes(
+        one_global_route(
             upstream,
-            &[(
-                "api",
-                "/",
-                "requests_per_second = 0.1\nburst = 2\nkey = \"route\"\nscope = \"global\"",
-            )],
-        ) + &store_section(
-            &redis.url(),
-            &format!("on_error = \"{on_error}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"100ms\""),
+            &redis,
+            "requests_per_second = 0.1\nburst = 2",
+            prefix,
+            on_error,
         )
     };
     let mut open = Gateway::start(&route("open", "allow"));
@@ -522,16 +541,12 @@ async fn a_slow_store_costs_at_most_its_timeout() {
     let redis = Redis::start(None);
     let upstream = start_echo("u").await;
     let route = |prefix: &str, on_error: &str| {
-        limited_routes(
+        one_global_route(
             upstream,
-            &[(
-                "api",
-                "/",
-                "requests_per_second = 100\nburst = 100\nkey = \"route\"\nscope = \"global\"",
-            )],
-        ) + &store_section(
-            &redis.url(),
-            &format!("on_error = \"{on_error}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"100ms\""),
+            &redis,
+            "requests_per_second = 100\nburst = 100",
+            prefix,
+            on_error,
         )
     };
     let open = Gateway::start(&route("open", "allow"));

@@ -8,32 +8,12 @@ use std::time::Duration;
 
 use common::*;
 
+/// The route to `upstream`, its answers marked `x-policy: <version>`.
 fn body(upstream: SocketAddr, version: &str) -> String {
-    format!(
-        r#"
-[[upstreams]]
-name = "pool"
-endpoints = ["{upstream}"]
-
-[[routes]]
-name = "main"
-match = {{ path_prefix = "/" }}
-split = [{{ upstream = "pool" }}]
-headers = {{ response_set = {{ "x-policy" = "{version}" }} }}
-"#
+    route_to(
+        upstream,
+        &format!("headers = {{ response_set = {{ \"x-policy\" = \"{version}\" }} }}"),
     )
-}
-
-async fn put(gateway: &Gateway, policy: String) -> serde_json::Value {
-    let response = client()
-        .put(gateway.admin_url("/policy"))
-        .bearer_auth(TOKEN)
-        .body(policy)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
 }
 
 /// The policy head with the listener moved to `listen` (and renamed to `name`).
@@ -64,11 +44,9 @@ async fn a_changed_listener_keeps_serving_under_load_until_the_restart() {
     let load =
         tokio::task::spawn_blocking(move || run_wrk(&["-t1", "-c8", "-d3s", "--latency"], &url));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let applied = put(
-        &gateway,
-        moved(&gateway, &body(upstream, "2"), "public", elsewhere),
-    )
-    .await;
+    let applied = gateway
+        .apply_policy(moved(&gateway, &body(upstream, "2"), "public", elsewhere))
+        .await;
     assert_eq!(
         applied["restart_required"],
         serde_json::json!(["listeners"])
@@ -108,11 +86,9 @@ async fn a_changed_listener_keeps_serving_under_load_until_the_restart() {
     );
 
     // A later PUT that does not touch the listener still lists the pending change.
-    let applied = put(
-        &gateway,
-        moved(&gateway, &body(upstream, "3"), "public", elsewhere),
-    )
-    .await;
+    let applied = gateway
+        .apply_policy(moved(&gateway, &body(upstream, "3"), "public", elsewhere))
+        .await;
     assert_eq!(
         applied["restart_required"],
         serde_json::json!(["listeners"])
@@ -126,11 +102,14 @@ async fn a_changed_listener_keeps_serving_under_load_until_the_restart() {
     assert_eq!(policy.headers()["x-meshgate-restart-required"], "listeners");
 
     // A renamed listener: the running one keeps its name and the routes for every listener.
-    let applied = put(
-        &gateway,
-        moved(&gateway, &body(upstream, "4"), "edge", gateway.listen),
-    )
-    .await;
+    let applied = gateway
+        .apply_policy(moved(
+            &gateway,
+            &body(upstream, "4"),
+            "edge",
+            gateway.listen,
+        ))
+        .await;
     assert_eq!(
         applied["restart_required"],
         serde_json::json!(["listeners"])
@@ -158,7 +137,9 @@ async fn a_changed_listener_keeps_serving_under_load_until_the_restart() {
     );
 
     // Back to what runs: nothing is pending any more.
-    let applied = put(&gateway, gateway.policy_with_body(&body(upstream, "5"))).await;
+    let applied = gateway
+        .apply_policy(gateway.policy_with_body(&body(upstream, "5")))
+        .await;
     assert_eq!(applied["restart_required"], serde_json::json!([]));
     assert_eq!(
         restart_gauge(&gateway.metrics().await, "listeners").as_deref(),
@@ -212,7 +193,9 @@ async fn policy_history_keeps_the_last_policies_across_a_restart() {
     );
     let gateway = Gateway::start_with(dir, &(head.clone() + &body(upstream, "1")), listen, admin);
     for version in ["2", "3", "4", "5"] {
-        put(&gateway, head.clone() + &body(upstream, version)).await;
+        gateway
+            .apply_policy(head.clone() + &body(upstream, version))
+            .await;
     }
     let history = gateway.admin_json("/policy/history").await;
     println!("history: {:?}", history_versions(&history));
@@ -292,7 +275,9 @@ async fn an_in_flight_request_keeps_its_snapshot_across_a_reload() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let answer = put(&gateway, gateway.policy_with_body(&body(slow, "v2"))).await;
+    let answer = gateway
+        .apply_policy(gateway.policy_with_body(&body(slow, "v2")))
+        .await;
     assert_eq!(answer["version"], 2, "{answer}");
     let pinned = in_flight.await.unwrap().unwrap();
     assert_eq!(pinned.status(), 200);
@@ -319,7 +304,7 @@ async fn trusted_proxies_apply_on_reload() {
         "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
         1,
     );
-    let answer = put(&gateway, trusting).await;
+    let answer = gateway.apply_policy(trusting).await;
     assert_eq!(
         answer["restart_required"],
         serde_json::json!([]),

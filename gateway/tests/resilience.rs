@@ -152,14 +152,9 @@ async fn outlier_detection_ejects_the_failing_endpoint_but_never_the_whole_pool(
     let changed = format!(
         "{body}\n[[upstreams]]\nname = \"other\"\nendpoints = [\"{other}\"]\n\n[[routes]]\nname = \"other\"\nmatch = {{ path_prefix = \"/other\" }}\nsplit = [{{ upstream = \"other\" }}]\n"
     );
-    let response = client
-        .put(gateway.admin_url("/policy"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(gateway.policy_with_body(&changed))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    gateway
+        .apply_policy(gateway.policy_with_body(&changed))
+        .await;
     let state = gateway.admin_json("/upstreams").await;
     assert_eq!(
         endpoint(&state, &bad.to_string())["ejected"],
@@ -329,14 +324,9 @@ async fn health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
     let dead = format!("127.0.0.1:{}", free_port());
     let with_new =
         format!("{body}\n[[upstreams]]\nname = \"added\"\nendpoints = [\"{dead}\"]\n{check}\n");
-    let response = client()
-        .put(gateway.admin_url("/policy"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(gateway.policy_with_body(&with_new))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    gateway
+        .apply_policy(gateway.policy_with_body(&with_new))
+        .await;
     let applied = Instant::now();
     loop {
         let state = gateway.admin_json("/upstreams").await;

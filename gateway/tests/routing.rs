@@ -432,14 +432,9 @@ async fn consistent_hashing_moves_few_keys_when_an_endpoint_is_added() {
         assert_eq!(served_by(&client, &url, &user).await, first, "{user} moved");
         before.push(first);
     }
-    let response = client
-        .put(gateway.admin_url("/policy"))
-        .bearer_auth(TOKEN)
-        .body(gateway.policy_with_body(&upstreams(4)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    gateway
+        .apply_policy(gateway.policy_with_body(&upstreams(4)))
+        .await;
     let mut moved = 0;
     for (user, old) in before.iter().enumerate() {
         let now = served_by(&client, &url, &format!("user-{user}")).await;

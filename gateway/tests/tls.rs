@@ -173,28 +173,8 @@ async fn mutual_tls_identities_and_authorization() {
         "allow = [\"spiffe://test/ns/shop/sa/checkout\"]",
     ) + "\n[[routes]]\nname = \"shop\"\nmatch = { path_prefix = \"/shop\" }\nsplit = [{ upstream = \"orders\" }]\nallow = [\"spiffe://test/ns/shop/*\"]\nrate_limit = { requests_per_second = 0.1, burst = 2, key = \"identity\" }\n\n[[routes]]\nname = \"closed\"\nmatch = { path_prefix = \"/\" }\nsplit = [{ upstream = \"orders\" }]\n";
     let gateway = start_tls_gateway(dir, &tls, &body);
-    let work = gateway.dir.path();
-    let cacert = ca.file.to_str().unwrap().to_owned();
-    let base = format!("https://mesh.test:{}", gateway.listen.port());
-    let resolve = resolve("mesh.test", &gateway);
     let fetch = |leaf: Option<&common::pki::Leaf>, path: &str, extra: &[&str]| {
-        let mut args: Vec<String> = vec![
-            "--cacert".into(),
-            cacert.clone(),
-            "--resolve".into(),
-            resolve.clone(),
-        ];
-        if let Some(leaf) = leaf {
-            args.extend([
-                "--cert".into(),
-                leaf.cert.display().to_string(),
-                "--key".into(),
-                leaf.key.display().to_string(),
-            ]);
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl(work, &args, &format!("{base}{path}"))
+        curl_as(&gateway, &ca.file, "mesh.test", leaf, path, extra)
     };
 
     for (who, leaf) in [

@@ -10,16 +10,6 @@ use common::https::*;
 use common::pki::{Authority, Leaf};
 use common::*;
 
-/// Client-certificate arguments for curl.
-fn with_cert(leaf: &Leaf) -> Vec<String> {
-    vec![
-        "--cert".into(),
-        leaf.cert.display().to_string(),
-        "--key".into(),
-        leaf.key.display().to_string(),
-    ]
-}
-
 /// `optional`: a client without a certificate gets in with no identity (and an `allow` route
 /// refuses it), one with a valid certificate is identified, and one whose certificate does
 /// not verify is refused in the handshake.
@@ -33,12 +23,7 @@ async fn optional_client_auth_admits_anonymous_clients_and_verifies_sent_certifi
     let checkout = ca.client(path, "checkout", "spiffe://test/ns/shop/sa/checkout", false);
     let forged = foreign.client(path, "forged", "spiffe://test/ns/shop/sa/checkout", false);
     let upstream = start_echo("orders").await;
-    let tls = format!(
-        "cert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"optional\"\n",
-        server.cert.display(),
-        server.key.display(),
-        ca.file.display()
-    );
+    let tls = mtls_table(&server, &ca.file, "optional");
     let body = echo_route(
         upstream,
         "private",
@@ -46,21 +31,10 @@ async fn optional_client_auth_admits_anonymous_clients_and_verifies_sent_certifi
         "allow = [\"spiffe://test/ns/shop/*\"]",
     ) + "\n[[routes]]\nname = \"open\"\nmatch = { path_prefix = \"/\" }\nsplit = [{ upstream = \"private\" }]\n";
     let gateway = start_tls_gateway(dir, &tls, &body);
-    let work = gateway.dir.path();
-    let base = format!("https://mesh.test:{}", gateway.listen.port());
-    let fetch = |extra: Vec<String>, path: &str| {
-        let mut args = vec![
-            "--cacert".to_owned(),
-            ca.file.display().to_string(),
-            "--resolve".to_owned(),
-            resolve("mesh.test", &gateway),
-        ];
-        args.extend(extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl(work, &args, &format!("{base}{path}"))
-    };
+    let fetch =
+        |leaf: Option<&Leaf>, path: &str| curl_as(&gateway, &ca.file, "mesh.test", leaf, path, &[]);
 
-    let anonymous = fetch(vec![], "/headers");
+    let anonymous = fetch(None, "/headers");
     assert_eq!(
         (anonymous.exit, anonymous.status),
         (0, 200),
@@ -70,11 +44,11 @@ async fn optional_client_auth_admits_anonymous_clients_and_verifies_sent_certifi
         !anonymous.body.contains("x-forwarded-client-cert"),
         "an anonymous client got an identity: {anonymous:?}"
     );
-    let refused = fetch(vec![], "/headers/private");
+    let refused = fetch(None, "/headers/private");
     assert_eq!(refused.status, 403, "{refused:?}");
     assert!(refused.headers.contains("x-meshgate-reason: forbidden"));
 
-    let identified = fetch(with_cert(&checkout), "/headers/private");
+    let identified = fetch(Some(&checkout), "/headers/private");
     assert_eq!(
         (identified.exit, identified.status),
         (0, 200),
@@ -87,7 +61,7 @@ async fn optional_client_auth_admits_anonymous_clients_and_verifies_sent_certifi
         "{identified:?}"
     );
 
-    let forged = fetch(with_cert(&forged), "/headers");
+    let forged = fetch(Some(&forged), "/headers");
     assert_ne!(
         forged.exit, 0,
         "a certificate from a foreign CA got in: {forged:?}"
@@ -163,28 +137,11 @@ async fn client_ca_rotates_live() {
     std::fs::create_dir(&live).unwrap();
     let client_ca = live.join("client-ca.crt");
     std::fs::copy(&old_ca.file, &client_ca).unwrap();
-    let tls = format!(
-        "cert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"require\"\n",
-        server.cert.display(),
-        server.key.display(),
-        client_ca.display()
-    );
+    let tls = mtls_table(&server, &client_ca, "require");
     let upstream = start_echo("u").await;
     let gateway = start_tls_gateway(dir, &tls, &echo_route(upstream, "u", "/", ""));
     let pid = gateway.pid();
-    let work = gateway.dir.path();
-    let url = format!("https://mesh.test:{}/", gateway.listen.port());
-    let fetch = |leaf: &Leaf| {
-        let mut args = vec![
-            "--cacert".to_owned(),
-            old_ca.file.display().to_string(),
-            "--resolve".to_owned(),
-            resolve("mesh.test", &gateway),
-        ];
-        args.extend(with_cert(leaf));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl(work, &args, &url)
-    };
+    let fetch = |leaf: &Leaf| curl_as(&gateway, &old_ca.file, "mesh.test", Some(leaf), "/", &[]);
     assert_eq!(fetch(&old_client).status, 200);
     assert_eq!(
         fetch(&new_client).status,
@@ -210,4 +167,68 @@ async fn client_ca_rotates_live() {
         metrics.contains("meshgate_tls_reloads_total{result=\"applied\"}"),
         "{metrics}"
     );
+}
+
+/// A rotation by a swapped folder link, as Kubernetes mounts a secret (`tls.crt` →
+/// `..data/tls.crt`, `..data` → a dated folder, replaced by renaming a new link over it), is
+/// seen live though neither certificate path changes, while a file written all the time in
+/// the same folder doesn't hold it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_swapped_by_a_folder_link_rotates_live() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let ca = Authority::new(path, "ca");
+    let first = ca.server(path, "first", "first-cert", &["main.test"]);
+    let second = ca.server(path, "second", "second-cert", &["main.test"]);
+    let mount = path.join("secret");
+    let dated = |name: &str, leaf: &Leaf| {
+        let folder = mount.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(&leaf.cert, folder.join("tls.crt")).unwrap();
+        std::fs::copy(&leaf.key, folder.join("tls.key")).unwrap();
+    };
+    dated("..2026_01", &first);
+    symlink("..2026_01", mount.join("..data")).unwrap();
+    symlink("..data/tls.crt", mount.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", mount.join("tls.key")).unwrap();
+    let tls = format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        mount.join("tls.crt").display(),
+        mount.join("tls.key").display()
+    );
+    let upstream = start_echo("u").await;
+    let gateway = start_tls_gateway(dir, &tls, &echo_route(upstream, "u", "/", ""));
+    let port = gateway.listen.port();
+    assert!(served_subject(port, "main.test").contains("first-cert"));
+
+    // Noise beside the secret, written every 20 ms for the whole test.
+    let noise = mount.join("noise.log");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            for i in 0..500 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::fs::write(&noise, format!("{i}\n")).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    dated("..2026_02", &second);
+    symlink("..2026_02", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !served_subject(port, "main.test").contains("second-cert") {
+        assert!(
+            Instant::now() < deadline,
+            "the swapped certificate was never served: {}",
+            gateway.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
 }

@@ -33,7 +33,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::lifecycle::{Lifecycle, DRAIN_IDLE};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 /// What a timed-out client is told before the connection closes.
 const REQUEST_TIMEOUT_ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nx-meshgate-reason: client-timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
@@ -49,7 +49,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// (so do TLS connections still in their handshake when places ran out), counted by `waiting`.
 pub struct ConnectionLimit {
     /// Places under `max_connections`.
-    places: Arc<Semaphore>,
+    places: Semaphore,
     /// Signalled each time a served connection closes and frees a place.
     freed: Notify,
     /// Connections being served.
@@ -62,7 +62,7 @@ impl ConnectionLimit {
     /// A limit of `max_connections` places, counted in the `served` and `waiting` gauges.
     pub fn new(max_connections: usize, served: IntGauge, waiting: IntGauge) -> Arc<Self> {
         Arc::new(ConnectionLimit {
-            places: Arc::new(Semaphore::new(max_connections)),
+            places: Semaphore::new(max_connections),
             freed: Notify::new(),
             served,
             waiting,
@@ -73,7 +73,7 @@ impl ConnectionLimit {
     async fn take_place(&self) -> Option<Place<'_>> {
         let permit = {
             let _waiting = GaugeHold::new(&self.waiting);
-            self.places.clone().acquire_owned().await.ok()?
+            self.places.acquire().await.ok()?
         };
         Some(Place {
             limit: self,
@@ -86,7 +86,7 @@ impl ConnectionLimit {
 /// A served connection's place under its listener's limit; frees it when dropped.
 struct Place<'a> {
     limit: &'a ConnectionLimit,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<SemaphorePermit<'a>>,
     _served: GaugeHold<'a>,
 }
 
@@ -185,7 +185,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = self.lifecycle.open_connection();
-        let place = self.limit.take_place().await?;
+        let _place = self.limit.take_place().await?;
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream
         } else {
@@ -195,9 +195,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
                 &self.lifecycle,
             ))
         };
-        let reused = self.inner.process_new(stream, shutdown).await;
-        drop(place);
-        reused
+        self.inner.process_new(stream, shutdown).await
     }
 
     /// Pingora's HTTP cleanup aborts every idle keepalive connection the moment the listeners
@@ -266,7 +264,7 @@ impl HeadTimedStream {
             closing_registered: false,
             lifecycle: Arc::clone(lifecycle),
             closing: Some(Box::pin(lifecycle.closing())),
-            opened: tokio::time::Instant::now(),
+            opened: now,
             idle_since_ms: AtomicU64::new(0),
             drain_deadline: None,
             inner,

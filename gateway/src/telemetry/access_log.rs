@@ -61,7 +61,7 @@ impl AccessLog {
     /// Checks that `target` can be opened for appending, without starting a writer.
     pub fn check(target: &AccessLogTarget) -> std::io::Result<()> {
         if let AccessLogTarget::File(path) = target {
-            OpenOptions::new().create(true).append(true).open(path)?;
+            open_for_append(path)?;
         }
         Ok(())
     }
@@ -84,6 +84,11 @@ impl AccessLog {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
     }
+}
+
+/// Opens (or creates) an access log file to append to.
+fn open_for_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// Where the writer thread writes.
@@ -113,7 +118,7 @@ struct LogFile {
 
 impl LogFile {
     fn open(path: &Path) -> std::io::Result<LogFile> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_for_append(path)?;
         let meta = file.metadata()?;
         Ok(LogFile {
             path: path.to_owned(),

@@ -91,3 +91,44 @@ pub fn replace_by_rename(from: &Path, to: &Path) {
     std::fs::copy(from, &staging).unwrap();
     std::fs::rename(&staging, to).unwrap();
 }
+
+/// A `[listeners.tls]` body serving `server`, asking clients for certificates that chain to
+/// `client_ca` as `client_auth` says (`"optional"` or `"require"`).
+pub fn mtls_table(server: &super::pki::Leaf, client_ca: &Path, client_auth: &str) -> String {
+    format!(
+        "cert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"{client_auth}\"\n",
+        server.cert.display(),
+        server.key.display(),
+        client_ca.display()
+    )
+}
+
+/// curl to `path` on `gateway`'s TLS listener as `host` (resolved to the listener), trusting
+/// `ca`, presenting `leaf`'s certificate when given, with `extra` arguments.
+pub fn curl_as(
+    gateway: &Gateway,
+    ca: &Path,
+    host: &str,
+    leaf: Option<&super::pki::Leaf>,
+    path: &str,
+    extra: &[&str],
+) -> Fetched {
+    let mut args: Vec<String> = vec![
+        "--cacert".into(),
+        ca.display().to_string(),
+        "--resolve".into(),
+        resolve(host, gateway),
+    ];
+    if let Some(leaf) = leaf {
+        args.extend([
+            "--cert".into(),
+            leaf.cert.display().to_string(),
+            "--key".into(),
+            leaf.key.display().to_string(),
+        ]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let url = format!("https://{host}:{}{path}", gateway.listen.port());
+    curl(gateway.dir.path(), &args, &url)
+}

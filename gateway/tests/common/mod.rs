@@ -93,6 +93,24 @@ pub async fn start_upstream(
     (addr, config, task)
 }
 
+/// One upstream `pool` at `upstream`, and one route `main` to it for every path, with
+/// `route_extra` added to the route's table.
+pub fn route_to(upstream: SocketAddr, route_extra: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "pool"
+endpoints = ["{upstream}"]
+
+[[routes]]
+name = "main"
+match = {{ path_prefix = "/" }}
+split = [{{ upstream = "pool" }}]
+{route_extra}
+"#
+    )
+}
+
 /// A running gateway process and its files.
 pub struct Gateway {
     child: Child,
@@ -268,6 +286,26 @@ impl Gateway {
     pub fn policy_with_body(&self, body: &str) -> String {
         let access_log = self.dir.path().join("access.log");
         policy_head(self.listen, self.admin, access_log.to_str().unwrap()) + body
+    }
+
+    /// PUTs `policy` to `/policy` with the admin token.
+    pub async fn put_policy(&self, policy: impl Into<String>) -> reqwest::Response {
+        client()
+            .put(self.admin_url("/policy"))
+            .bearer_auth(TOKEN)
+            .body(policy.into())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// PUTs `policy`, asserts it was applied (`200`) and returns the answer's JSON.
+    pub async fn apply_policy(&self, policy: impl Into<String>) -> serde_json::Value {
+        let response = self.put_policy(policy).await;
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 200, "the policy was refused: {text}");
+        serde_json::from_str(&text).unwrap()
     }
 
     /// GET an authenticated admin endpoint and parse its JSON.
