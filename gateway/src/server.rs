@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::{load_admin_token, AdminService, GatewayAdmin};
 use crate::lifecycle::{Lifecycle, SignalWatch};
-use crate::proxy::connection::{AcceptGate, ConnectionLimit, GuardedApp};
+use crate::proxy::connection::{AcceptGate, ConnectionLimit};
+use crate::proxy::guarded::GuardedApp;
 use crate::proxy::MeshProxy;
 use crate::reload::{watch_policy_file, PolicyStore};
 use crate::telemetry::Telemetry;
@@ -181,13 +183,21 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             GuardedApp::new(
                 proxy_app.clone(),
                 policy.server.client_header_timeout,
+                policy.server.client_idle_timeout,
                 limit.clone(),
                 lifecycle.clone(),
             ),
         );
         proxy.set_connection_filter(Arc::new(AcceptGate(limit)));
         match store.tls.listener(&listener.name) {
-            None => proxy.add_tcp(&listener.addr.to_string()),
+            // No read buffer under a plain connection: Pingora reads heads and bodies into
+            // buffers of its own, and the stream's 64 KiB read buffer would stay allocated
+            // (and touched) for as long as a keepalive connection lives. The write buffer
+            // (one segment) stays: it joins a response's head and body in one write.
+            None => proxy.add_listener(
+                ListenerConfig::tcp(listener.addr.to_string())
+                    .l4_buffer(L4BufferSettings::default().read(0)),
+            ),
             Some(state) => {
                 let settings = crate::tls::listener_settings(&state)
                     .map_err(|e| format!("listener {}: TLS: {e}", listener.name))?;

@@ -21,13 +21,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
 use pingora::listeners::ConnectionFilter;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN,
 };
-use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -39,7 +37,7 @@ use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 const REQUEST_TIMEOUT_ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nx-meshgate-reason: client-timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// The HTTP/2 connection preface (h2c with prior knowledge).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// One listener's connection limit.
 ///
@@ -70,7 +68,7 @@ impl ConnectionLimit {
     }
 
     /// Takes a place for a connection, waiting for one if there is none.
-    async fn take_place(&self) -> Option<Place<'_>> {
+    pub(super) async fn take_place(&self) -> Option<Place<'_>> {
         let permit = {
             let _waiting = GaugeHold::new(&self.waiting);
             self.places.acquire().await.ok()?
@@ -84,7 +82,7 @@ impl ConnectionLimit {
 }
 
 /// A served connection's place under its listener's limit; frees it when dropped.
-struct Place<'a> {
+pub(super) struct Place<'a> {
     limit: &'a ConnectionLimit,
     permit: Option<SemaphorePermit<'a>>,
     _served: GaugeHold<'a>,
@@ -134,33 +132,6 @@ impl ConnectionFilter for AcceptGate {
     }
 }
 
-/// Pingora's HTTP application, with a listener's connection limit and the head deadline in
-/// front of it. Each listener has its own, sharing one application.
-pub struct GuardedApp<A> {
-    inner: Arc<A>,
-    header_timeout: Duration,
-    limit: Arc<ConnectionLimit>,
-    lifecycle: Arc<Lifecycle>,
-}
-
-impl<A> GuardedApp<A> {
-    /// Guards `inner`: heads must arrive within `header_timeout`, and the listener serves at
-    /// most `limit`'s number of connections at once.
-    pub fn new(
-        inner: Arc<A>,
-        header_timeout: Duration,
-        limit: Arc<ConnectionLimit>,
-        lifecycle: Arc<Lifecycle>,
-    ) -> Self {
-        GuardedApp {
-            inner,
-            header_timeout,
-            limit,
-            lifecycle,
-        }
-    }
-}
-
 /// Takes a gauge down when dropped.
 struct GaugeHold<'a>(&'a IntGauge);
 
@@ -175,33 +146,6 @@ impl Drop for GaugeHold<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let _open = self.lifecycle.open_connection();
-        let _place = self.limit.take_place().await?;
-        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            stream
-        } else {
-            Box::new(HeadTimedStream::new(
-                stream,
-                self.header_timeout,
-                &self.lifecycle,
-            ))
-        };
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    /// Pingora's HTTP cleanup aborts every idle keepalive connection the moment the listeners
-    /// stop, racing with requests already on the wire. It is left out: [`HeadTimedStream`]
-    /// closes idle connections after [`DRAIN_IDLE`] instead.
-    async fn cleanup(&self) {}
 }
 
 /// Where a connection is in its request cycle.
@@ -221,15 +165,18 @@ mod phase {
 pub struct HeadTimedStream {
     inner: Stream,
     timeout: Duration,
+    /// How long the connection may stay idle between requests (`client_idle_timeout`).
+    idle_timeout: Duration,
     phase: AtomicU8,
     /// When the current head must have arrived.
     head_deadline: tokio::time::Instant,
-    /// Wakes the connection at `head_deadline`. Armed only when a head read has to wait:
-    /// most heads arrive in one read, and arming a timer per request costs a lock in tokio's
-    /// timer wheel.
+    /// Wakes the connection at `head_deadline`, or at the end of its idle time between
+    /// requests. Armed only when a read has to wait: most heads arrive in one read, and
+    /// arming a timer per request costs a lock in tokio's timer wheel.
     deadline: Pin<Box<tokio::time::Sleep>>,
-    /// Whether `deadline` is armed for the current `head_deadline`.
-    deadline_armed: bool,
+    /// The phase `deadline` is armed for (`phase::HEAD` for the current head, `phase::IDLE`
+    /// for the current idle time), if any.
+    deadline_armed_for: Option<u8>,
     /// Whether the drain signal has been polled once: its waker stays registered, so later
     /// polls only read the flag below.
     closing_registered: bool,
@@ -256,11 +203,18 @@ pub struct HeadTimedStream {
 }
 
 impl HeadTimedStream {
-    fn new(inner: Stream, timeout: Duration, lifecycle: &Arc<Lifecycle>) -> Self {
+    /// Times `inner`'s request heads with `timeout` and its idle time between requests with
+    /// `idle_timeout`.
+    pub(super) fn new(
+        inner: Stream,
+        timeout: Duration,
+        idle_timeout: Duration,
+        lifecycle: &Arc<Lifecycle>,
+    ) -> Self {
         let now = tokio::time::Instant::now();
         HeadTimedStream {
             head_deadline: now + timeout,
-            deadline_armed: false,
+            deadline_armed_for: None,
             closing_registered: false,
             lifecycle: Arc::clone(lifecycle),
             closing: Some(Box::pin(lifecycle.closing())),
@@ -269,6 +223,7 @@ impl HeadTimedStream {
             drain_deadline: None,
             inner,
             timeout,
+            idle_timeout,
             phase: AtomicU8::new(phase::HEAD),
             deadline: Box::pin(tokio::time::sleep_until(now + timeout)),
             head_started: false,
@@ -281,6 +236,11 @@ impl HeadTimedStream {
     /// The guarded stream under a session's stream, if it is one.
     pub fn of(stream: &Stream) -> Option<&HeadTimedStream> {
         stream.as_any().downcast_ref::<HeadTimedStream>()
+    }
+
+    /// Gives `bytes`, read from this stream, back to it: the next reads return them first.
+    pub(super) fn unread(&mut self, bytes: &[u8]) {
+        self.peeked.splice(0..0, bytes.iter().copied());
     }
 
     /// The proxy has the whole head: stop the deadline.
@@ -334,6 +294,8 @@ impl HeadTimedStream {
 
     /// The request is answered: the next byte starts the next head's deadline.
     pub fn request_done(&self) {
+        // The deadline, if armed for the head, is armed again for the idle time by the next
+        // read that has to wait.
         self.idle_since_ms
             .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         let _ = self.phase.compare_exchange(
@@ -404,11 +366,24 @@ impl AsyncRead for HeadTimedStream {
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if result.is_pending() && current == phase::IDLE {
+            // Idle between requests: close quietly at the end of `client_idle_timeout`, as
+            // after a keepalive timeout.
+            if this.deadline_armed_for != Some(phase::IDLE) {
+                let idle_since =
+                    this.opened + Duration::from_millis(this.idle_since_ms.load(Ordering::Relaxed));
+                this.deadline.as_mut().reset(idle_since + this.idle_timeout);
+                this.deadline_armed_for = Some(phase::IDLE);
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+        }
         if result.is_pending() && this.phase.load(Ordering::Relaxed) == phase::HEAD {
             // The head is not all here: wake up at its deadline if nothing else comes.
-            if !this.deadline_armed {
+            if this.deadline_armed_for != Some(phase::HEAD) {
                 this.deadline.as_mut().reset(this.head_deadline);
-                this.deadline_armed = true;
+                this.deadline_armed_for = Some(phase::HEAD);
             }
             if this.deadline.as_mut().poll(cx).is_ready() {
                 this.answer_written = Some(0);
@@ -433,7 +408,7 @@ impl AsyncRead for HeadTimedStream {
                     this.phase.store(phase::HEAD, Ordering::Relaxed);
                     this.head_started = true;
                     this.head_deadline = tokio::time::Instant::now() + this.timeout;
-                    this.deadline_armed = false;
+                    this.deadline_armed_for = None;
                 } else {
                     this.head_started = true;
                 }
@@ -541,8 +516,14 @@ impl GetSocketDigest for HeadTimedStream {
 #[async_trait]
 impl Peek for HeadTimedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        let mut filled = 0;
-        while filled < buf.len() {
+        // Bytes peeked before (or given back by `unread`) come first, and stay first for the
+        // reads that follow.
+        let mut peeked = std::mem::take(&mut self.peeked);
+        let held = peeked.len().min(buf.len());
+        buf[..held].copy_from_slice(&peeked[..held]);
+        let mut filled = held;
+        let mut result = Ok(true);
+        while filled < buf.len() && H2_PREFACE.starts_with(&buf[..filled]) {
             let read = std::future::poll_fn(|cx| {
                 let mut read_buf = ReadBuf::new(&mut buf[filled..]);
                 match Pin::new(&mut *self).poll_read(cx, &mut read_buf) {
@@ -551,16 +532,20 @@ impl Peek for HeadTimedStream {
                     Poll::Pending => Poll::Pending,
                 }
             })
-            .await?;
-            if read == 0 {
-                break;
-            }
-            filled += read;
-            if !H2_PREFACE.starts_with(&buf[..filled]) {
-                break;
+            .await;
+            match read {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        self.peeked.extend_from_slice(&buf[..filled]);
-        Ok(true)
+        if filled > held {
+            peeked.extend_from_slice(&buf[held..filled]);
+        }
+        self.peeked = peeked;
+        result
     }
 }

@@ -24,6 +24,7 @@ mod answer;
 pub mod connection;
 mod context;
 mod finish;
+pub mod guarded;
 mod hygiene;
 mod reason;
 mod request;
@@ -51,15 +52,15 @@ use connection::HeadTimedStream;
 use context::RequestCtx;
 use hygiene::HeadLimits;
 pub use reason::{Reason, REASON_HEADER};
-use request::{key_hash, request_host};
+use request::{forwarded_for_value, key_hash, request_host};
 use retry::client_gone_during;
 
 /// Response header naming the circuit breaker limit that refused a request.
 pub const OVERFLOW_HEADER: &str = "x-meshgate-overflow";
 
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const HTTP_SCHEME: http::HeaderValue = http::HeaderValue::from_static("http");
 const HTTPS_SCHEME: http::HeaderValue = http::HeaderValue::from_static("https");
 const X_FORWARDED_CLIENT_CERT: http::HeaderName =
@@ -303,13 +304,11 @@ impl ProxyHttp for MeshProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Header names are given as static strings: Pingora keeps each name's case for
+        // HTTP/1.1, and a `HeaderName` would be copied into a new "titled" name per request.
         if let Some(ip) = client_ip(session) {
-            let forwarded_for = match upstream_request.headers.get(&X_FORWARDED_FOR) {
-                Some(existing) => {
-                    format!("{}, {ip}", String::from_utf8_lossy(existing.as_bytes()))
-                }
-                None => ip.to_string(),
-            };
+            let forwarded_for =
+                forwarded_for_value(upstream_request.headers.get(X_FORWARDED_FOR), ip);
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
         let scheme = if ctx.tls.is_some() {
@@ -323,11 +322,15 @@ impl ProxyHttp for MeshProxy {
         if let Some(value) = ctx.peer_tls().and_then(PeerTls::forwarded_client_cert) {
             upstream_request.insert_header(X_FORWARDED_CLIENT_CERT, value)?;
         }
-        if let Some(host) = request_host(session.req_header()).map(str::to_owned) {
+        let request = session.req_header();
+        if let Some(host) = request.headers.get(http::header::HOST) {
+            // The client's own value, shared rather than copied.
+            upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?;
+        } else if let Some(host) = request_host(request).map(str::to_owned) {
             upstream_request.insert_header(X_FORWARDED_HOST, host.as_str())?;
             // An HTTP/2 client sends only `:authority`; an HTTP/1.1 upstream needs `Host`.
             if upstream_request.headers.get(http::header::HOST).is_none() {
-                upstream_request.insert_header(http::header::HOST, host.as_str())?;
+                upstream_request.insert_header("host", host.as_str())?;
             }
         }
         if let Some(span) = &ctx.span {

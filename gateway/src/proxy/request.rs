@@ -53,3 +53,72 @@ pub fn key_hash(key: &RequestKey, header: &RequestHeader, client_ip: Option<IpAd
     }
     hasher.finish()
 }
+
+/// The `X-Forwarded-For` value sent upstream: the client's value, if any, with `client`
+/// appended. An IPv4 address is written by hand: `Ipv4Addr`'s `Display` goes through the
+/// formatting machinery and a `String`, about ten times the work, on every request.
+pub fn forwarded_for_value(
+    existing: Option<&http::HeaderValue>,
+    client: IpAddr,
+) -> http::HeaderValue {
+    let mut value = Vec::with_capacity(existing.map_or(0, |v| v.len() + 2) + 39);
+    if let Some(existing) = existing {
+        value.extend_from_slice(existing.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    match client {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    value.push(b'.');
+                }
+                if octet >= 100 {
+                    value.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    value.push(b'0' + octet / 10 % 10);
+                }
+                value.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(value, "{v6}");
+        }
+    }
+    // The client's bytes were a valid header value and an address adds only ASCII; should
+    // that ever not hold, the address alone is sent.
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).unwrap_or_else(|_| {
+        http::HeaderValue::from_str(&client.to_string())
+            .unwrap_or(http::HeaderValue::from_static("unknown"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_writes_addresses_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "9.99.199.250",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(
+                forwarded_for_value(None, ip).to_str().unwrap(),
+                ip.to_string()
+            );
+        }
+        let existing = http::HeaderValue::from_static("203.0.113.7");
+        let ip: IpAddr = "192.168.1.10".parse().unwrap();
+        assert_eq!(
+            forwarded_for_value(Some(&existing), ip).to_str().unwrap(),
+            "203.0.113.7, 192.168.1.10"
+        );
+    }
+}

@@ -1559,6 +1559,58 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
+        session: HttpSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.process_new_http_unboxed(session, shutdown).await
+    }
+
+    async fn http_cleanup(&self) {
+        self.shutdown_flag.store(true, Ordering::Release);
+        // Notify all keepalived requests blocking on read_request() to abort
+        self.shutdown.notify_waiters();
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.server_options.as_ref()
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.h2_options.clone()
+    }
+    async fn process_custom_session(
+        self: Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let app = self.clone();
+
+        let Some(process_custom_session) = app.process_custom_session.as_ref() else {
+            warn!("custom was called on an empty on_custom");
+            return None;
+        };
+
+        process_custom_session(self.clone(), stream, shutdown).await
+    }
+
+    // TODO implement h2_options
+}
+
+impl<SV, C> HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+    C: custom::Connector,
+{
+    /// [`HttpServerApp::process_new_http`] as a plain `async fn`, whose future the caller
+    /// places itself.
+    ///
+    /// meshgate patch: `#[async_trait]` boxes the per-request future (about 10 KB) on every
+    /// request, and the future is built on the stack and then copied into its box, one
+    /// instruction per byte. A caller that drives the keepalive loop can allocate the box
+    /// first and build the future in it.
+    pub async fn process_new_http_unboxed(
+        self: &Arc<Self>,
         mut session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
@@ -1594,36 +1646,6 @@ where
 
         self.process_request(session, ctx).await
     }
-
-    async fn http_cleanup(&self) {
-        self.shutdown_flag.store(true, Ordering::Release);
-        // Notify all keepalived requests blocking on read_request() to abort
-        self.shutdown.notify_waiters();
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.server_options.as_ref()
-    }
-
-    fn h2_options(&self) -> Option<H2Options> {
-        self.h2_options.clone()
-    }
-    async fn process_custom_session(
-        self: Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let app = self.clone();
-
-        let Some(process_custom_session) = app.process_custom_session.as_ref() else {
-            warn!("custom was called on an empty on_custom");
-            return None;
-        };
-
-        process_custom_session(self.clone(), stream, shutdown).await
-    }
-
-    // TODO implement h2_options
 }
 
 use pingora_core::services::listening::{RuntimeOptsOverride, Service};

@@ -135,6 +135,18 @@ impl HttpPersistentSettings {
         self.user_context = Some(ctx);
     }
 
+    /// Whether bytes of a pipelined request, read past the end of the previous one, wait to be
+    /// parsed by the next session.
+    ///
+    /// meshgate patch: an application that drives the HTTP/1.1 keepalive loop itself (and
+    /// waits for the next request's first bytes outside the per-request state) must not wait
+    /// on the socket when the next request is already here.
+    pub fn has_pipelined_prefix(&self) -> bool {
+        self.pipelined_prefix
+            .as_ref()
+            .is_some_and(|prefix| !prefix.is_empty())
+    }
+
     /// Take the user-defined context, if any.
     pub fn take_user_context(&mut self) -> Option<Box<dyn Any + Send + Sync>> {
         self.user_context.take()
@@ -174,7 +186,8 @@ impl HttpPersistentSettings {
 
         // Feed any pipelined prefix bytes to the new session's request parser
         // so they are treated as the start of the next request.
-        if let Some(prefix) = pipelined_prefix {
+        // meshgate patch: an empty prefix is no prefix, so a caller may set its own.
+        if let Some(prefix) = pipelined_prefix.filter(|prefix| !prefix.is_empty()) {
             session.set_pipelined_prefix(prefix);
         }
     }

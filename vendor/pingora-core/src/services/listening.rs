@@ -231,7 +231,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        // meshgate patch: the handshake future (the TLS acceptor's, about
+                        // 8 KB) is boxed for the handshake's time only. Inline, it sized this
+                        // connection task, which lives (and stays resident) as long as the
+                        // connection, idle keepalive connections included.
+                        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,

@@ -174,7 +174,16 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_sized(buf_to_rewind, self.body_buf_size);
+    }
+
+    // meshgate patch: the body buffer is sized by what the body can need. A body whose length
+    // is known and smaller than `body_buf_size` (64 KiB) gets a buffer of its length, not a
+    // 64 KiB one per message: in jemalloc and glibc alike a 64 KiB allocation and its free cost
+    // thousands of instructions, and most bodies arrive whole with their head (`buf_to_rewind`).
+    // A later read that needs more room grows the buffer in `prepare_buf_for_io`.
+    fn prepare_buf_sized(&mut self, buf_to_rewind: &[u8], size: usize) {
+        let mut body_buf = BytesMut::with_capacity(size.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -246,7 +255,7 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                self.prepare_buf_sized(buf_to_rewind, cl.min(self.body_buf_size));
                 self.body_state = PS::Partial(0, cl);
             }
         }
