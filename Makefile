@@ -28,8 +28,10 @@ endef
 deps:
 	$(call install-missing,$(PACKAGES))
 
+# oha (from crates.io) holds a fixed request rate for the latency rows.
 bench-deps:
 	$(call install-missing,$(BENCH_PACKAGES))
+	@command -v oha >/dev/null 2>&1 || $(CARGO) install oha --locked
 
 build: deps
 	$(CARGO) build --release --workspace
@@ -66,9 +68,10 @@ lint:
 
 bench: build bench-deps
 	$(CARGO) build --release --example bare_pingora
-	loadtest/bench.sh
-	loadtest/callgrind.sh
-	loadtest/idle-memory.sh
+	@mkdir -p loadtest/results
+	bash -o pipefail -c '{ loadtest/bench.sh && echo && loadtest/http2.sh && echo && \
+	  loadtest/latency.sh && echo && loadtest/scaling.sh && echo && loadtest/callgrind.sh && \
+	  echo && loadtest/idle-memory.sh; } 2>&1 | tee loadtest/results/bench-full.md'
 
 # schemathesis (from PyPI, into a venv under target/) with all of its checks against a running
 # gateway's admin API and admin-api/openapi.yaml.

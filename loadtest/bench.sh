@@ -44,32 +44,14 @@ for tool in wrk nginx haproxy taskset redis-server openssl; do
 done
 [ -x target/release/meshgate ] || { echo "bench: build first (make build)" >&2; exit 1; }
 
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "bench: port $1 did not open" >&2
-  for err in "$WORK"/*.err; do echo "== $err" >&2; tail -n 20 "$err" >&2; done
-  exit 1
-}
-
-# Sum of utime+stime, in clock ticks, over the given PIDs.
-cpu_ticks() {
-  local total=0 pid fields
-  for pid in "$@"; do
-    fields=$(sed 's/^.*) //' "/proc/$pid/stat")
-    set -- $fields
-    total=$((total + ${12} + ${13}))
-  done
-  echo "$total"
-}
-
 # run NAME PORT PIDS... : drives wrk at the port and prints a table row. SCHEME (http or
 # https) and WRK_ARGS (extra wrk arguments, such as a Connection: close header) change the
 # load.
 SCHEME=http
 WRK_ARGS=()
+declare -A CPU_US USER_US
+# per_request TICKS REQUESTS: microseconds of CPU per request.
+per_request() { awk -v t="$1" -v hz="$TICKS" -v n="$2" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
 run() {
   local name=$1 port=$2; shift 2
   local pids=("$@")
@@ -77,11 +59,11 @@ run() {
   local url="$SCHEME://127.0.0.1:$port/"
   # Warm up connections and pools.
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d2s "${WRK_ARGS[@]}" "$url" >/dev/null
-  local before=0 after=0
-  [ ${#pids[@]} -gt 0 ] && before=$(cpu_ticks "${pids[@]}")
+  local before=0 after=0 user_before=0 user_after=0
+  [ ${#pids[@]} -gt 0 ] && before=$(cpu_ticks "${pids[@]}") && user_before=$(user_ticks "${pids[@]}")
   local out
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${WRK_ARGS[@]}" "$url")
-  [ ${#pids[@]} -gt 0 ] && after=$(cpu_ticks "${pids[@]}")
+  [ ${#pids[@]} -gt 0 ] && after=$(cpu_ticks "${pids[@]}") && user_after=$(user_ticks "${pids[@]}")
   local requests rps p50 p99 errors non2xx
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -89,11 +71,14 @@ run() {
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
   errors=$(echo "$out" | awk -F'[ ,]+' '/Socket errors/ {print $4+$6+$8+$10}')
   non2xx=$(echo "$out" | awk -F': ' '/Non-2xx/ {print $2}')
-  local cpu_us="-"
+  local cpu_us="-" user_us="-" system_us="-"
   if [ ${#pids[@]} -gt 0 ]; then
-    cpu_us=$(awk -v t=$((after - before)) -v hz="$TICKS" -v n="$requests" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+    cpu_us=$(per_request $((after - before)) "$requests")
+    user_us=$(per_request $((user_after - user_before)) "$requests")
+    system_us=$(per_request $((after - before - user_after + user_before)) "$requests")
   fi
-  printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$cpu_us" "$p50" "$p99" "${errors:-0}/${non2xx:-0}"
+  CPU_US[$name]=$cpu_us; USER_US[$name]=$user_us
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$cpu_us" "$user_us" "$system_us" "$p50" "$p99" "${errors:-0}/${non2xx:-0}"
 }
 
 taskset -c "$LOAD_CPU" target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 -t 1 2>/dev/null &
@@ -136,11 +121,8 @@ start_meshgate traced "$WORK/traced.toml"
 TRACED_PID=$!; PIDS+=($TRACED_PID)
 
 # One certificate (ECDSA P-256) for every TLS terminator.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 \
-  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
-cat "$WORK/tls.crt" "$WORK/tls.key" > "$WORK/tls.pem"
-meshgate_policy "$TLS_PORT" "$TLS_ADMIN_PORT" | sed "/^listen = \"127.0.0.1:$TLS_PORT\"/a [listeners.tls]\ncert = \"$WORK/tls.crt\"\nkey = \"$WORK/tls.key\"" > "$WORK/tls.toml"
+bench_certificate "$WORK"
+tls_policy "$TLS_PORT" "$TLS_ADMIN_PORT" "$WORK" > "$WORK/tls.toml"
 start_meshgate tls "$WORK/tls.toml"
 TLS_PID=$!; PIDS+=($TLS_PID)
 
@@ -230,8 +212,8 @@ NGINX_PIDS=($NGINX_MASTER $(pgrep -P "$NGINX_MASTER" || true))
 {
   echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, wrk -t1 -c$CONNECTIONS -d$DURATION, 1 KiB responses, proxy on CPU $PROXY_CPU, wrk and upstream on CPU $LOAD_CPU."
   echo
-  echo "| target | requests/s | proxy CPU µs/request | p50 | p99 | socket errors/non-2xx |"
-  echo "|---|---|---|---|---|---|"
+  echo "| target | requests/s | proxy CPU µs/request | user µs | system µs | p50 | p99 | socket errors/non-2xx |"
+  echo "|---|---|---|---|---|---|---|---|"
   run "direct to upstream" "$ECHO_PORT"
   [ -n "${BARE_PID:-}" ] && run "bare Pingora (baseline)" "$BARE_PORT" "$BARE_PID"
   run "meshgate" "$MESHGATE_PORT" "$MESHGATE_PID"
@@ -256,6 +238,17 @@ NGINX_PIDS=($NGINX_MASTER $(pgrep -P "$NGINX_MASTER" || true))
   run "nginx, new TLS connection per request" "$NGINX_TLS_PORT" "${NGINX_PIDS[@]}"
   run "haproxy, new TLS connection per request" "$HAPROXY_TLS_PORT" "$HAPROXY_PID"
   SCHEME=http; WRK_ARGS=()
+  echo
+  echo "meshgate against the others, CPU per request (target: at most 1.3× NGINX's and 1.4× HAProxy's, user space at most 2× NGINX's):"
+  echo
+  echo "| meshgate row | ÷ NGINX (total) | ÷ HAProxy (total) | ÷ NGINX (user) | ÷ bare Pingora (total) |"
+  echo "|---|---|---|---|---|"
+  for pair in "meshgate|nginx|haproxy" "meshgate, resilience on|nginx|haproxy" "meshgate, TLS keepalive|nginx, TLS keepalive|haproxy, TLS keepalive"; do
+    IFS='|' read -r ours nginx haproxy <<<"$pair"
+    printf '| %s | %s | %s | %s | %s |\n' "$ours" "$(ratio "${CPU_US[$ours]:-}" "${CPU_US[$nginx]:-}")" \
+      "$(ratio "${CPU_US[$ours]:-}" "${CPU_US[$haproxy]:-}")" "$(ratio "${USER_US[$ours]:-}" "${USER_US[$nginx]:-}")" \
+      "$(ratio "${CPU_US[$ours]:-}" "${CPU_US[bare Pingora (baseline)]:-}")"
+  done
   echo
   echo "Redis CPU during the global-limit run (warm-up included): $(( (redis_after - redis_before) * 1000 / TICKS )) ms."
 } | tee "$RESULTS/latest.md"

@@ -81,3 +81,56 @@ defaults
   http-reuse always
 HAPROXY
 }
+
+# wait_port PORT: waits up to 10 s for 127.0.0.1:PORT to accept, or fails showing the tails of
+# $WORK/*.err.
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench: port $1 did not open" >&2
+  for err in "$WORK"/*.err; do echo "== $err" >&2; tail -n 20 "$err" >&2; done
+  exit 1
+}
+
+# cpu_ticks PID...: the sum of utime+stime, in clock ticks, over the given PIDs.
+cpu_ticks() {
+  local total=0 pid fields
+  for pid in "$@"; do
+    fields=$(sed 's/^.*) //' "/proc/$pid/stat")
+    set -- $fields
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+
+# bench_certificate DIR: one ECDSA P-256 certificate for every TLS terminator, as DIR/tls.crt,
+# DIR/tls.key and both in DIR/tls.pem (HAProxy's form).
+bench_certificate() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=bench.test -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 \
+    -keyout "$1/tls.key" -out "$1/tls.crt" 2>/dev/null
+  cat "$1/tls.crt" "$1/tls.key" > "$1/tls.pem"
+}
+
+# tls_policy PORT ADMIN_PORT DIR: the plain policy with a TLS listener on DIR's certificate.
+tls_policy() {
+  meshgate_policy "$1" "$2" | sed "/^listen = \"127.0.0.1:$1\"/a [listeners.tls]\ncert = \"$3/tls.crt\"\nkey = \"$3/tls.key\""
+}
+
+# ratio A B: A / B with one decimal, or "-" when either is not a number.
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "-" }'
+}
+
+# user_ticks PID...: the sum of utime alone, in clock ticks, over the given PIDs.
+user_ticks() {
+  local total=0 pid fields
+  for pid in "$@"; do
+    fields=$(sed 's/^.*) //' "/proc/$pid/stat")
+    set -- $fields
+    total=$((total + ${12}))
+  done
+  echo "$total"
+}
