@@ -10,12 +10,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 REQUESTS=${REQUESTS:-2000}
-POLICIES=${POLICIES:-plain resilient local-limit access-log traced}
+POLICIES=${POLICIES:-plain resilient local-limit full-chain access-log traced}
 ECHO_PORT=18001
 WORK=$(mktemp -d /tmp/meshgate-callgrind.XXXXXX)
 meshgate_policy 18080 18901 > "$WORK/plain.toml"
 meshgate_policy 18080 18901 "$RESILIENT_UPSTREAM_KEYS" "$RESILIENT_ROUTE_KEYS" > "$WORK/resilient.toml"
 meshgate_policy 18080 18901 "" "$LOCAL_LIMIT_ROUTE_KEYS" > "$WORK/local-limit.toml"
+# The whole policy chain: route match, split, outlier detection, breaker limits, a retry
+# policy with its budget and timeouts, and a local rate limit, none of which trips.
+meshgate_policy 18080 18901 "$RESILIENT_UPSTREAM_KEYS" "$RESILIENT_ROUTE_KEYS
+$LOCAL_LIMIT_ROUTE_KEYS" > "$WORK/full-chain.toml"
 # Telemetry on: the JSON access log to a file; and that plus traces (1% sampled, exported
 # over OTLP to the echo upstream). Their threads are counted too.
 meshgate_policy 18080 18901 | sed "s|^access_log = \"off\"|access_log = \"$WORK/access.log\"|" > "$WORK/access-log.toml"
@@ -39,9 +43,9 @@ measure() {
     sleep 0.2
   done
   ab -q -k -n 500 -c 4 "http://127.0.0.1:$port/" >/dev/null
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
   ab -q -k -n "$REQUESTS" -c 8 "http://127.0.0.1:$port/" > "$WORK/ab.txt"
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   local failed total
   failed=$(awk '/Failed requests/ {print $3}' "$WORK/ab.txt")
