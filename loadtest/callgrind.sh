@@ -6,6 +6,7 @@
 #   REQUESTS=2000 loadtest/callgrind.sh
 #   POLICIES="plain resilient" loadtest/callgrind.sh   # some of them only
 #   PEERS=0 loadtest/callgrind.sh                       # meshgate only (no bare Pingora, NGINX, HAProxy)
+#   HTTP2=0 loadtest/callgrind.sh                       # HTTP/1.1 only (no h2c rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -31,6 +32,17 @@ trap cleanup EXIT
 target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 2>/dev/null &
 ECHO_PID=$!
 
+# drive N CONCURRENCY URL: N keepalive requests, over HTTP/1.1 with ab, or over h2c (HTTP/2
+# with prior knowledge, 4 streams per connection) with h2load when PROTOCOL=h2c.
+PROTOCOL=http1
+drive() {
+  if [ "$PROTOCOL" = h2c ]; then
+    h2load -n "$1" -c "$2" -m 4 "$3"
+  else
+    ab -q -k -n "$1" -c "$2" "$3"
+  fi
+}
+
 # measure LABEL PORT COMMAND...: runs COMMAND under callgrind, warms it up, then counts the
 # instructions of REQUESTS keepalive requests to PORT (every thread of the process).
 measure() {
@@ -39,16 +51,20 @@ measure() {
     >/dev/null 2>"$WORK/valgrind.err" &
   local pid=$!
   for _ in $(seq 1 300); do
-    curl -sf -o /dev/null "http://127.0.0.1:$port/" && break
+    if [ "$PROTOCOL" = h2c ]; then
+      curl -sf --http2-prior-knowledge -o /dev/null "http://127.0.0.1:$port/" && break
+    else
+      curl -sf -o /dev/null "http://127.0.0.1:$port/" && break
+    fi
     sleep 0.2
   done
-  ab -q -k -n 500 -c 4 "http://127.0.0.1:$port/" >/dev/null
+  drive 500 4 "http://127.0.0.1:$port/" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  ab -q -k -n "$REQUESTS" -c 8 "http://127.0.0.1:$port/" > "$WORK/ab.txt"
+  drive "$REQUESTS" 8 "http://127.0.0.1:$port/" > "$WORK/ab.txt"
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   local failed total
-  failed=$(awk '/Failed requests/ {print $3}' "$WORK/ab.txt")
+  failed=$(awk '/Failed requests/ {print $3} /^requests:/ {print $10}' "$WORK/ab.txt")
   # The first explicit dump holds exactly the measured requests.
   total=$(awk '/^summary:|^totals:/ {print $2; exit}' "$WORK/out.$pid.1")
   kill -INT "$pid"; sleep 0.5; kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
@@ -77,4 +93,26 @@ backend echo
   server echo 127.0.0.1:$ECHO_PORT
 HAPROXY
   measure "haproxy" 18084 haproxy -f "$WORK/haproxy.cfg" -db
+fi
+
+# The same over HTTP/2 with prior knowledge (h2c): meshgate on the plain policy, and the other
+# proxies with an h2c listener.
+if [ "${HTTP2:-1}" = 1 ]; then
+  PROTOCOL=h2c
+  measure "meshgate, plain, h2c" 18080 target/release/meshgate run -c "$WORK/plain.toml" \
+    --upgrade-sock "$WORK/u.sock" --pid-file "$WORK/p"
+  if [ "${PEERS:-1}" = 1 ]; then
+    mkdir -p "$WORK/nginx-h2"
+    nginx_conf "$WORK/nginx-h2" 18085 "master_process off; daemon off;" "keepalive_requests 100000;" " http2" \
+      > "$WORK/nginx-h2/nginx.conf"
+    measure "nginx, h2c" 18085 nginx -c "$WORK/nginx-h2/nginx.conf" -p "$WORK/nginx-h2"
+    { haproxy_head; cat <<HAPROXY; } > "$WORK/haproxy-h2.cfg"
+frontend bench
+  bind 127.0.0.1:18086 proto h2
+  default_backend echo
+backend echo
+  server echo 127.0.0.1:$ECHO_PORT
+HAPROXY
+    measure "haproxy, h2c" 18086 haproxy -f "$WORK/haproxy-h2.cfg" -db
+  fi
 fi

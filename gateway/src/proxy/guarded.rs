@@ -1,14 +1,21 @@
 //! Each client connection's life: its place under the listener's `max_connections`, the
 //! head deadline, and the HTTP/1.1 keepalive loop.
 //!
-//! meshgate drives the HTTP/1.1 keepalive loop itself instead of Pingora's
-//! `ServerApp for HttpServerApp`, for one reason: memory per idle connection. Pingora reads the
-//! next request head inside the per-request future (about 10 KB, boxed per request), so that
-//! future and its buffers stay allocated for as long as a keepalive connection waits. Here the
-//! loop waits for the next request's first bytes with a read into the stack, holding no buffer
-//! and no per-request state, and hands those bytes to the new session as the start of its
-//! request (Pingora's pipelined-request prefix), so they are read from the socket once.
-//! HTTP/2 (by ALPN or h2c prior knowledge) goes to Pingora's own connection handling.
+//! meshgate drives the connection loops itself instead of Pingora's
+//! `ServerApp for HttpServerApp`, for two reasons:
+//!
+//! - Memory per idle connection. Pingora reads the next request head inside the per-request
+//!   future (about 10 KB), so that future and its buffers stay allocated for as long as a
+//!   keepalive connection waits. Here the HTTP/1.1 loop waits for the next request's first
+//!   bytes with a read into the stack, holding no buffer and no per-request state, and hands
+//!   those bytes to the new session as the start of its request (Pingora's pipelined-request
+//!   prefix), so they are read from the socket once.
+//! - Instructions per request. Pingora boxes each request's future through `async_trait`,
+//!   which builds it on the stack and copies it into the box (about 10,000 instructions per
+//!   request, HTTP/1.1 and each HTTP/2 stream alike). Here the box is allocated first and the
+//!   future built in it ([`boxed_in_place`]).
+//!
+//! HTTP/2 (by ALPN, or h2c with prior knowledge) uses Pingora's handshake and accept loop.
 
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -20,8 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
-use pingora::protocols::http::ServerSession;
-use pingora::protocols::{Ssl, Stream, ALPN};
+use pingora::protocols::http::{v2, ServerSession};
+use pingora::protocols::{Digest, Ssl, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -77,7 +84,8 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         let _open = self.lifecycle.open_connection();
         let _place = self.limit.take_place().await?;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.inner.process_new(stream, shutdown).await;
+            self.serve_http2(stream, shutdown).await;
+            return None;
         }
         let mut timed = HeadTimedStream::new(
             stream,
@@ -93,9 +101,13 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
                 .is_some_and(|options| options.h2c);
         let head = &first[..first.len().min(H2_PREFACE.len())];
         if h2c && H2_PREFACE.starts_with(head) {
-            // HTTP/2 with prior knowledge (or too few bytes yet to tell): Pingora peeks at the
-            // preface again, and reads these bytes first.
+            // The stream reads these bytes again first, for the HTTP/2 handshake.
             timed.unread(&first);
+            if head.len() == H2_PREFACE.len() {
+                self.serve_http2(Box::new(timed), shutdown).await;
+                return None;
+            }
+            // Too few bytes yet to tell: Pingora peeks until it can.
             return self.inner.process_new(Box::new(timed), shutdown).await;
         }
         self.serve_http1(Box::new(timed), first, shutdown).await;
@@ -109,6 +121,46 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
 }
 
 impl<A: InPlaceHttpApp + Send + Sync + 'static> GuardedApp<A> {
+    /// Serves an HTTP/2 connection as Pingora does (its handshake and accept loop), each
+    /// stream in a task of its own whose request future is built in its box.
+    async fn serve_http2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let connection = match v2::server::handshake(stream, self.inner.h2_options()).await {
+            Ok(connection) => connection,
+            Err(e) => {
+                tracing::debug!("HTTP/2 handshake with a client failed: {e}");
+                return;
+            }
+        };
+        let idle_timeout = self
+            .inner
+            .server_options()
+            .and_then(|options| options.h2_idle_timeout);
+        v2::server::accept_downstream_sessions(
+            connection,
+            digest,
+            shutdown.clone(),
+            idle_timeout,
+            |h2_stream, guard| {
+                let app = self.inner.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    // Held for the stream's life: the accept loop's idle timeout sees the
+                    // connection as busy.
+                    let _guard = guard;
+                    let session = ServerSession::new_http2(h2_stream);
+                    boxed_in_place(|| app.process_request(session, &shutdown)).await;
+                });
+            },
+        )
+        .await;
+    }
+
     /// Serves HTTP/1.1 requests on `stream` until it closes or is not reusable; `first` holds
     /// the first bytes of the first request.
     async fn serve_http1(

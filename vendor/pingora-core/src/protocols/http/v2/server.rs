@@ -130,7 +130,9 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
-pub(crate) async fn accept_downstream_sessions<F>(
+// meshgate patch: public, so an application that places each stream's future itself (to
+// build it in its box rather than copy it there) can still use this accept loop.
+pub async fn accept_downstream_sessions<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
@@ -203,7 +205,9 @@ pub(crate) async fn accept_downstream_sessions<F>(
 /// the session is being processed (e.g. move it into the spawned task) so the
 /// accept loop's idle timeout can tell a busy connection from an idle one. It
 /// decrements the in-flight counter when dropped.
-pub(crate) struct StreamGuard(Arc<ActiveSessions>);
+/// Held by a stream's session for its lifetime, so the accept loop's idle timeout sees the
+/// connection as busy (public with [`accept_downstream_sessions`]: meshgate patch).
+pub struct StreamGuard(Arc<ActiveSessions>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
