@@ -84,7 +84,9 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         let _open = self.lifecycle.open_connection();
         let _place = self.limit.take_place().await?;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            self.serve_http2(stream, shutdown).await;
+            // Boxed apart: inline, the HTTP/2 state (about 4 KB) would size every
+            // connection's future, HTTP/1.1 ones included.
+            boxed_in_place(|| self.serve_http2(stream, shutdown)).await;
             return None;
         }
         let mut timed = HeadTimedStream::new(
@@ -104,7 +106,7 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             // The stream reads these bytes again first, for the HTTP/2 handshake.
             timed.unread(&first);
             if head.len() == H2_PREFACE.len() {
-                self.serve_http2(Box::new(timed), shutdown).await;
+                boxed_in_place(|| self.serve_http2(Box::new(timed), shutdown)).await;
                 return None;
             }
             // Too few bytes yet to tell: Pingora peeks until it can.
