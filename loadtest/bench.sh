@@ -21,27 +21,11 @@ LOCAL_LIMIT_PORT=18084; LOCAL_LIMIT_ADMIN_PORT=18903; GLOBAL_LIMIT_PORT=18085; G
 NGINX_LIMIT_PORT=18086; HAPROXY_LIMIT_PORT=18087; REDIS_PORT=18379
 TLS_PORT=18443; TLS_ADMIN_PORT=18905; NGINX_TLS_PORT=18444; HAPROXY_TLS_PORT=18445
 LOG_PORT=18088; LOG_ADMIN_PORT=18906; TRACED_PORT=18089; TRACED_ADMIN_PORT=18907; NGINX_LOG_PORT=18090
-WORK=$(mktemp -d /tmp/meshgate-bench.XXXXXX)
+bench_workspace bench
 RESULTS=loadtest/results
 mkdir -p "$RESULTS"
-TICKS=$(getconf CLK_TCK)
-PIDS=()
 
-cleanup() {
-  # SIGINT is a fast shutdown for Pingora and NGINX (SIGTERM would make Pingora drain).
-  # HAProxy in the foreground may ignore it, and a survivor would share its port with the
-  # next run's HAProxy (SO_REUSEPORT) and skew its figures: kill what is left.
-  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  sleep 1
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-for tool in wrk nginx haproxy taskset redis-server openssl; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (run make deps)" >&2; exit 1; }
-done
+require_tools bench wrk nginx haproxy taskset redis-server openssl
 [ -x target/release/meshgate ] || { echo "bench: build first (make build)" >&2; exit 1; }
 
 # run NAME PORT PIDS... : drives wrk at the port and prints a table row. SCHEME (http or
@@ -50,8 +34,6 @@ done
 SCHEME=http
 WRK_ARGS=()
 declare -A CPU_US USER_US
-# per_request TICKS REQUESTS: microseconds of CPU per request.
-per_request() { awk -v t="$1" -v hz="$TICKS" -v n="$2" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
 run() {
   local name=$1 port=$2; shift 2
   local pids=("$@")

@@ -85,13 +85,7 @@ if [ "${PEERS:-1}" = 1 ]; then
   mkdir -p "$WORK/nginx"
   nginx_conf "$WORK/nginx" 18083 "master_process off; daemon off;" > "$WORK/nginx/nginx.conf"
   measure "nginx" 18083 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx"
-  { haproxy_head; cat <<HAPROXY; } > "$WORK/haproxy.cfg"
-frontend bench
-  bind 127.0.0.1:18084
-  default_backend echo
-backend echo
-  server echo 127.0.0.1:$ECHO_PORT
-HAPROXY
+  haproxy_conf 18084 > "$WORK/haproxy.cfg"
   measure "haproxy" 18084 haproxy -f "$WORK/haproxy.cfg" -db
 fi
 
@@ -106,13 +100,7 @@ if [ "${HTTP2:-1}" = 1 ]; then
     nginx_conf "$WORK/nginx-h2" 18085 "master_process off; daemon off;" "keepalive_requests 100000;" " http2" \
       > "$WORK/nginx-h2/nginx.conf"
     measure "nginx, h2c" 18085 nginx -c "$WORK/nginx-h2/nginx.conf" -p "$WORK/nginx-h2"
-    { haproxy_head; cat <<HAPROXY; } > "$WORK/haproxy-h2.cfg"
-frontend bench
-  bind 127.0.0.1:18086 proto h2
-  default_backend echo
-backend echo
-  server echo 127.0.0.1:$ECHO_PORT
-HAPROXY
+    haproxy_conf 18086 " proto h2" > "$WORK/haproxy-h2.cfg"
     measure "haproxy, h2c" 18086 haproxy -f "$WORK/haproxy-h2.cfg" -db
   fi
 fi

@@ -15,20 +15,8 @@ LOAD_CPU=${LOAD_CPU:-1}
 ECHO_PORT=18201
 MESHGATE_PORT=18210; MESHGATE_ADMIN=18211; MESHGATE_TLS_PORT=18212; MESHGATE_TLS_ADMIN=18213
 NGINX_PORT=18220; NGINX_TLS_PORT=18221; HAPROXY_PORT=18230; HAPROXY_TLS_PORT=18231
-WORK=$(mktemp -d /tmp/meshgate-h2.XXXXXX)
-TICKS=$(getconf CLK_TCK)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  sleep 1
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for tool in h2load nginx haproxy taskset openssl; do
-  command -v "$tool" >/dev/null || { echo "http2: $tool is missing (run make deps bench-deps)" >&2; exit 1; }
-done
+bench_workspace http2
+require_tools http2 h2load nginx haproxy taskset openssl
 
 taskset -c "$LOAD_CPU" target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 -t 1 2>/dev/null &
 PIDS+=($!)
@@ -44,29 +32,12 @@ for name in h2c tls; do
 done
 
 mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT http2;
-    listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
-    ssl_certificate $WORK/tls.crt;
-    ssl_certificate_key $WORK/tls.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    http2_max_concurrent_streams 128;
-    keepalive_requests 100000000;
-    location / { proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
+# One NGINX serving h2c (prior knowledge) and h2 over TLS, with no limit on requests per
+# connection (h2load never reconnects).
+NGINX_CONNECTIONS=4096 nginx_conf "$WORK/nginx" "$NGINX_PORT" "daemon off;" \
+  "keepalive_requests 100000000; http2_max_concurrent_streams 128;" " http2" \
+  "listen 127.0.0.1:$NGINX_TLS_PORT ssl http2; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key; ssl_protocols TLSv1.2 TLSv1.3;" \
+  > "$WORK/nginx/nginx.conf"
 taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
 
@@ -102,7 +73,7 @@ run() {
   succeeded=$(echo "$out" | awk '/^requests:/ {print $8}')
   failed=$(echo "$out" | awk '/^requests:/ {print $10}')
   mean=$(echo "$out" | awk '/^time for request:/ {print $6}')
-  cpu_us=$(awk -v t=$((after - before)) -v hz="$TICKS" -v n="$succeeded" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else printf "-" }')
+  cpu_us=$(per_request $((after - before)) "$succeeded")
   CPU_US[$name]=$cpu_us
   printf '| %s | %s | %s | %s | %s/%s |\n' "$name" "$rps" "$cpu_us" "$mean" "$succeeded" "$failed"
 }

@@ -48,8 +48,7 @@ start_nginx() {
   rm -rf "$WORK/nginx"; mkdir -p "$WORK/nginx"
   NGINX_CONNECTIONS=20000 nginx_conf "$WORK/nginx" "$NGINX_PORT" \
     "worker_rlimit_nofile 32768; daemon off;" "keepalive_timeout 300s; keepalive_requests 100000;" \
-    " backlog=4096" | sed "s|^    listen 127.0.0.1:$NGINX_PORT backlog=4096;|&\n    listen 127.0.0.1:$NGINX_H2_PORT http2 backlog=4096;|" \
-    > "$WORK/nginx/nginx.conf"
+    " backlog=4096" "listen 127.0.0.1:$NGINX_H2_PORT http2 backlog=4096;" > "$WORK/nginx/nginx.conf"
   nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
   local master=$!; PIDS+=($master)
   wait_port "$NGINX_PORT"

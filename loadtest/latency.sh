@@ -14,19 +14,8 @@ DURATION=${DURATION:-10s}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 ECHO_PORT=18401; MESHGATE_PORT=18410; MESHGATE_ADMIN=18411; NGINX_PORT=18420; HAPROXY_PORT=18430
-WORK=$(mktemp -d /tmp/meshgate-latency.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  sleep 1
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for tool in oha wrk nginx haproxy taskset python3; do
-  command -v "$tool" >/dev/null || { echo "latency: $tool is missing (run make bench-deps)" >&2; exit 1; }
-done
+bench_workspace latency
+require_tools latency oha wrk nginx haproxy taskset python3
 
 taskset -c "$LOAD_CPU" target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 -t 1 2>/dev/null &
 PIDS+=($!)
@@ -38,13 +27,7 @@ mkdir -p "$WORK/nginx"
 nginx_conf "$WORK/nginx" "$NGINX_PORT" "daemon off;" > "$WORK/nginx/nginx.conf"
 taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 PIDS+=($!)
-{ haproxy_head; cat <<HAPROXY; } > "$WORK/haproxy.cfg"
-frontend bench
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend echo
-backend echo
-  server echo 127.0.0.1:$ECHO_PORT
-HAPROXY
+haproxy_conf "$HAPROXY_PORT" > "$WORK/haproxy.cfg"
 taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db &
 PIDS+=($!)
 for port in "$ECHO_PORT" "$MESHGATE_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do wait_port "$port"; done

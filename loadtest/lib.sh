@@ -42,7 +42,7 @@ global_limit_store() {
   printf '[rate_limit_store]\nredis = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT"
 }
 
-# nginx_conf DIR PORT [MAIN_DIRECTIVES] [HTTP_DIRECTIVES] [LISTEN_OPTIONS]: NGINX with one
+# nginx_conf DIR PORT [MAIN_DIRECTIVES] [HTTP_DIRECTIVES] [LISTEN_OPTIONS] [SERVER_DIRECTIVES]: NGINX with one
 # worker, its files in DIR, proxying 127.0.0.1:PORT to the echo upstream on $ECHO_PORT with
 # upstream keepalive, access log off; NGINX_CONNECTIONS worker connections (default 1024).
 nginx_conf() {
@@ -60,6 +60,7 @@ http {
   upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
   server {
     listen 127.0.0.1:$2${5:-};
+    ${6:-}
     location / { proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }
@@ -80,6 +81,47 @@ defaults
   timeout server 30s
   http-reuse always
 HAPROXY
+}
+
+# haproxy_conf PORT [BIND_OPTIONS]: HAProxy as the benchmarks run it, with one frontend on
+# 127.0.0.1:PORT (BIND_OPTIONS such as " proto h2") in front of the echo upstream.
+haproxy_conf() {
+  haproxy_head
+  cat <<HAPROXY
+frontend bench
+  bind 127.0.0.1:$1${2:-}
+  default_backend echo
+backend echo
+  server echo 127.0.0.1:$ECHO_PORT
+HAPROXY
+}
+
+# bench_workspace NAME: the scratch folder $WORK (removed on exit), the list PIDS of the servers
+# a script starts, and TICKS (clock ticks per second, for /proc CPU times). On exit each server
+# gets SIGINT, a fast shutdown for Pingora and NGINX (SIGTERM would make Pingora drain), then
+# SIGKILL: HAProxy in the foreground may ignore SIGINT, and a survivor would share its port
+# with the next run (SO_REUSEPORT) and skew its figures.
+bench_workspace() {
+  WORK=$(mktemp -d "/tmp/meshgate-$1.XXXXXX")
+  PIDS=()
+  TICKS=$(getconf CLK_TCK)
+  trap stop_servers EXIT
+}
+stop_servers() {
+  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  sleep 1
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+# require_tools SCRIPT TOOL...: fails, naming the make target that installs them, unless every
+# TOOL is on the PATH.
+require_tools() {
+  local script=$1; shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$script: $tool is missing (run make deps bench-deps)" >&2; exit 1; }
+  done
 }
 
 # wait_port PORT: waits up to 10 s for 127.0.0.1:PORT to accept, or fails showing the tails of
@@ -133,4 +175,10 @@ user_ticks() {
     total=$((total + ${12}))
   done
   echo "$total"
+}
+
+# per_request TICKS REQUESTS: microseconds of CPU per request, from clock ticks ($TICKS a
+# second), or "-" when no request completed.
+per_request() {
+  awk -v t="$1" -v hz="$TICKS" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else printf "-" }'
 }

@@ -11,17 +11,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 ECHO_PORT=18301
-WORK=$(mktemp -d /tmp/meshgate-scaling.XXXXXX)
-TICKS=$(getconf CLK_TCK)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  sleep 1
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workspace scaling
 
 target/release/meshgate-echo -l "127.0.0.1:$ECHO_PORT" -n bench -b 1024 -t 2 2>/dev/null &
 PIDS+=($!)
@@ -39,7 +29,7 @@ run() {
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  cpu_us=$(awk -v t=$((after - before)) -v hz="$TICKS" -v n="$requests" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+  cpu_us=$(per_request $((after - before)) "$requests")
   RPS[$name]=$rps
   printf '| %s | %s | %s | %s |\n' "$name" "$rps" "$cpu_us" "$p99"
 }

@@ -52,12 +52,19 @@ async fn read_response(stream: &mut TcpStream) -> String {
     }
 }
 
+/// A gateway in front of an echo upstream named `v1`, with `server_keys` in `[server]`, and a
+/// client connection to it (its writes sent at once).
+async fn gateway_and_client(server_keys: &str) -> (Gateway, TcpStream) {
+    let echo = start_echo("v1").await;
+    let gateway = Gateway::start_with_server(server_keys, &split_policy(echo, echo, 1, 0));
+    let stream = TcpStream::connect(gateway.listen).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    (gateway, stream)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_h2c_preface_split_across_writes_is_served_as_http2() {
-    let echo = start_echo("v1").await;
-    let gateway = Gateway::start(&split_policy(echo, echo, 1, 0));
-    let mut stream = TcpStream::connect(gateway.listen).await.unwrap();
-    stream.set_nodelay(true).unwrap();
+    let (_gateway, mut stream) = gateway_and_client("").await;
     // The first read sees only part of the preface: too little to tell HTTP/2 from HTTP/1.1.
     stream.write_all(&PREFACE[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -111,10 +118,7 @@ async fn an_h2c_preface_split_across_writes_is_served_as_http2() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_alive_connection_serves_heads_that_arrive_late_and_in_pieces() {
-    let echo = start_echo("v1").await;
-    let gateway = Gateway::start(&split_policy(echo, echo, 1, 0));
-    let mut stream = TcpStream::connect(gateway.listen).await.unwrap();
-    stream.set_nodelay(true).unwrap();
+    let (_gateway, mut stream) = gateway_and_client("").await;
     for round in 0..3 {
         // Idle between requests, then a head in three pieces with pauses between them.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -139,9 +143,7 @@ async fn a_kept_alive_connection_serves_heads_that_arrive_late_and_in_pieces() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_sent_with_the_end_of_the_previous_body_is_answered() {
-    let echo = start_echo("v1").await;
-    let gateway = Gateway::start(&split_policy(echo, echo, 1, 0));
-    let mut stream = TcpStream::connect(gateway.listen).await.unwrap();
+    let (_gateway, mut stream) = gateway_and_client("").await;
     // A POST whose body and the next request arrive in one write: the next request is read
     // with the body, before the loop would wait for it.
     stream
@@ -154,4 +156,37 @@ async fn a_request_sent_with_the_end_of_the_previous_body_is_answered() {
     assert!(first.starts_with("http/1.1 200"), "{first}");
     let second = read_response(&mut stream).await;
     assert!(second.starts_with("http/1.1 200"), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_head_that_stops_halfway_gets_408_at_the_head_deadline() {
+    let (_gateway, mut stream) = gateway_and_client("client_header_timeout = \"1s\"").await;
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_response(&mut stream).await;
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    // Idle longer than the head deadline (the idle time is not the head's), then half a head.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    stream.write_all(b"GET /second HT").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("an answer or a close within 5 s");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "408 after {took:?}"
+    );
 }

@@ -1,9 +1,10 @@
 //! Client connections before and between requests: the whole-head deadline
-//! (`[server].client_header_timeout`) and each listener's `max_connections`.
+//! (`[server].client_header_timeout`), the idle time between requests
+//! (`[server].client_idle_timeout`) and each listener's `max_connections`.
 //!
 //! Pingora times each read of a request head on its own (60 s), so a client that sends one
 //! byte every few seconds holds a connection forever: 300 such clients were all still
-//! connected after 100 s. [`GuardedApp`] wraps Pingora's HTTP application and each accepted
+//! connected after 100 s. [`super::guarded::GuardedApp`] wraps each accepted
 //! stream in a [`HeadTimedStream`] whose deadline covers the whole head: it starts when the
 //! connection is accepted (for its first request) or when the first byte of a later request
 //! arrives, and stops when the proxy has the head (`early_request_filter`). When it runs out
