@@ -182,8 +182,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             format!("meshgate proxy {}", listener.name),
             GuardedApp::new(
                 proxy_app.clone(),
-                policy.server.client_header_timeout,
-                policy.server.client_idle_timeout,
+                &policy.server,
                 limit.clone(),
                 lifecycle.clone(),
             ),

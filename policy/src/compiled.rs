@@ -128,6 +128,8 @@ pub struct ServerSettings {
     pub max_request_headers: usize,
     /// Longest request line (method and target) in bytes; `414` over it.
     pub max_uri_size: usize,
+    /// Whether HTTP/1.1 header names keep the case they arrived in, both ways.
+    pub preserve_header_case: bool,
 }
 
 /// The admin API's settings; static.

@@ -70,6 +70,9 @@ pub struct ServerSection {
     pub max_request_headers: Option<u32>,
     /// Longest request target, path and query (default 8KiB).
     pub max_uri_size: Option<ByteSize>,
+    /// Whether HTTP/1.1 header names are forwarded in the case they arrived in (default
+    /// false: the common ones titled, the rest lowercase).
+    pub preserve_header_case: Option<bool>,
 }
 
 /// `[server].path_normalization`.

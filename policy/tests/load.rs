@@ -325,6 +325,12 @@ fn odd_input_is_refused_with_its_line_and_path() {
         ("", 1, "(document)", "missing key `version`"),
         ("version = \"one\"", 1, "version", "invalid type: string"),
         (
+            "version = 1\n[server]\npreserve_header_case = \"yes\"\n",
+            3,
+            "server.preserve_header_case",
+            "invalid type: string",
+        ),
+        (
             "listeners = 3\nversion = 1",
             1,
             "listeners",

@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::connection::{ConnectionLimit, HeadTimedStream, H2_PREFACE};
 use crate::lifecycle::Lifecycle;
+use meshgate_policy::compiled::ServerSettings;
 
 /// The most bytes one wait for a request reads: Pingora's first read of a head reads as much
 /// (its initial head buffer), so the heads that fit in one read are the same.
@@ -49,28 +50,41 @@ pub struct GuardedApp<A> {
     inner: Arc<A>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// `[server].preserve_header_case`: without it, request heads are read without the
+    /// second map that keeps each name's case.
+    preserve_header_case: bool,
     limit: Arc<ConnectionLimit>,
     lifecycle: Arc<Lifecycle>,
 }
 
 impl<A> GuardedApp<A> {
-    /// Guards `inner`: heads must arrive within `header_timeout`, a connection may stay idle
-    /// between requests for `idle_timeout`, and the listener serves at most `limit`'s number
-    /// of connections at once.
+    /// Guards `inner` with `server`'s settings: heads must arrive within
+    /// `client_header_timeout`, a connection may stay idle between requests for
+    /// `client_idle_timeout`, and the listener serves at most `limit`'s number of connections
+    /// at once.
     pub fn new(
         inner: Arc<A>,
-        header_timeout: Duration,
-        idle_timeout: Duration,
+        server: &ServerSettings,
         limit: Arc<ConnectionLimit>,
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
         GuardedApp {
             inner,
-            header_timeout,
-            idle_timeout,
+            header_timeout: server.client_header_timeout,
+            idle_timeout: server.client_idle_timeout,
+            preserve_header_case: server.preserve_header_case,
             limit,
             lifecycle,
         }
+    }
+
+    /// A fresh HTTP/1.1 session on `stream`, reading heads as `[server]` says.
+    fn http1_session(&self, stream: Stream) -> ServerSession {
+        let mut session = ServerSession::new_http1(stream);
+        if let ServerSession::H1(h1) = &mut session {
+            h1.set_preserve_header_case(self.preserve_header_case);
+        }
+        session
     }
 }
 
@@ -171,7 +185,7 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> GuardedApp<A> {
         first: BytesMut,
         shutdown: &ShutdownWatch,
     ) {
-        let mut session = ServerSession::new_http1(stream);
+        let mut session = self.http1_session(stream);
         if *shutdown.borrow() {
             // Stop a client from reusing the connection if the service is shutting down soon.
             session.set_keepalive(None);
@@ -203,7 +217,7 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> GuardedApp<A> {
                     None => return,
                 }
             };
-            session = ServerSession::new_http1(stream);
+            session = self.http1_session(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }

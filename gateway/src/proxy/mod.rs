@@ -76,6 +76,9 @@ pub struct MeshProxy {
     client_body_timeout: std::time::Duration,
     /// `[server]`'s head limits and path normalization, fixed at start.
     head_limits: HeadLimits,
+    /// `[server].preserve_header_case`, fixed at start: whether upstream connections read
+    /// response heads with each name's case kept.
+    preserve_header_case: bool,
     /// Whether the process is draining: keepalive clients are then told to go.
     lifecycle: Arc<Lifecycle>,
 }
@@ -94,6 +97,7 @@ impl MeshProxy {
             client_idle_seconds: server.client_idle_timeout.as_secs().max(1),
             client_body_timeout: server.client_body_timeout,
             head_limits: HeadLimits::new(&server),
+            preserve_header_case: server.preserve_header_case,
             lifecycle,
         }
     }
@@ -250,6 +254,7 @@ impl ProxyHttp for MeshProxy {
         ctx.try_started = Some(Instant::now());
 
         let mut peer = upstream.endpoints[endpoint].peer.clone();
+        peer.options.preserve_header_case = self.preserve_header_case;
         if let Some(tls) = &upstream.tls {
             let material = tls.material();
             peer.options.ca = material.ca.clone();

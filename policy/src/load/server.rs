@@ -86,6 +86,7 @@ impl Compiler<'_, '_> {
             max_request_header_size,
             max_request_headers: max_request_headers as usize,
             max_uri_size,
+            preserve_header_case: server.preserve_header_case.unwrap_or(false),
         }
     }
 

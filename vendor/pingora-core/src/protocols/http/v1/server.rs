@@ -158,6 +158,10 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// meshgate patch: whether the request header keeps each header name's case as received
+    /// (a second map of names beside the header map). Defaults to true; see
+    /// [`Self::set_preserve_header_case`].
+    preserve_header_case: bool,
 }
 
 impl HttpSession {
@@ -206,7 +210,16 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            preserve_header_case: true,
         }
+    }
+
+    /// meshgate patch: whether the request header read next keeps each header name's case as
+    /// received. When false, the names are kept only in the header map (lowercase) and are
+    /// written titled for the common ones and lowercase for the rest, as HTTP/2 carries them;
+    /// this saves a second map and its inserts per request.
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        self.preserve_header_case = preserve;
     }
 
     async fn read_request_buf(
@@ -349,7 +362,13 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        // meshgate patch: the case map only when asked for.
+                        let build = if self.preserve_header_case {
+                            RequestHeader::build
+                        } else {
+                            RequestHeader::build_no_case
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
