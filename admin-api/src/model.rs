@@ -117,6 +117,29 @@ pub struct UpstreamStatus {
     pub circuit_breaker: BreakerStatus,
     /// Its endpoints.
     pub endpoints: Vec<EndpointStatus>,
+    /// Upstreams that take its requests, in order, while it has no eligible endpoint.
+    pub failover: Vec<String>,
+    /// The names its endpoints are resolved from, and what they answered.
+    pub discovery: Vec<NameStatus>,
+}
+
+/// One name an upstream's endpoints come from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NameStatus {
+    /// `dns` (A and AAAA records) or `srv`.
+    pub kind: String,
+    /// The name.
+    pub name: String,
+    /// The addresses it gives now.
+    pub endpoints: Vec<String>,
+    /// Seconds since the last good answer; absent before the first.
+    pub age_seconds: Option<f64>,
+    /// The last good answer's time to live, in seconds.
+    pub ttl_seconds: f64,
+    /// The error of the last resolution while it fails.
+    pub last_error: Option<String>,
+    /// When resolution started failing, in seconds since the Unix epoch.
+    pub failing_since: Option<u64>,
 }
 
 /// One upstream's circuit breaker.
@@ -151,6 +174,8 @@ pub struct EndpointStatus {
     pub address: String,
     /// Relative weight.
     pub weight: u32,
+    /// Priority tier: the lowest tier with an eligible endpoint takes the traffic.
+    pub priority: u32,
     /// Whether health checks consider it healthy.
     pub healthy: bool,
     /// Whether outlier detection has ejected it.
@@ -223,6 +248,11 @@ pub struct Candidate {
     pub weight: u32,
     /// Endpoints eligible now (healthy and not ejected).
     pub endpoints: Vec<String>,
+    /// The upstream a request for this side goes to now: this one, one of its failovers,
+    /// or none (then `split_fallback` may send it to another side, else it gets `503`).
+    pub target: Option<String>,
+    /// The priority tier of `target` that takes requests now.
+    pub tier: Option<u32>,
 }
 
 /// `GET /routes`.

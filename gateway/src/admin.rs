@@ -144,7 +144,8 @@ impl AdminBackend for GatewayAdmin {
         let upstreams = snapshot
             .upstreams
             .iter()
-            .map(|upstream| UpstreamStatus {
+            .enumerate()
+            .map(|(index, upstream)| UpstreamStatus {
                 name: upstream.spec.name.clone(),
                 balance: upstream.spec.balance.as_str().into(),
                 protocol: match upstream.spec.protocol {
@@ -174,20 +175,29 @@ impl AdminBackend for GatewayAdmin {
                         overflows_total: counters.overflows.load(Ordering::Relaxed),
                     }
                 },
-                endpoints: upstream
-                    .endpoints
+                endpoints: {
+                    let set = upstream.endpoints();
+                    set.endpoints
+                        .iter()
+                        .zip(&set.priorities)
+                        .map(|(e, &priority)| EndpointStatus {
+                            address: e.addr.to_string(),
+                            weight: e.weight(),
+                            priority,
+                            healthy: e.healthy.load(Ordering::Relaxed),
+                            ejected: e.ejected.load(Ordering::Relaxed),
+                            in_flight: e.in_flight.load(Ordering::Relaxed),
+                            requests_total: e.requests_total.load(Ordering::Relaxed),
+                            consecutive_failures: e.consecutive_failures.load(Ordering::Relaxed),
+                            ejections: e.ejections.load(Ordering::Relaxed),
+                        })
+                        .collect()
+                },
+                failover: snapshot.policy.failover[index]
                     .iter()
-                    .map(|e| EndpointStatus {
-                        address: e.addr.to_string(),
-                        weight: e.weight,
-                        healthy: e.healthy.load(Ordering::Relaxed),
-                        ejected: e.ejected.load(Ordering::Relaxed),
-                        in_flight: e.in_flight.load(Ordering::Relaxed),
-                        requests_total: e.requests_total.load(Ordering::Relaxed),
-                        consecutive_failures: e.consecutive_failures.load(Ordering::Relaxed),
-                        ejections: e.ejections.load(Ordering::Relaxed),
-                    })
+                    .map(|&other| snapshot.upstreams[other].spec.name.clone())
                     .collect(),
+                discovery: self.store.discovery().views(upstream),
             })
             .collect();
         UpstreamsBody { upstreams }
@@ -292,15 +302,19 @@ impl AdminBackend for GatewayAdmin {
                     .iter()
                     .map(|split| {
                         let upstream = &snapshot.upstreams[split.upstream];
+                        let target = crate::proxy::split::target(&snapshot, split.upstream)
+                            .map(|to| &snapshot.upstreams[to]);
                         Candidate {
                             upstream: upstream.spec.name.clone(),
                             weight: split.weight,
+                            target: target.map(|t| t.spec.name.clone()),
+                            tier: target.and_then(|t| t.serving_tier()),
                             endpoints: upstream
+                                .endpoints()
                                 .endpoints
                                 .iter()
-                                .enumerate()
-                                .filter(|(i, _)| upstream.eligible(*i))
-                                .map(|(_, e)| e.addr.to_string())
+                                .filter(|e| upstream.eligible(e))
+                                .map(|e| e.addr.to_string())
                                 .collect(),
                         }
                     })

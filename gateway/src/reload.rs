@@ -16,6 +16,7 @@ use meshgate_policy::compiled::{Listener, StaticParts, STATIC_SECTIONS};
 use meshgate_policy::{CompiledPolicy, PolicyError};
 use sha2::{Digest, Sha256};
 
+use crate::discovery::Discovery;
 use crate::history::{Entry, PolicyHistory};
 use crate::snapshot::{ListenerPlan, Snapshot};
 use crate::telemetry::Telemetry;
@@ -46,6 +47,8 @@ struct StoreState {
 
 /// The active policy, its history, and the snapshot the data plane reads.
 pub struct PolicyStore {
+    /// Endpoint discovery.
+    discovery: Arc<Discovery>,
     health_checks: tokio::sync::mpsc::UnboundedSender<Weak<UpstreamState>>,
     health_receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Weak<UpstreamState>>>>,
     path: PathBuf,
@@ -132,15 +135,20 @@ impl PolicyStore {
         let plan = ListenerPlan::adopt(&mut compiled, &running, &started);
         set_restart_gauges(&telemetry, &plan.restart_required);
         let snapshot = Snapshot::build(compiled, plan, None, version, &telemetry.metrics, &tls);
+        let discovery = Arc::new(Discovery::new(
+            &snapshot.policy.discovery,
+            telemetry.metrics.discovery_errors.clone(),
+        ));
         let (health_checks, health_receiver) = tokio::sync::mpsc::unbounded_channel();
         for upstream in &snapshot.upstreams {
-            if upstream.spec.health_check.is_some() {
+            if needs_background(upstream) {
                 let _ = health_checks.send(Arc::downgrade(upstream));
             }
         }
         Ok(PolicyStore {
             health_checks,
             health_receiver: Mutex::new(Some(health_receiver)),
+            discovery,
             path: path.to_path_buf(),
             base_dir,
             current: ArcSwap::from_pointee(snapshot),
@@ -162,9 +170,14 @@ impl PolicyStore {
         self.current.load_full()
     }
 
-    /// The queue of upstreams whose health checks should start; taken once by the service
-    /// that runs them.
-    pub fn take_health_registrations(
+    /// Endpoint discovery: the resolver and the last answer of every name.
+    pub fn discovery(&self) -> &Arc<Discovery> {
+        &self.discovery
+    }
+
+    /// The queue of upstreams whose background tasks (health checks, discovery) should
+    /// start; taken once by the service that runs them.
+    pub fn take_upstream_registrations(
         &self,
     ) -> Option<tokio::sync::mpsc::UnboundedReceiver<Weak<UpstreamState>>> {
         self.health_receiver
@@ -327,10 +340,15 @@ impl PolicyStore {
                 self.tls.apply_listener(&listener.name, spec);
             }
         }
+        self.discovery.configure(&snapshot.policy.discovery);
         for upstream in &snapshot.upstreams {
             let new = !old.upstreams.iter().any(|o| Arc::ptr_eq(o, upstream));
-            if new && upstream.spec.health_check.is_some() {
-                let _ = self.health_checks.send(Arc::downgrade(upstream));
+            if new {
+                // Built afresh: its names' last answers, not an empty pool until they resolve.
+                self.discovery.seed(upstream);
+                if needs_background(upstream) {
+                    let _ = self.health_checks.send(Arc::downgrade(upstream));
+                }
             }
         }
         self.current.store(Arc::new(snapshot));
@@ -481,4 +499,9 @@ fn history_entry(version: u64, hash: &str, origin: Origin, source: &str) -> Entr
         origin: origin.as_str().to_owned(),
         source: source.to_owned(),
     }
+}
+
+/// Whether `upstream` has background work: health checks, or names to resolve.
+fn needs_background(upstream: &UpstreamState) -> bool {
+    upstream.spec.health_check.is_some() || !upstream.spec.names.is_empty()
 }

@@ -12,12 +12,14 @@ use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::{load_admin_token, AdminService, GatewayAdmin};
+use crate::discovery::Discovery;
 use crate::lifecycle::{Lifecycle, SignalWatch};
 use crate::proxy::connection::{AcceptGate, ConnectionLimit};
 use crate::proxy::guarded::GuardedApp;
 use crate::proxy::MeshProxy;
 use crate::reload::{watch_policy_file, PolicyStore};
 use crate::telemetry::Telemetry;
+use crate::upstream::UpstreamState;
 
 /// How `meshgate run` was asked to run.
 #[derive(Debug, Clone)]
@@ -46,8 +48,11 @@ struct ControlService {
 #[async_trait]
 impl BackgroundService for ControlService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        if let Some(registrations) = self.store.take_health_registrations() {
-            tokio::spawn(crate::upstream::health::supervise(registrations));
+        if let Some(registrations) = self.store.take_upstream_registrations() {
+            tokio::spawn(run_upstream_tasks(
+                registrations,
+                self.store.discovery().clone(),
+            ));
         }
         self.telemetry
             .configure(&self.store.snapshot().policy.telemetry);
@@ -254,4 +259,23 @@ fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListe
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// Starts the background tasks of every upstream registered through `registrations`: its
+/// health checks and the resolution of its names. Each task ends when its upstream is dropped.
+async fn run_upstream_tasks(
+    mut registrations: tokio::sync::mpsc::UnboundedReceiver<std::sync::Weak<UpstreamState>>,
+    discovery: Arc<Discovery>,
+) {
+    while let Some(weak) = registrations.recv().await {
+        let Some(upstream) = weak.upgrade() else {
+            continue;
+        };
+        if upstream.spec.health_check.is_some() {
+            tokio::spawn(crate::upstream::health::run(weak.clone()));
+        }
+        if !upstream.spec.names.is_empty() {
+            tokio::spawn(crate::discovery::run(weak, discovery.clone()));
+        }
+    }
 }

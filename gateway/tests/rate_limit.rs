@@ -79,14 +79,6 @@ async fn statuses(
     seen
 }
 
-fn metric_value(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Acceptance: 50 rps with burst 10, `wrk` far above the limit for 5 s, admits
 /// 50 × seconds + 10 requests within ±7%.
 #[tokio::test(flavor = "multi_thread")]
@@ -230,7 +222,7 @@ async fn refusals_say_why_and_each_key_has_its_own_bucket() {
     );
     let metrics = gateway.metrics().await;
     assert_eq!(
-        metric_value(
+        metric_sum(
             &metrics,
             "meshgate_rate_limited_total{mode=\"shadow\",route=\"shadow\"}"
         ),
@@ -238,7 +230,7 @@ async fn refusals_say_why_and_each_key_has_its_own_bucket() {
         "{metrics}"
     );
     assert_eq!(
-        metric_value(
+        metric_sum(
             &metrics,
             "meshgate_rate_limited_total{mode=\"enforce\",route=\"by-ip\"}"
         ),
@@ -246,7 +238,7 @@ async fn refusals_say_why_and_each_key_has_its_own_bucket() {
         "{metrics}"
     );
     assert_eq!(
-        metric_value(
+        metric_sum(
             &metrics,
             "meshgate_requests_total{code=\"429\",listener=\"public\",reason=\"rate-limited\",route=\"by-tenant\""
         ),
@@ -323,13 +315,13 @@ async fn a_reload_never_refills_a_drained_bucket() {
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric_value(&gateway.metrics().await, "meshgate_policy_version") < 3.0
+    while metric_sum(&gateway.metrics().await, "meshgate_policy_version") < 3.0
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        metric_value(&gateway.metrics().await, "meshgate_policy_version"),
+        metric_sum(&gateway.metrics().await, "meshgate_policy_version"),
         3.0
     );
     assert_eq!(statuses(&client, &a, &[], 1).await, [429], "still drained");
@@ -399,7 +391,7 @@ end
         "RSS grew by {} KiB",
         after - before
     );
-    let evictions = metric_value(
+    let evictions = metric_sum(
         &gateway.metrics().await,
         "meshgate_rate_limit_evictions_total{route=\"keys\"}",
     );
@@ -453,7 +445,7 @@ async fn a_global_limit_is_shared_by_two_gateways() {
         total as f64 > 2.0 * expected,
         "far above the limit: {total}"
     );
-    let errors = metric_value(
+    let errors = metric_sum(
         &first.metrics().await,
         "meshgate_rate_limit_store_errors_total",
     );
@@ -500,7 +492,7 @@ async fn store_failure_follows_on_error_and_recovers() {
         "rate-limit-unavailable"
     );
     assert!(
-        metric_value(
+        metric_sum(
             &open.metrics().await,
             "meshgate_rate_limit_store_errors_total"
         ) >= 20.0
@@ -571,7 +563,7 @@ async fn a_slow_store_costs_at_most_its_timeout() {
                 "a decision took {took:?} against a 100 ms timeout"
             );
         }
-        let timeouts = metric_value(
+        let timeouts = metric_sum(
             &gateway.metrics().await,
             "meshgate_rate_limit_store_errors_total{kind=\"timeout\"}",
         );

@@ -13,14 +13,6 @@ use common::nginx::start_nginx_mtls;
 use common::pki::Authority;
 use common::*;
 
-fn metric_value(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Acceptance: HTTPS over HTTP/1.1 and HTTP/2 (ALPN), the certificate chosen by SNI, and
 /// testssl.sh finding SSLv2, SSLv3, TLS 1 and TLS 1.1 not offered and TLS 1.3 offered.
 #[tokio::test(flavor = "multi_thread")]
@@ -229,16 +221,16 @@ async fn mutual_tls_identities_and_authorization() {
 
     let metrics = gateway.metrics().await;
     assert!(
-        metric_value(&metrics, "meshgate_authz_denied_total{route=\"closed\"}") >= 1.0,
+        metric_sum(&metrics, "meshgate_authz_denied_total{route=\"closed\"}") >= 1.0,
         "{metrics}"
     );
     assert!(
-        metric_value(&metrics, "meshgate_authz_denied_total{route=\"orders\"}") >= 1.0,
+        metric_sum(&metrics, "meshgate_authz_denied_total{route=\"orders\"}") >= 1.0,
         "{metrics}"
     );
     for reason in ["expired", "unknown-ca"] {
         assert!(
-            metric_value(
+            metric_sum(
                 &metrics,
                 &format!(
                     "meshgate_tls_handshake_failures_total{{listener=\"public\",reason=\"{reason}\"}}"
@@ -248,7 +240,7 @@ async fn mutual_tls_identities_and_authorization() {
         );
     }
     assert!(
-        metric_value(
+        metric_sum(
             &metrics,
             "meshgate_tls_handshakes_total{listener=\"public\"}"
         ) >= 5.0
@@ -374,11 +366,11 @@ async fn certificates_rotate_live_and_bad_files_are_refused() {
     assert!(served_cn(port).contains("second"), "{}", served_cn(port));
     let metrics = gateway.metrics().await;
     assert!(
-        metric_value(&metrics, "meshgate_tls_reloads_total{result=\"refused\"}") >= 1.0,
+        metric_sum(&metrics, "meshgate_tls_reloads_total{result=\"refused\"}") >= 1.0,
         "{metrics}"
     );
     assert!(
-        metric_value(&metrics, "meshgate_tls_reloads_total{result=\"applied\"}") >= 1.0,
+        metric_sum(&metrics, "meshgate_tls_reloads_total{result=\"applied\"}") >= 1.0,
         "{metrics}"
     );
     assert!(gateway.stderr().contains("TLS files refused"));

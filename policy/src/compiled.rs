@@ -38,6 +38,11 @@ pub struct CompiledPolicy {
     pub trusted_proxies: Vec<IpNet>,
     /// `[rate_limit_store]`, when present.
     pub rate_limit_store: Option<RateLimitStoreSettings>,
+    /// `[discovery]`, defaults filled in.
+    pub discovery: crate::discovery::DiscoverySettings,
+    /// Each upstream's `failover` (by index, parallel to `upstreams`). Kept out of
+    /// [`UpstreamSpec`] so that changing the chain does not reset the pool.
+    pub failover: Vec<Vec<usize>>,
 }
 
 /// `[rate_limit_store]`: the Redis that `scope = "global"` limits share.
@@ -300,6 +305,8 @@ pub struct EndpointSpec {
     pub addr: SocketAddr,
     /// Its relative weight (1 to 256).
     pub weight: u32,
+    /// Its priority tier (0 first).
+    pub priority: u32,
 }
 
 /// A compiled upstream. Two specs that compare equal describe the same pool, so the gateway
@@ -308,8 +315,10 @@ pub struct EndpointSpec {
 pub struct UpstreamSpec {
     /// Its name.
     pub name: String,
-    /// Endpoints in file order.
+    /// Endpoints written as addresses, in file order.
     pub endpoints: Vec<EndpointSpec>,
+    /// Endpoints found in DNS: host names written as endpoints, then `discovery`.
+    pub names: Vec<crate::discovery::NamedSource>,
     /// Load-balancing algorithm.
     pub balance: Balance,
     /// What `consistent_hash` hashes.
@@ -459,6 +468,8 @@ pub struct Route {
     pub split_schedule: Vec<u32>,
     /// Makes the split sticky.
     pub split_key: Option<RequestKey>,
+    /// Whether a dead side's share goes to the other sides.
+    pub split_fallback: bool,
     /// Time limit of the whole request.
     pub timeout: Option<Duration>,
     /// Retry policy.

@@ -39,6 +39,8 @@ pub struct PolicyFile {
     pub routes: Vec<RouteSection>,
     /// The shared store of `scope = "global"` rate limits.
     pub rate_limit_store: Option<RateLimitStoreSection>,
+    /// How names in upstreams are resolved.
+    pub discovery: Option<crate::discovery::DiscoverySection>,
 }
 
 /// `[server]`.
@@ -195,8 +197,14 @@ pub enum DefaultAuthz {
 pub struct UpstreamSection {
     /// Name splits refer to.
     pub name: String,
-    /// `"IP:port"` strings or `{ address, weight }` tables.
+    /// `"IP:port"` or `"host:port"` strings, or `{ address, weight, priority }` tables.
+    #[serde(default)]
     pub endpoints: Vec<EndpointEntry>,
+    /// Endpoints from DNS, instead of or beside `endpoints`.
+    pub discovery: Option<crate::discovery::DiscoveryEntry>,
+    /// Upstreams that take this one's requests, in order, while it has no eligible endpoint.
+    #[serde(default)]
+    pub failover: Vec<String>,
     /// Load-balancing algorithm.
     #[serde(default)]
     pub balance: Balance,
@@ -281,10 +289,12 @@ pub struct OutlierDetectionSection {
 /// An endpoint as written: a bare address or a table with a weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointEntry {
-    /// `IP:port`.
+    /// `IP:port`, or `host:port` resolved in DNS.
     pub address: String,
     /// Relative weight, 1 to 256 (default 1).
     pub weight: u32,
+    /// Priority tier: the lowest tier with an eligible endpoint takes the traffic (default 0).
+    pub priority: u32,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +303,8 @@ struct EndpointTable {
     address: String,
     #[serde(default = "default_weight")]
     weight: u32,
+    #[serde(default)]
+    priority: u32,
 }
 
 fn default_weight() -> u32 {
@@ -306,13 +318,14 @@ impl<'de> Deserialize<'de> for EndpointEntry {
             type Value = EndpointEntry;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    r#"an address such as "10.0.0.1:8080" or { address = "…", weight = N }"#,
+                    r#"an address such as "10.0.0.1:8080" or "orders-1.internal:8080", or { address = "…", weight = N, priority = N }"#,
                 )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointEntry, E> {
                 Ok(EndpointEntry {
                     address: v.to_owned(),
                     weight: 1,
+                    priority: 0,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointEntry, A::Error> {
@@ -320,6 +333,7 @@ impl<'de> Deserialize<'de> for EndpointEntry {
                 Ok(EndpointEntry {
                     address: table.address,
                     weight: table.weight,
+                    priority: table.priority,
                 })
             }
         }
@@ -380,6 +394,9 @@ pub struct RouteSection {
     pub split: Vec<SplitEntry>,
     /// Makes the split sticky: `header:<name>`, `client_ip` or `path`.
     pub split_key: Option<String>,
+    /// Whether a side whose upstream (with its failovers) has no eligible endpoint gives its
+    /// share to the other sides (default true).
+    pub split_fallback: Option<bool>,
     /// Time limits.
     pub timeouts: Option<TimeoutsSection>,
     /// Retry policy; no retries when absent.

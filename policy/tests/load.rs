@@ -4,17 +4,10 @@
 use std::path::Path;
 
 use meshgate_policy::compiled::{LimitKey, RateLimitMode, RateLimitScope, StoreErrorAction};
-use meshgate_policy::{load, PolicyError};
+use meshgate_policy::load;
 
-fn refused(source: &str) -> Vec<PolicyError> {
-    load(source, Path::new(".")).expect_err("policy should be refused")
-}
-
-fn has(errors: &[PolicyError], line: usize, path: &str, message: &str) -> bool {
-    errors
-        .iter()
-        .any(|e| e.line == line && e.path == path && e.message.contains(message))
-}
+mod common;
+use common::*;
 
 #[test]
 fn bundled_config_loads() {

@@ -12,7 +12,6 @@
 //! | choose the split, admit to the upstream's breaker | `503 overflow` |
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use meshgate_policy::compiled::{Route, StoreErrorAction};
@@ -26,8 +25,8 @@ use crate::upstream::Overflow;
 
 use super::answer::{overflow_header, respond_with_reason};
 use super::context::RequestCtx;
-use super::request::{key_hash, HeaderView};
-use super::{client_ip, hygiene, MeshProxy, Reason};
+use super::request::HeaderView;
+use super::{client_ip, hygiene, split, MeshProxy, Reason};
 
 /// Headers that carry a caller's identity: only the gateway may set them, so any incoming
 /// copy is removed before routing.
@@ -135,7 +134,9 @@ impl MeshProxy {
             rate_limit(limiter, snapshot, session, ctx).await?;
         }
         inject_fault(route).await?;
-        choose_split(snapshot, route_index, session, ctx)
+        let slot = split::slot(snapshot, route_index, session, ctx);
+        split::choose(snapshot, route_index, slot, ctx, &self.telemetry.metrics)
+            .map_err(overflow_answer)
     }
 }
 
@@ -230,33 +231,6 @@ async fn inject_fault(route: &Route) -> Result<(), Answer> {
             tokio::time::sleep(delay).await;
         }
     }
-    Ok(())
-}
-
-/// Chooses the split, and admits the request to its upstream's breaker here, so that an
-/// overflow is answered like any other gateway response and the connection is kept.
-fn choose_split(
-    snapshot: &Snapshot,
-    route_index: usize,
-    session: &Session,
-    ctx: &mut RequestCtx,
-) -> Result<(), Answer> {
-    let route = &snapshot.policy.routes[route_index];
-    let slot = match &route.split_key {
-        Some(key) => key_hash(key, session.req_header(), ctx.client_ip) as usize,
-        None => snapshot.routes[route_index]
-            .split_cursor
-            .fetch_add(1, Ordering::Relaxed) as usize,
-    };
-    let split = route.split_schedule[slot % route.split_schedule.len()] as usize;
-    let upstream_index = route.splits[split].upstream;
-    ctx.split = Some(split);
-    ctx.upstream = Some(upstream_index);
-    if let Err(overflow) = snapshot.upstreams[upstream_index].admit_request() {
-        ctx.overflow = Some(overflow);
-        return Err(overflow_answer(overflow));
-    }
-    ctx.holds_request = true;
     Ok(())
 }
 

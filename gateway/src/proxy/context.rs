@@ -9,7 +9,7 @@ use crate::limit::{self, RateLimiter};
 use crate::snapshot::Snapshot;
 use crate::telemetry::RequestSpan;
 use crate::tls::PeerTls;
-use crate::upstream::{breaker_give_back, Overflow, UpstreamState};
+use crate::upstream::{breaker_give_back, EndpointState, Overflow, UpstreamState};
 
 use super::Reason;
 
@@ -23,7 +23,7 @@ pub struct RequestCtx {
     /// Index of the chosen split in the route.
     pub(super) split: Option<usize>,
     /// The endpoint whose in-flight count this request holds.
-    pub(super) endpoint: Option<usize>,
+    pub(super) endpoint: Option<Arc<EndpointState>>,
     /// Address of the last endpoint chosen, for the access log.
     pub(super) last_endpoint: Option<std::net::SocketAddr>,
     pub(super) reason: Option<Reason>,
@@ -46,7 +46,7 @@ pub struct RequestCtx {
     /// The breaker limit that refused the request.
     pub(super) overflow: Option<Overflow>,
     /// The endpoint of the previous try, avoided by a retry.
-    pub(super) previous_endpoint: Option<usize>,
+    pub(super) previous_endpoint: Option<std::net::SocketAddr>,
     /// Set when `upstream_response_filter` turned a response into a retry.
     pub(super) retry_on_status: bool,
     /// The client's address after `trusted_proxies`.
@@ -127,8 +127,8 @@ impl RequestCtx {
             return;
         };
         if let Some(endpoint) = self.endpoint.take() {
-            upstream.release(endpoint);
-            self.previous_endpoint = Some(endpoint);
+            upstream.release(&endpoint);
+            self.previous_endpoint = Some(endpoint.addr);
         }
         if std::mem::take(&mut self.holds_pending) {
             breaker_give_back(&upstream.breaker.pending);
@@ -154,7 +154,7 @@ impl RequestCtx {
 
     /// Records the outcome of the current try for outlier detection.
     pub(super) fn report(&self, success: bool) {
-        if let (Some(upstream), Some(endpoint)) = (self.upstream_state(), self.endpoint) {
+        if let (Some(upstream), Some(endpoint)) = (self.upstream_state(), &self.endpoint) {
             upstream.report_outcome(endpoint, success);
         }
     }

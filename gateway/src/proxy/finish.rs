@@ -3,6 +3,7 @@
 
 use pingora::proxy::Session;
 
+use crate::snapshot::TrafficMetrics;
 use crate::telemetry::access_log::{millis, non_empty, AccessRecord, Shown};
 use crate::telemetry::{RequestSpan, SpanEnd};
 
@@ -38,13 +39,26 @@ impl MeshProxy {
         let upstream_state = ctx.upstream.map(|i| &snapshot.upstreams[i]);
         let upstream = upstream_state.map_or("", |u| u.spec.name.as_str());
         let reason = ctx.reason.map_or("", Reason::token);
+        // A request its side's upstream could not take went to a failover: the handles made
+        // for the side name the wrong upstream.
+        let failed_over = match (ctx.route, ctx.split) {
+            (Some(route), Some(split)) => {
+                ctx.upstream != Some(snapshot.policy.routes[route].splits[split].upstream)
+            }
+            _ => false,
+        };
+        let failover_traffic;
         if let Some(route_index) = ctx.route {
             let route_state = &snapshot.routes[route_index];
             route_state.in_flight.dec();
-            let traffic = ctx
-                .split
-                .and_then(|split| route_state.traffic.get(split))
-                .unwrap_or(&route_state.gateway_traffic);
+            let traffic = if failed_over {
+                failover_traffic = TrafficMetrics::new(&self.telemetry.metrics, route, upstream);
+                &failover_traffic
+            } else {
+                ctx.split
+                    .and_then(|split| route_state.traffic.get(split))
+                    .unwrap_or(&route_state.gateway_traffic)
+            };
             traffic
                 .duration
                 .observe(ctx.started.elapsed().as_secs_f64());
@@ -56,12 +70,12 @@ impl MeshProxy {
                 .response_bytes
                 .inc_by(downstream.body_bytes_sent() as u64);
         }
-        let resolved =
-            match (ctx.reason, ctx.listener, ctx.route, ctx.split) {
-                (None, Some(listener), Some(route), Some(split)) => snapshot.routes[route]
-                    .counters(listener, split, snapshot.policy.routes[route].splits.len()),
-                _ => None,
-            };
+        let resolved = match (ctx.reason, ctx.listener, ctx.route, ctx.split) {
+            (None, Some(listener), Some(route), Some(split)) if !failed_over => snapshot.routes
+                [route]
+                .counters(listener, split, snapshot.policy.routes[route].splits.len()),
+            _ => None,
+        };
         match resolved {
             Some(counters) => counters.inc(status),
             // Gateway-made answers carry a reason token; they are the rare path.

@@ -29,6 +29,7 @@ mod hygiene;
 mod reason;
 mod request;
 mod retry;
+pub(crate) mod split;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -46,7 +47,7 @@ use crate::limit;
 use crate::reload::PolicyStore;
 use crate::telemetry::Telemetry;
 use crate::tls::PeerTls;
-use crate::upstream::breaker_give_back;
+use crate::upstream::{breaker_give_back, EndpointState};
 use answer::{overflow_header, reason_for_error, refuse_overflow, respond_with_reason};
 use connection::HeadTimedStream;
 use context::RequestCtx;
@@ -231,13 +232,16 @@ impl ProxyHttp for MeshProxy {
         let hash_input = hash_input.as_ref().map(|h| h.as_slice());
         let mut chosen = upstream.acquire(hash_input);
         // A retry goes to another endpoint where there is one.
-        if retrying && chosen.is_some() && chosen == ctx.previous_endpoint {
-            for _ in 0..upstream.endpoints.len() {
-                if let Some(endpoint) = chosen {
+        let repeats = |chosen: &Option<Arc<EndpointState>>| {
+            chosen.as_ref().map(|e| e.addr) == ctx.previous_endpoint
+        };
+        if retrying && chosen.is_some() && repeats(&chosen) {
+            for _ in 0..upstream.endpoints().endpoints.len() {
+                if let Some(endpoint) = &chosen {
                     upstream.release(endpoint);
                 }
                 chosen = upstream.acquire(hash_input);
-                if chosen != ctx.previous_endpoint {
+                if !repeats(&chosen) {
                     break;
                 }
             }
@@ -249,11 +253,10 @@ impl ProxyHttp for MeshProxy {
                 "every endpoint is unhealthy or ejected",
             );
         };
-        ctx.endpoint = Some(endpoint);
-        ctx.last_endpoint = Some(upstream.endpoints[endpoint].addr);
+        ctx.last_endpoint = Some(endpoint.addr);
         ctx.try_started = Some(Instant::now());
-
-        let mut peer = upstream.endpoints[endpoint].peer.clone();
+        let mut peer = endpoint.peer.clone();
+        ctx.endpoint = Some(endpoint);
         peer.options.preserve_header_case = self.preserve_header_case;
         if let Some(tls) = &upstream.tls {
             let material = tls.material();

@@ -55,6 +55,16 @@ pub struct Metrics {
     pub upstream_connect_duration: HistogramVec,
     /// `meshgate_upstream_connections_total{upstream,reused}`.
     pub upstream_connections: IntCounterVec,
+    /// `meshgate_discovery_errors_total{upstream,kind}`: failed DNS resolutions of an
+    /// upstream's names, by kind (`timeout`, `servfail`, `refused`, `unreachable`,
+    /// `nxdomain`, `empty`, `other`).
+    pub discovery_errors: IntCounterVec,
+    /// `meshgate_failovers_total{upstream,to}`: requests for `upstream` sent to its failover
+    /// `to`.
+    pub failovers: IntCounterVec,
+    /// `meshgate_split_fallbacks_total{route,upstream}`: requests whose split side
+    /// (`upstream`) had no eligible endpoint and that went to another side.
+    pub split_fallbacks: IntCounterVec,
     /// `meshgate_restart_required{section}`: 1 while a change of `section` waits for a
     /// restart.
     pub restart_required: IntGaugeVec,
@@ -250,6 +260,24 @@ impl Metrics {
             &["upstream", "reused"],
         )
         .expect("static metric definition");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+        };
+        let discovery_errors = counter(
+            "meshgate_discovery_errors_total",
+            "Failed DNS resolutions of an upstream's names, by kind; the last good endpoints stay.",
+            &["upstream", "kind"],
+        );
+        let failovers = counter(
+            "meshgate_failovers_total",
+            "Requests sent to a failover upstream because theirs had no eligible endpoint.",
+            &["upstream", "to"],
+        );
+        let split_fallbacks = counter(
+            "meshgate_split_fallbacks_total",
+            "Requests whose split side had no eligible endpoint, sent to another side of the route.",
+            &["route", "upstream"],
+        );
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "meshgate_build_info",
@@ -286,6 +314,9 @@ impl Metrics {
             Box::new(listener_connections_waiting.clone()),
             Box::new(upstream_connect_duration.clone()),
             Box::new(upstream_connections.clone()),
+            Box::new(discovery_errors.clone()),
+            Box::new(failovers.clone()),
+            Box::new(split_fallbacks.clone()),
             Box::new(build_info),
         ] {
             family_names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
@@ -316,6 +347,9 @@ impl Metrics {
             requests_in_flight,
             upstream_connect_duration,
             upstream_connections,
+            discovery_errors,
+            failovers,
+            split_fallbacks,
             restart_required,
             listener_connections,
             listener_connections_waiting,

@@ -87,7 +87,7 @@ pub fn render(snapshot: &Snapshot, out: &mut String) {
     for (name, kind, help, read) in endpoint_families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for upstream in &snapshot.upstreams {
-            for endpoint in &upstream.endpoints {
+            for endpoint in &upstream.endpoints().endpoints {
                 let _ = writeln!(
                     out,
                     "{name}{{upstream=\"{}\",endpoint=\"{}\"}} {}",

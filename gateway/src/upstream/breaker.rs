@@ -69,6 +69,15 @@ impl UpstreamState {
         }
     }
 
+    /// Whether a new request would pass `max_requests` and find a connection under
+    /// `max_connections` now (nothing is taken).
+    pub fn below_limits(&self) -> bool {
+        let limits = self.spec.circuit_breaker;
+        self.breaker.active_requests.load(Ordering::Acquire) < u64::from(limits.max_requests)
+            && self.breaker.active_connections.load(Ordering::Acquire)
+                < u64::from(limits.max_connections)
+    }
+
     /// Admits one try's wait for a connection (`max_pending` and `max_connections`).
     pub fn admit_connect(&self) -> Result<(), Overflow> {
         let limits = self.spec.circuit_breaker;

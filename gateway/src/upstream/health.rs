@@ -2,6 +2,7 @@
 //! endpoint each `interval` with an HTTP GET (or a TCP connect). The task holds only a weak
 //! reference, so it ends by itself when a reload drops the upstream.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
@@ -42,61 +43,56 @@ async fn probe(addr: SocketAddr, spec: &HealthCheckSpec) -> bool {
     )
 }
 
-/// Runs the checks of one upstream until it is dropped.
+/// Runs the checks of one upstream until it is dropped. Each round probes the endpoints the
+/// upstream has then, so endpoints that DNS adds are checked from their first round.
 pub async fn run(upstream: Weak<UpstreamState>) {
-    let (spec, addrs, name) = match upstream.upgrade() {
+    let (spec, name) = match upstream.upgrade() {
         Some(state) => match &state.spec.health_check {
-            Some(spec) => (
-                spec.clone(),
-                state.endpoints.iter().map(|e| e.addr).collect::<Vec<_>>(),
-                state.spec.name.clone(),
-            ),
+            Some(spec) => (spec.clone(), state.spec.name.clone()),
             None => return,
         },
         None => return,
     };
-    let mut passes = vec![0u32; addrs.len()];
-    let mut failures = vec![0u32; addrs.len()];
+    // Passes and failures in a row, by address.
+    let mut streaks: HashMap<SocketAddr, (u32, u32)> = HashMap::new();
     let mut ticker = tokio::time::interval(spec.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let endpoints = match upstream.upgrade() {
+            Some(state) => state.endpoints().endpoints.clone(),
+            None => return,
+        };
+        streaks.retain(|addr, _| endpoints.iter().any(|e| e.addr == *addr));
         let mut probes = tokio::task::JoinSet::new();
-        for (index, addr) in addrs.iter().copied().enumerate() {
+        for (index, endpoint) in endpoints.iter().enumerate() {
             let spec = spec.clone();
+            let addr = endpoint.addr;
             probes.spawn(async move { (index, probe(addr, &spec).await) });
         }
         let results = probes.join_all().await;
         // Holding the pool only between probes lets a reload drop it.
-        let Some(state) = upstream.upgrade() else {
+        if upstream.strong_count() == 0 {
             return;
-        };
+        }
         for (index, ok) in results {
-            let endpoint = &state.endpoints[index];
+            let endpoint = &endpoints[index];
+            let (passes, failures) = streaks.entry(endpoint.addr).or_default();
             if ok {
-                passes[index] += 1;
-                failures[index] = 0;
+                *passes += 1;
+                *failures = 0;
             } else {
-                failures[index] += 1;
-                passes[index] = 0;
+                *failures += 1;
+                *passes = 0;
             }
             let healthy = endpoint.healthy.load(Ordering::Relaxed);
-            if healthy && failures[index] >= spec.unhealthy_threshold {
+            if healthy && *failures >= spec.unhealthy_threshold {
                 endpoint.healthy.store(false, Ordering::Relaxed);
                 tracing::warn!(upstream = %name, endpoint = %endpoint.addr, "endpoint unhealthy");
-            } else if !healthy && passes[index] >= spec.healthy_threshold {
+            } else if !healthy && *passes >= spec.healthy_threshold {
                 endpoint.healthy.store(true, Ordering::Relaxed);
                 tracing::info!(upstream = %name, endpoint = %endpoint.addr, "endpoint healthy again");
             }
         }
-    }
-}
-
-/// Runs every health check task registered through `registrations`.
-pub async fn supervise(
-    mut registrations: tokio::sync::mpsc::UnboundedReceiver<Weak<UpstreamState>>,
-) {
-    while let Some(upstream) = registrations.recv().await {
-        tokio::spawn(run(upstream));
     }
 }

@@ -8,50 +8,23 @@ mod balance;
 mod breaker;
 pub mod health;
 mod outlier;
+mod set;
 pub use outlier::now_ms;
+pub use set::{EndpointEntry, EndpointSet, EndpointState};
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use meshgate_policy::compiled::{Balance, UpstreamProtocol, UpstreamSpec};
-use pingora::protocols::ALPN;
-use pingora::upstreams::peer::HttpPeer;
-
-/// One endpoint and its live counters.
-#[derive(Debug)]
-pub struct EndpointState {
-    /// Its address.
-    pub addr: SocketAddr,
-    /// Its relative weight.
-    pub weight: u32,
-    /// The peer handed to Pingora, built once.
-    pub peer: HttpPeer,
-    /// Requests in flight to it now.
-    pub in_flight: AtomicU64,
-    /// Requests sent to it.
-    pub requests_total: AtomicU64,
-    /// Active health checks' view (true until checks say otherwise).
-    pub healthy: AtomicBool,
-    /// Outlier detection's view.
-    pub ejected: AtomicBool,
-    /// Failures in a row (5xx, connect failures, resets).
-    pub consecutive_failures: AtomicU32,
-    /// Times outlier detection ejected it.
-    pub ejections: AtomicU32,
-    /// When the current ejection ends, in ms since the process started.
-    ejected_until_ms: AtomicU64,
-}
+use arc_swap::ArcSwap;
+use meshgate_policy::compiled::UpstreamSpec;
 
 /// An upstream pool.
 pub struct UpstreamState {
     /// The compiled spec it was built from.
     pub spec: UpstreamSpec,
-    /// Endpoints in spec order.
-    pub endpoints: Vec<EndpointState>,
+    /// Its endpoints now; swapped whole when DNS answers change them.
+    set: ArcSwap<EndpointSet>,
     cursor: AtomicU64,
-    ring: Option<(pingora_ketama::Continuum, HashMap<SocketAddr, usize>)>,
     /// Circuit breaker counters.
     pub breaker: breaker::BreakerState,
     /// Endpoints ejected now.
@@ -70,7 +43,7 @@ impl std::fmt::Debug for UpstreamState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamState")
             .field("spec", &self.spec)
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &self.set.load().endpoints)
             .finish_non_exhaustive()
     }
 }
@@ -82,55 +55,7 @@ impl UpstreamState {
         tls: Option<Arc<crate::tls::UpstreamTlsState>>,
         metrics: &crate::telemetry::Metrics,
     ) -> Self {
-        let endpoints = spec
-            .endpoints
-            .iter()
-            .map(|endpoint| {
-                // Without `sni`, the endpoint's address is the name verified (an IP SAN), so
-                // verification is never skipped.
-                let sni = spec.tls.as_ref().map(|t| {
-                    t.sni
-                        .clone()
-                        .unwrap_or_else(|| endpoint.addr.ip().to_string())
-                });
-                let mut peer = HttpPeer::new(endpoint.addr, sni.is_some(), sni.unwrap_or_default());
-                peer.options.connection_timeout = Some(spec.connect_timeout);
-                peer.options.idle_timeout = Some(spec.idle_timeout);
-                if spec.tls.is_some() {
-                    peer.options.alpn = ALPN::H1;
-                }
-                if spec.protocol == UpstreamProtocol::H2c {
-                    peer.options.alpn = ALPN::H2;
-                    peer.options.max_h2_streams = 128;
-                }
-                EndpointState {
-                    addr: endpoint.addr,
-                    weight: endpoint.weight,
-                    peer,
-                    in_flight: AtomicU64::new(0),
-                    requests_total: AtomicU64::new(0),
-                    healthy: AtomicBool::new(true),
-                    ejected: AtomicBool::new(false),
-                    consecutive_failures: AtomicU32::new(0),
-                    ejections: AtomicU32::new(0),
-                    ejected_until_ms: AtomicU64::new(0),
-                }
-            })
-            .collect();
-        let ring = (spec.balance == Balance::ConsistentHash).then(|| {
-            let buckets: Vec<_> = spec
-                .endpoints
-                .iter()
-                .map(|e| pingora_ketama::Bucket::new(e.addr, e.weight))
-                .collect();
-            let positions = spec
-                .endpoints
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.addr, i))
-                .collect();
-            (pingora_ketama::Continuum::new(&buckets), positions)
-        });
+        let set = EndpointSet::build(&spec, &Self::literal_entries(&spec), None);
         let connect_duration = metrics
             .upstream_connect_duration
             .with_label_values(&[&spec.name]);
@@ -141,9 +66,8 @@ impl UpstreamState {
         });
         UpstreamState {
             spec,
-            endpoints,
+            set: ArcSwap::from_pointee(set),
             cursor: AtomicU64::new(0),
-            ring,
             breaker: breaker::BreakerState::default(),
             ejected_count: AtomicU32::new(0),
             tls,
@@ -152,39 +76,98 @@ impl UpstreamState {
         }
     }
 
-    /// Whether endpoint `index` may take requests now: healthy, and not ejected (an ejection
-    /// whose time is up ends here, and the endpoint comes back on probation).
+    /// The endpoints written as addresses in the policy.
+    pub fn literal_entries(spec: &UpstreamSpec) -> Vec<EndpointEntry> {
+        spec.endpoints
+            .iter()
+            .map(|e| EndpointEntry {
+                addr: e.addr,
+                weight: e.weight,
+                priority: e.priority,
+            })
+            .collect()
+    }
+
+    /// The endpoints now.
     #[inline]
-    pub fn eligible(&self, index: usize) -> bool {
-        let endpoint = &self.endpoints[index];
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.set.load()
+    }
+
+    /// Makes `entries` the endpoints: those that stay keep their state, new ones join, and
+    /// gone ones get no new request (those in flight finish). Returns whether anything
+    /// changed.
+    pub fn set_endpoints(&self, entries: &[EndpointEntry]) -> bool {
+        let current = self.set.load_full();
+        if current.entries() == entries {
+            return false;
+        }
+        let next = EndpointSet::build(&self.spec, entries, Some(&current));
+        // Ejected endpoints that left no longer count against the ejection cap.
+        let ejected = next
+            .endpoints
+            .iter()
+            .filter(|e| e.ejected.load(Ordering::Relaxed))
+            .count() as u32;
+        self.set.store(Arc::new(next));
+        self.ejected_count.store(ejected, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether `endpoint` may take requests now: healthy, and not ejected (an ejection whose
+    /// time is up ends here, and the endpoint comes back on probation).
+    #[inline]
+    pub fn eligible(&self, endpoint: &EndpointState) -> bool {
         if !endpoint.healthy.load(Ordering::Relaxed) {
             return false;
         }
-        !endpoint.ejected.load(Ordering::Relaxed) || self.end_ejection_if_due(index)
+        !endpoint.ejected.load(Ordering::Relaxed) || self.end_ejection_if_due(endpoint)
+    }
+
+    /// Whether the upstream can take a request now: an eligible endpoint, and room under its
+    /// breaker's limits. A failover or split fallback skips an upstream that cannot.
+    pub fn available(&self) -> bool {
+        self.below_limits() && self.has_eligible()
+    }
+
+    /// The priority tier that takes requests now: the lowest with an eligible endpoint.
+    pub fn serving_tier(&self) -> Option<u32> {
+        let set = self.endpoints();
+        set.endpoints
+            .iter()
+            .zip(&set.priorities)
+            .filter(|(e, _)| self.eligible(e))
+            .map(|(_, &priority)| priority)
+            .min()
+    }
+
+    /// Whether any endpoint may take requests now.
+    pub fn has_eligible(&self) -> bool {
+        self.endpoints().endpoints.iter().any(|e| self.eligible(e))
     }
 
     /// Requests in flight across every endpoint.
     pub fn in_flight(&self) -> u64 {
-        self.endpoints
+        self.endpoints()
+            .endpoints
             .iter()
             .map(|e| e.in_flight.load(Ordering::Relaxed))
             .sum()
     }
 
-    /// Picks an eligible endpoint, counts the request against it, and returns its index.
-    /// `hash_input` is the consistent-hash key's value, when the balance needs one.
-    pub fn acquire(&self, hash_input: Option<&[u8]>) -> Option<usize> {
-        let index = self.select(hash_input)?;
-        let endpoint = &self.endpoints[index];
+    /// Picks an eligible endpoint and counts the request against it. `hash_input` is the
+    /// consistent-hash key's value, when the balance needs one.
+    pub fn acquire(&self, hash_input: Option<&[u8]>) -> Option<Arc<EndpointState>> {
+        let set = self.endpoints();
+        let index = self.select(&set, hash_input)?;
+        let endpoint = set.endpoints[index].clone();
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         endpoint.requests_total.fetch_add(1, Ordering::Relaxed);
-        Some(index)
+        Some(endpoint)
     }
 
     /// Ends a request counted by [`Self::acquire`].
-    pub fn release(&self, index: usize) {
-        if let Some(endpoint) = self.endpoints.get(index) {
-            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
+    pub fn release(&self, endpoint: &EndpointState) {
+        endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

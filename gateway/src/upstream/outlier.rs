@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use super::UpstreamState;
+use super::{EndpointState, UpstreamState};
 
 /// Milliseconds since the first call in this process; a monotonic clock for ejection deadlines.
 pub fn now_ms() -> u64 {
@@ -16,12 +16,8 @@ pub fn now_ms() -> u64 {
 }
 
 impl UpstreamState {
-    /// Records the outcome of a try on endpoint `index`. Returns true when this failure
-    /// ejected the endpoint.
-    pub fn report_outcome(&self, index: usize, success: bool) -> bool {
-        let Some(endpoint) = self.endpoints.get(index) else {
-            return false;
-        };
+    /// Records the outcome of a try on `endpoint`. Returns true when this failure ejected it.
+    pub fn report_outcome(&self, endpoint: &EndpointState, success: bool) -> bool {
         if success {
             endpoint.consecutive_failures.store(0, Ordering::Relaxed);
             return false;
@@ -38,7 +34,7 @@ impl UpstreamState {
         }
         // Reserve a place under the cap before ejecting, so concurrent failures cannot
         // eject more of the pool than allowed.
-        let pool = self.endpoints.len() as u64;
+        let pool = self.endpoints().endpoints.len() as u64;
         let allowed = self
             .ejected_count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |ejected| {
@@ -54,7 +50,7 @@ impl UpstreamState {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            self.ejected_count.fetch_sub(1, Ordering::AcqRel);
+            self.uncount_ejection();
             return false;
         }
         let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -76,9 +72,8 @@ impl UpstreamState {
         true
     }
 
-    /// Ends the ejection of `index` if its time is up; returns whether it is back.
-    pub(super) fn end_ejection_if_due(&self, index: usize) -> bool {
-        let endpoint = &self.endpoints[index];
+    /// Ends the ejection of `endpoint` if its time is up; returns whether it is back.
+    pub(super) fn end_ejection_if_due(&self, endpoint: &EndpointState) -> bool {
         if now_ms() < endpoint.ejected_until_ms.load(Ordering::Acquire) {
             return false;
         }
@@ -87,7 +82,7 @@ impl UpstreamState {
             .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.ejected_count.fetch_sub(1, Ordering::AcqRel);
+            self.uncount_ejection();
             // Probation: the next failure ejects it again at once.
             let threshold = self
                 .spec
@@ -99,5 +94,15 @@ impl UpstreamState {
             tracing::info!(upstream = %self.spec.name, endpoint = %endpoint.addr, "endpoint back on probation");
         }
         true
+    }
+
+    /// One ejection fewer; never below zero (a new endpoint set recounts them, and an
+    /// endpoint that left may still end its ejection).
+    fn uncount_ejection(&self) {
+        let _ = self
+            .ejected_count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod dns;
 pub mod https;
 pub mod nginx;
 pub mod pki;
@@ -674,4 +675,14 @@ pub fn load_test_lock() -> std::fs::File {
     let file = std::fs::File::create(path).expect("create the load-test lock file");
     file.lock().expect("take the load-test lock");
     file
+}
+
+/// The sum of the samples of a Prometheus text whose line starts with `prefix` (a name, or a
+/// name and the start of its labels).
+pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

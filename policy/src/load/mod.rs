@@ -18,6 +18,7 @@ use crate::error::{ErrorSink, KeyPath, LineIndex, PathSegment, PolicyError};
 use crate::schema::*;
 
 mod checks;
+mod discovery;
 mod listeners;
 mod rate_limit;
 mod routes;
@@ -27,6 +28,7 @@ mod tls;
 mod upstreams;
 
 use checks::*;
+use discovery::*;
 use rate_limit::*;
 use routes::*;
 pub use server::check_admin_token;
@@ -64,6 +66,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "upstreams",
     "routes",
     "rate_limit_store",
+    "discovery",
 ];
 const DEFAULT_MAX_LIMIT_KEYS: u32 = 100_000;
 const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -165,6 +168,10 @@ impl Compiler<'_, '_> {
         let listeners = self.compile_listeners(&listeners, sink);
         let listener_names = self.declared_names("listeners");
         let upstream_names = self.declared_names("upstreams");
+        let failover = compile_failover(&upstreams, &upstream_names, sink);
+        let discovery = self
+            .section::<crate::discovery::DiscoverySection>("discovery", sink)
+            .map(|section| compile_discovery(Some(section), sink));
         let upstreams = self.compile_upstreams(&upstreams, sink);
         let routes = self.compile_routes(
             &routes,
@@ -204,6 +211,8 @@ impl Compiler<'_, '_> {
                 (true, None) => return None,
                 (_, store) => store,
             },
+            discovery: discovery?,
+            failover,
         })
     }
 

@@ -136,6 +136,7 @@ impl Compiler<'_, '_> {
                     split_schedule: smooth_weighted_schedule(&weights),
                     splits,
                     split_key,
+                    split_fallback: spec.split_fallback.unwrap_or(true),
                     timeout,
                     retry,
                     headers,

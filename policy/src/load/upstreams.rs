@@ -1,6 +1,7 @@
 //! `[[upstreams]]`: endpoints, balancing, health checks, circuit breakers, outlier detection.
 
 use super::*;
+use crate::discovery::{NameQuery, NamedSource};
 
 impl Compiler<'_, '_> {
     pub(super) fn compile_upstreams(
@@ -24,12 +25,16 @@ impl Compiler<'_, '_> {
                     );
                 }
                 let mut ok = true;
-                if spec.endpoints.is_empty() {
-                    sink.at(&path.key("endpoints"), "an upstream needs at least one endpoint");
+                if spec.endpoints.is_empty() && spec.discovery.is_none() {
+                    sink.at(
+                        &path.key("endpoints"),
+                        "an upstream needs at least one endpoint, or `discovery`",
+                    );
                     ok = false;
                 }
                 let mut seen = HashMap::new();
                 let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+                let mut names = Vec::new();
                 for (j, entry) in spec.endpoints.iter().enumerate() {
                     let entry_path = path.key("endpoints").index(j);
                     if !(1..=MAX_ENDPOINT_WEIGHT).contains(&entry.weight) {
@@ -39,9 +44,16 @@ impl Compiler<'_, '_> {
                         );
                         ok = false;
                     }
-                    match parse_socket_addr(&entry.address) {
-                        Ok(addr) => {
-                            if let Some(first) = seen.insert(addr, j) {
+                    if entry.priority > MAX_PRIORITY {
+                        sink.at(
+                            &entry_path.key("priority"),
+                            format!("endpoint priority must be between 0 and {MAX_PRIORITY}"),
+                        );
+                        ok = false;
+                    }
+                    match parse_endpoint_address(&entry.address) {
+                        Ok(EndpointAddress::Literal(addr)) => {
+                            if let Some(first) = seen.insert(entry.address.clone(), j) {
                                 sink.at(
                                     &entry_path,
                                     format!("endpoint {addr} is listed twice (first at endpoints[{first}])"),
@@ -51,12 +63,39 @@ impl Compiler<'_, '_> {
                             endpoints.push(EndpointSpec {
                                 addr,
                                 weight: entry.weight,
+                                priority: entry.priority,
+                            });
+                        }
+                        Ok(EndpointAddress::Name(name, port)) => {
+                            if let Some(first) = seen.insert(entry.address.to_ascii_lowercase(), j) {
+                                sink.at(
+                                    &entry_path,
+                                    format!("endpoint {} is listed twice (first at endpoints[{first}])", entry.address),
+                                );
+                                ok = false;
+                            }
+                            names.push(NamedSource {
+                                query: NameQuery::Address { name, port },
+                                weight: entry.weight,
+                                priority: entry.priority,
+                                zone: None,
                             });
                         }
                         Err(message) => {
                             sink.at(&entry_path, message);
                             ok = false;
                         }
+                    }
+                }
+                if let Some(discovery) = &spec.discovery {
+                    match compile_discovery_entry(discovery, &path.key("discovery"), sink) {
+                        Some(query) => names.push(NamedSource {
+                            query,
+                            weight: 1,
+                            priority: 0,
+                            zone: None,
+                        }),
+                        None => ok = false,
                     }
                 }
                 let hash_key = match (&spec.hash_key, spec.balance) {
@@ -122,6 +161,7 @@ impl Compiler<'_, '_> {
                     name: spec.name.clone(),
                     schedule: smooth_weighted_schedule(&weights),
                     endpoints,
+                    names,
                     balance: spec.balance,
                     hash_key,
                     connect_timeout,

@@ -1,0 +1,19 @@
+//! Helpers of the policy loader's tests.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use meshgate_policy::{load, PolicyError};
+
+/// The errors of a policy that must be refused.
+pub fn refused(source: &str) -> Vec<PolicyError> {
+    load(source, Path::new(".")).expect_err("policy should be refused")
+}
+
+/// Whether `errors` has one at `line` for `path` whose message contains `message`.
+pub fn has(errors: &[PolicyError], line: usize, path: &str, message: &str) -> bool {
+    errors
+        .iter()
+        .any(|e| e.line == line && e.path == path && e.message.contains(message))
+}
