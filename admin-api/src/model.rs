@@ -176,6 +176,8 @@ pub struct EndpointStatus {
     pub weight: u32,
     /// Priority tier: the lowest tier with an eligible endpoint takes the traffic.
     pub priority: u32,
+    /// The zone it runs in, when known.
+    pub zone: Option<String>,
     /// Whether health checks consider it healthy.
     pub healthy: bool,
     /// Whether outlier detection has ejected it.
@@ -253,6 +255,9 @@ pub struct Candidate {
     pub target: Option<String>,
     /// The priority tier of `target` that takes requests now.
     pub tier: Option<u32>,
+    /// The zone `target` keeps requests in (`locality = "prefer_local"`); `None` when they
+    /// go to every zone.
+    pub zone: Option<String>,
 }
 
 /// `GET /routes`.

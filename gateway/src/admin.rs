@@ -180,10 +180,12 @@ impl AdminBackend for GatewayAdmin {
                     set.endpoints
                         .iter()
                         .zip(&set.priorities)
-                        .map(|(e, &priority)| EndpointStatus {
+                        .zip(&set.zones)
+                        .map(|((e, &priority), zone)| EndpointStatus {
                             address: e.addr.to_string(),
                             weight: e.weight(),
                             priority,
+                            zone: zone.as_deref().map(str::to_owned),
                             healthy: e.healthy.load(Ordering::Relaxed),
                             ejected: e.ejected.load(Ordering::Relaxed),
                             in_flight: e.in_flight.load(Ordering::Relaxed),
@@ -308,7 +310,8 @@ impl AdminBackend for GatewayAdmin {
                             upstream: upstream.spec.name.clone(),
                             weight: split.weight,
                             target: target.map(|t| t.spec.name.clone()),
-                            tier: target.and_then(|t| t.serving_tier()),
+                            tier: target.and_then(|t| t.serving()).map(|s| s.0),
+                            zone: target.and_then(|t| t.serving()).and_then(|s| s.1),
                             endpoints: upstream
                                 .endpoints()
                                 .endpoints

@@ -40,6 +40,8 @@ pub struct CompiledPolicy {
     pub rate_limit_store: Option<RateLimitStoreSettings>,
     /// `[discovery]`, defaults filled in.
     pub discovery: crate::discovery::DiscoverySettings,
+    /// `[server].zone`. Unlike the rest of `[server]` it applies on reload.
+    pub zone: Option<String>,
     /// Each upstream's `failover` (by index, parallel to `upstreams`). Kept out of
     /// [`UpstreamSpec`] so that changing the chain does not reset the pool.
     pub failover: Vec<Vec<usize>>,
@@ -307,6 +309,8 @@ pub struct EndpointSpec {
     pub weight: u32,
     /// Its priority tier (0 first).
     pub priority: u32,
+    /// The zone it runs in.
+    pub zone: Option<String>,
 }
 
 /// A compiled upstream. Two specs that compare equal describe the same pool, so the gateway
@@ -319,6 +323,8 @@ pub struct UpstreamSpec {
     pub endpoints: Vec<EndpointSpec>,
     /// Endpoints found in DNS: host names written as endpoints, then `discovery`.
     pub names: Vec<crate::discovery::NamedSource>,
+    /// Whether traffic stays in the gateway's zone.
+    pub locality: Option<crate::discovery::LocalitySpec>,
     /// Load-balancing algorithm.
     pub balance: Balance,
     /// What `consistent_hash` hashes.

@@ -35,6 +35,28 @@ pub struct DiscoveryEntry {
     pub port: Option<u16>,
     /// A name whose SRV records are the endpoints (target, port, weight, priority).
     pub srv: Option<String>,
+    /// The zone of every endpoint the name gives.
+    pub zone: Option<String>,
+}
+
+/// An upstream's `locality`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Locality {
+    /// Endpoints are chosen whatever their zone.
+    #[default]
+    Any,
+    /// Endpoints in the gateway's zone are chosen while enough of them are eligible.
+    PreferLocal,
+}
+
+/// `locality = "prefer_local"` with the gateway's zone, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalitySpec {
+    /// `[server].zone`.
+    pub zone: String,
+    /// Share of the local endpoints (0 to 100) that must be eligible to keep traffic local.
+    pub min_local_percent: u32,
 }
 
 /// `[discovery]`, compiled; defaults filled in.

@@ -75,6 +75,8 @@ pub struct ServerSection {
     /// Whether HTTP/1.1 header names are forwarded in the case they arrived in (default
     /// false: the common ones titled, the rest lowercase).
     pub preserve_header_case: Option<bool>,
+    /// The gateway's zone, for upstreams with `locality = "prefer_local"`. Applies on reload.
+    pub zone: Option<String>,
 }
 
 /// `[server].path_normalization`.
@@ -205,6 +207,10 @@ pub struct UpstreamSection {
     /// Upstreams that take this one's requests, in order, while it has no eligible endpoint.
     #[serde(default)]
     pub failover: Vec<String>,
+    /// `"prefer_local"`: keep traffic in `[server].zone` while enough of it is eligible.
+    pub locality: Option<crate::discovery::Locality>,
+    /// Share of the local endpoints that must be eligible to keep traffic local (default 50).
+    pub min_local_percent: Option<u32>,
     /// Load-balancing algorithm.
     #[serde(default)]
     pub balance: Balance,
@@ -295,6 +301,8 @@ pub struct EndpointEntry {
     pub weight: u32,
     /// Priority tier: the lowest tier with an eligible endpoint takes the traffic (default 0).
     pub priority: u32,
+    /// The zone it runs in.
+    pub zone: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +313,7 @@ struct EndpointTable {
     weight: u32,
     #[serde(default)]
     priority: u32,
+    zone: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -318,7 +327,7 @@ impl<'de> Deserialize<'de> for EndpointEntry {
             type Value = EndpointEntry;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    r#"an address such as "10.0.0.1:8080" or "orders-1.internal:8080", or { address = "…", weight = N, priority = N }"#,
+                    r#"an address such as "10.0.0.1:8080" or "orders-1.internal:8080", or { address = "…", weight = N, priority = N, zone = "…" }"#,
                 )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointEntry, E> {
@@ -326,6 +335,7 @@ impl<'de> Deserialize<'de> for EndpointEntry {
                     address: v.to_owned(),
                     weight: 1,
                     priority: 0,
+                    zone: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointEntry, A::Error> {
@@ -334,6 +344,7 @@ impl<'de> Deserialize<'de> for EndpointEntry {
                     address: table.address,
                     weight: table.weight,
                     priority: table.priority,
+                    zone: table.zone,
                 })
             }
         }

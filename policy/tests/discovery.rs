@@ -186,3 +186,64 @@ split_fallback = "yes"
         ],
     );
 }
+
+#[test]
+fn locality_needs_the_gateway_zone() {
+    let source = r#"version = 1
+[[upstreams]]
+name = "a"
+endpoints = [{ address = "10.0.0.1:80", zone = "eu 1a" }]
+locality = "prefer_local"
+min_local_percent = 150
+[[upstreams]]
+name = "b"
+endpoints = ["10.0.0.2:80"]
+min_local_percent = 10
+locality = "nearest"
+"#;
+    let errors = refused(source);
+    assert_errors(
+        &errors,
+        &[
+            (4, "upstreams[0].endpoints[0].zone", "invalid name"),
+            (5, "upstreams[0].locality", "needs [server].zone"),
+            (6, "upstreams[0].min_local_percent", "between 0 and 100"),
+            (11, "upstreams[1].locality", "unknown variant `nearest`"),
+        ],
+    );
+    let source = r#"version = 1
+[server]
+zone = "eu-1a"
+[[upstreams]]
+name = "a"
+endpoints = [{ address = "10.0.0.1:80", zone = "eu-1a" }, "10.0.0.2:80"]
+discovery = { dns = "a.invalid", port = 80, zone = "eu-1b" }
+locality = "prefer_local"
+[[upstreams]]
+name = "b"
+endpoints = ["10.0.0.3:80"]
+min_local_percent = 10
+"#;
+    let errors = refused(source);
+    assert_errors(
+        &errors,
+        &[(
+            12,
+            "upstreams[1].min_local_percent",
+            "only with locality = \"prefer_local\"",
+        )],
+    );
+    let valid = source.replace("min_local_percent = 10\n", "");
+    let policy = load(&valid, Path::new(".")).expect("valid");
+    assert_eq!(policy.zone.as_deref(), Some("eu-1a"));
+    let locality = policy.upstreams[0].locality.clone().unwrap();
+    assert_eq!(
+        (locality.zone.as_str(), locality.min_local_percent),
+        ("eu-1a", 50)
+    );
+    assert_eq!(
+        policy.upstreams[0].endpoints[0].zone.as_deref(),
+        Some("eu-1a")
+    );
+    assert_eq!(policy.upstreams[0].names[0].zone.as_deref(), Some("eu-1b"));
+}

@@ -157,6 +157,7 @@ impl Discovery {
                         addr,
                         weight: weight.unwrap_or(source.weight),
                         priority: priority.unwrap_or(source.priority),
+                        zone: source.zone.as_deref().map(Arc::from),
                     })
                     .collect();
                 state.answered_at = Some((Instant::now(), SystemTime::now()));

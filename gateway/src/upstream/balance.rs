@@ -12,41 +12,97 @@ use super::UpstreamState;
 impl UpstreamState {
     /// The index in `set` of the endpoint a request goes to, if any is eligible.
     pub(super) fn select(&self, set: &EndpointSet, hash_input: Option<&[u8]>) -> Option<usize> {
-        set.tiers.iter().find_map(|tier| match self.spec.balance {
+        set.tiers.iter().find_map(|tier| {
+            // `prefer_local`: the tier's local endpoints while enough of them are eligible,
+            // else the whole tier, every zone in proportion to its eligible endpoints.
+            if let Some(local) = &tier.local {
+                if self.keeps_local(set, local) {
+                    if let Some(index) = self.select_in(set, local, hash_input) {
+                        return Some(index);
+                    }
+                }
+            }
+            self.select_in(set, tier, hash_input)
+        })
+    }
+
+    /// Where requests go now, without choosing an endpoint: the priority tier (the lowest
+    /// with an eligible endpoint), and the zone when `prefer_local` keeps them in the
+    /// gateway's zone (`None`: every zone).
+    pub fn serving(&self) -> Option<(u32, Option<String>)> {
+        let set = self.endpoints();
+        let any_eligible = |members: &[u32]| {
+            members
+                .iter()
+                .any(|&i| self.eligible(&set.endpoints[i as usize]))
+        };
+        set.tiers.iter().find_map(|tier| {
+            if let (Some(local), Some(locality)) = (&tier.local, &self.spec.locality) {
+                if self.keeps_local(&set, local) && any_eligible(&local.members) {
+                    return Some((tier.priority, Some(locality.zone.clone())));
+                }
+            }
+            any_eligible(&tier.members).then_some((tier.priority, None))
+        })
+    }
+
+    /// Whether at least `min_local_percent` of a tier's local endpoints are eligible.
+    pub(super) fn keeps_local(&self, set: &EndpointSet, local: &Tier) -> bool {
+        let Some(locality) = &self.spec.locality else {
+            return false;
+        };
+        let eligible = local
+            .members
+            .iter()
+            .filter(|&&i| self.eligible(&set.endpoints[i as usize]))
+            .count();
+        eligible * 100 >= locality.min_local_percent as usize * local.members.len()
+    }
+
+    fn select_in(
+        &self,
+        set: &EndpointSet,
+        tier: &Tier,
+        hash_input: Option<&[u8]>,
+    ) -> Option<usize> {
+        match self.spec.balance {
             Balance::RoundRobin => self.select_round_robin(set, tier),
             Balance::Random => self.select_random(set, tier),
             Balance::LeastRequest => self.select_least_request(set, tier),
             Balance::ConsistentHash => {
                 self.select_consistent(set, tier, hash_input.unwrap_or_default())
             }
-        })
-    }
-
-    /// Walks the precomputed smooth weighted schedule; skips ineligible endpoints.
-    fn select_round_robin(&self, set: &EndpointSet, tier: &Tier) -> Option<usize> {
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) as usize;
-        self.first_eligible_from(set, &tier.schedule, start)
-    }
-
-    /// A uniformly random slot of the weighted schedule, so weights hold on average.
-    fn select_random(&self, set: &EndpointSet, tier: &Tier) -> Option<usize> {
-        if tier.schedule.is_empty() {
-            return None;
         }
-        let start = rand::rng().random_range(0..tier.schedule.len());
-        self.first_eligible_from(set, &tier.schedule, start)
     }
 
-    fn first_eligible_from(
-        &self,
-        set: &EndpointSet,
-        schedule: &[u32],
-        start: usize,
-    ) -> Option<usize> {
-        let len = schedule.len();
+    /// Walks the precomputed smooth weighted schedule. An ineligible endpoint's turn is
+    /// skipped by taking the next turn of the shared cursor, so its share spreads over the
+    /// eligible endpoints by weight instead of all going to the one after it.
+    fn select_round_robin(&self, set: &EndpointSet, tier: &Tier) -> Option<usize> {
+        let len = tier.schedule.len();
         (0..len)
-            .map(|offset| schedule[(start + offset) % len] as usize)
+            .map(|_| {
+                let turn = self.cursor.fetch_add(1, Ordering::Relaxed) as usize;
+                tier.schedule[turn % len] as usize
+            })
             .find(|&index| self.eligible(&set.endpoints[index]))
+    }
+
+    /// A uniformly random slot of the weighted schedule, so weights hold on average; an
+    /// ineligible endpoint's slot is drawn again.
+    fn select_random(&self, set: &EndpointSet, tier: &Tier) -> Option<usize> {
+        let len = tier.schedule.len();
+        let mut rng = rand::rng();
+        (0..len)
+            .map(|_| tier.schedule[rng.random_range(0..len)] as usize)
+            .find(|&index| self.eligible(&set.endpoints[index]))
+            // Unlucky draws: take any eligible endpoint.
+            .or_else(|| {
+                tier.members
+                    .iter()
+                    .map(|&i| i as usize)
+                    .find(|&index| self.eligible(&set.endpoints[index]))
+            })
     }
 
     /// Power of two random choices on in-flight requests per unit of weight, as Envoy and
@@ -124,6 +180,7 @@ mod tests {
                 addr: format!("127.0.0.1:{}", 10000 + i).parse().unwrap(),
                 weight,
                 priority: 0,
+                zone: None,
             })
             .collect();
         UpstreamState::new(
@@ -132,6 +189,7 @@ mod tests {
                 schedule: smooth_weighted_schedule(weights),
                 endpoints,
                 names: Vec::new(),
+                locality: None,
                 balance,
                 hash_key: None,
                 connect_timeout: std::time::Duration::from_secs(1),
@@ -229,11 +287,45 @@ mod tests {
             addr: "127.0.0.1:20000".parse().unwrap(),
             weight: 1,
             priority: 0,
+            zone: None,
         });
         assert!(pool.set_endpoints(&entries));
         assert!(!pool.set_endpoints(&entries));
         let after = pool.endpoints();
         assert!(std::sync::Arc::ptr_eq(&after.endpoints[0], &before));
         assert_eq!(after.endpoints[1].ejections.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn prefer_local_keeps_traffic_in_the_zone_until_too_few_are_eligible() {
+        use meshgate_policy::discovery::LocalitySpec;
+        let mut pool = pool(Balance::RoundRobin, &[1, 1, 1, 1]);
+        pool.spec.locality = Some(LocalitySpec {
+            zone: "a".into(),
+            min_local_percent: 60,
+        });
+        let mut entries = pool.endpoints().entries();
+        for (i, entry) in entries.iter_mut().enumerate() {
+            entry.zone = Some(if i < 2 { "a" } else { "b" }.into());
+        }
+        let pool =
+            super::UpstreamState::new(pool.spec.clone(), None, &crate::telemetry::Metrics::new());
+        assert!(pool.set_endpoints(&entries));
+        assert!((0..40).all(|_| pick(&pool, None).unwrap() < 2));
+        assert_eq!(pool.serving(), Some((0, Some("a".to_owned()))));
+        // One of two local endpoints down: 50% < 60%, so every zone, by eligible endpoint.
+        pool.endpoints().endpoints[0]
+            .healthy
+            .store(false, Ordering::Relaxed);
+        let picks: Vec<usize> = (0..30).map(|_| pick(&pool, None).unwrap()).collect();
+        assert!(picks.iter().all(|&i| i != 0));
+        for remote in [1, 2, 3] {
+            assert_eq!(
+                picks.iter().filter(|&&i| i == remote).count(),
+                10,
+                "{picks:?}"
+            );
+        }
+        assert_eq!(pool.serving().map(|s| s.1), Some(None));
     }
 }

@@ -84,6 +84,7 @@ impl UpstreamState {
                 addr: e.addr,
                 weight: e.weight,
                 priority: e.priority,
+                zone: e.zone.as_deref().map(Arc::from),
             })
             .collect()
     }
@@ -128,17 +129,6 @@ impl UpstreamState {
     /// breaker's limits. A failover or split fallback skips an upstream that cannot.
     pub fn available(&self) -> bool {
         self.below_limits() && self.has_eligible()
-    }
-
-    /// The priority tier that takes requests now: the lowest with an eligible endpoint.
-    pub fn serving_tier(&self) -> Option<u32> {
-        let set = self.endpoints();
-        set.endpoints
-            .iter()
-            .zip(&set.priorities)
-            .filter(|(e, _)| self.eligible(e))
-            .map(|(_, &priority)| priority)
-            .min()
     }
 
     /// Whether any endpoint may take requests now.

@@ -80,8 +80,8 @@ impl EndpointState {
     }
 }
 
-/// An endpoint as a source gives it: address, weight and priority tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An endpoint as a source gives it: address, weight, priority tier and zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointEntry {
     /// Its address.
     pub addr: SocketAddr,
@@ -89,6 +89,8 @@ pub struct EndpointEntry {
     pub weight: u32,
     /// Its priority tier (0 first).
     pub priority: u32,
+    /// The zone it runs in.
+    pub zone: Option<Arc<str>>,
 }
 
 /// The endpoints of one priority.
@@ -101,6 +103,49 @@ pub(super) struct Tier {
     pub(super) schedule: Vec<u32>,
     /// The ketama ring of the members, for `consistent_hash`.
     pub(super) ring: Option<(pingora_ketama::Continuum, HashMap<SocketAddr, usize>)>,
+    /// With `locality = "prefer_local"`, the members in the gateway's zone, as a tier of
+    /// their own; `None` when there are none.
+    pub(super) local: Option<Box<Tier>>,
+}
+
+impl Tier {
+    /// The tier of `members` (indexes into `endpoints`).
+    fn new(
+        spec: &UpstreamSpec,
+        endpoints: &[Arc<EndpointState>],
+        priority: u32,
+        members: Vec<u32>,
+    ) -> Tier {
+        let weights: Vec<u32> = members
+            .iter()
+            .map(|&i| endpoints[i as usize].weight())
+            .collect();
+        let schedule = smooth_weighted_schedule(&weights)
+            .into_iter()
+            .map(|slot| members[slot as usize])
+            .collect();
+        let ring = (spec.balance == Balance::ConsistentHash).then(|| {
+            let buckets: Vec<_> = members
+                .iter()
+                .map(|&i| {
+                    let e = &endpoints[i as usize];
+                    pingora_ketama::Bucket::new(e.addr, e.weight())
+                })
+                .collect();
+            let positions = members
+                .iter()
+                .map(|&i| (endpoints[i as usize].addr, i as usize))
+                .collect();
+            (pingora_ketama::Continuum::new(&buckets), positions)
+        });
+        Tier {
+            priority,
+            members,
+            schedule,
+            ring,
+            local: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Tier {
@@ -119,6 +164,8 @@ pub struct EndpointSet {
     pub endpoints: Vec<Arc<EndpointState>>,
     /// Each endpoint's priority tier, parallel to `endpoints`.
     pub priorities: Vec<u32>,
+    /// Each endpoint's zone, parallel to `endpoints`.
+    pub zones: Vec<Option<Arc<str>>>,
     /// Tiers, lowest priority first.
     pub(super) tiers: Vec<Tier>,
 }
@@ -134,6 +181,7 @@ impl EndpointSet {
         let mut seen = HashMap::new();
         let mut endpoints = Vec::with_capacity(entries.len());
         let mut priorities = Vec::with_capacity(entries.len());
+        let mut zones = Vec::with_capacity(entries.len());
         for entry in entries {
             if seen.insert(entry.addr, endpoints.len()).is_some() {
                 continue;
@@ -148,6 +196,7 @@ impl EndpointSet {
             };
             endpoints.push(endpoint);
             priorities.push(entry.priority);
+            zones.push(entry.zone.clone());
         }
         let mut levels: Vec<u32> = priorities.clone();
         levels.sort_unstable();
@@ -158,39 +207,25 @@ impl EndpointSet {
                 let members: Vec<u32> = (0..endpoints.len() as u32)
                     .filter(|&i| priorities[i as usize] == priority)
                     .collect();
-                let weights: Vec<u32> = members
-                    .iter()
-                    .map(|&i| endpoints[i as usize].weight())
-                    .collect();
-                let schedule = smooth_weighted_schedule(&weights)
-                    .into_iter()
-                    .map(|slot| members[slot as usize])
-                    .collect();
-                let ring = (spec.balance == Balance::ConsistentHash).then(|| {
-                    let buckets: Vec<_> = members
+                let local: Vec<u32> = match &spec.locality {
+                    Some(locality) => members
                         .iter()
-                        .map(|&i| {
-                            let e = &endpoints[i as usize];
-                            pingora_ketama::Bucket::new(e.addr, e.weight())
-                        })
-                        .collect();
-                    let positions = members
-                        .iter()
-                        .map(|&i| (endpoints[i as usize].addr, i as usize))
-                        .collect();
-                    (pingora_ketama::Continuum::new(&buckets), positions)
-                });
-                Tier {
-                    priority,
-                    members,
-                    schedule,
-                    ring,
+                        .copied()
+                        .filter(|&i| zones[i as usize].as_deref() == Some(locality.zone.as_str()))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let mut tier = Tier::new(spec, &endpoints, priority, members);
+                if !local.is_empty() {
+                    tier.local = Some(Box::new(Tier::new(spec, &endpoints, priority, local)));
                 }
+                tier
             })
             .collect();
         EndpointSet {
             endpoints,
             priorities,
+            zones,
             tiers,
         }
     }
@@ -200,10 +235,12 @@ impl EndpointSet {
         self.endpoints
             .iter()
             .zip(&self.priorities)
-            .map(|(e, &priority)| EndpointEntry {
+            .zip(&self.zones)
+            .map(|((e, &priority), zone)| EndpointEntry {
                 addr: e.addr,
                 weight: e.weight(),
                 priority,
+                zone: zone.clone(),
             })
             .collect()
     }

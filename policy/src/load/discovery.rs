@@ -201,3 +201,43 @@ pub(super) fn compile_failover(
     }
     chains
 }
+
+/// An upstream's `locality` and `min_local_percent`, with the gateway's `zone`.
+pub(super) fn compile_locality(
+    spec: &UpstreamSection,
+    zone: Option<&str>,
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Option<crate::discovery::LocalitySpec> {
+    let min_local_percent = spec.min_local_percent.unwrap_or(50);
+    if min_local_percent > 100 {
+        sink.at(
+            &path.key("min_local_percent"),
+            "min_local_percent must be between 0 and 100",
+        );
+    }
+    match spec.locality.unwrap_or_default() {
+        crate::discovery::Locality::Any => {
+            if spec.min_local_percent.is_some() {
+                sink.at(
+                    &path.key("min_local_percent"),
+                    "min_local_percent applies only with locality = \"prefer_local\"",
+                );
+            }
+            None
+        }
+        crate::discovery::Locality::PreferLocal => match zone {
+            Some(zone) => Some(crate::discovery::LocalitySpec {
+                zone: zone.to_owned(),
+                min_local_percent,
+            }),
+            None => {
+                sink.at(
+                    &path.key("locality"),
+                    "locality = \"prefer_local\" needs [server].zone: the zone this gateway runs in",
+                );
+                None
+            }
+        },
+    }
+}

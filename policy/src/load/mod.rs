@@ -162,6 +162,10 @@ impl Compiler<'_, '_> {
             .as_ref()
             .map(|s| compile_trusted_proxies(&s.trusted_proxies, sink))
             .unwrap_or_default();
+        let zone = server.as_ref().and_then(|s| s.zone.clone());
+        if let Some(zone) = &zone {
+            check_name(zone, &root.key("server").key("zone"), sink);
+        }
         let server = server.map(|s| self.compile_server(s, sink));
         let admin = admin.and_then(|a| self.compile_admin(a, sink));
         let telemetry = telemetry.and_then(|t| self.compile_telemetry(t, sink));
@@ -172,7 +176,7 @@ impl Compiler<'_, '_> {
         let discovery = self
             .section::<crate::discovery::DiscoverySection>("discovery", sink)
             .map(|section| compile_discovery(Some(section), sink));
-        let upstreams = self.compile_upstreams(&upstreams, sink);
+        let upstreams = self.compile_upstreams(&upstreams, zone.as_deref(), sink);
         let routes = self.compile_routes(
             &routes,
             &RouteContext {
@@ -213,6 +217,7 @@ impl Compiler<'_, '_> {
             },
             discovery: discovery?,
             failover,
+            zone,
         })
     }
 

@@ -7,6 +7,7 @@ impl Compiler<'_, '_> {
     pub(super) fn compile_upstreams(
         &self,
         upstreams: &[Option<UpstreamSection>],
+        zone: Option<&str>,
         sink: &mut ErrorSink<'_>,
     ) -> Vec<Option<UpstreamSpec>> {
         let base = KeyPath::root().key("upstreams");
@@ -64,6 +65,7 @@ impl Compiler<'_, '_> {
                                 addr,
                                 weight: entry.weight,
                                 priority: entry.priority,
+                                zone: entry.zone.clone(),
                             });
                         }
                         Ok(EndpointAddress::Name(name, port)) => {
@@ -78,7 +80,7 @@ impl Compiler<'_, '_> {
                                 query: NameQuery::Address { name, port },
                                 weight: entry.weight,
                                 priority: entry.priority,
-                                zone: None,
+                                zone: entry.zone.clone(),
                             });
                         }
                         Err(message) => {
@@ -93,11 +95,20 @@ impl Compiler<'_, '_> {
                             query,
                             weight: 1,
                             priority: 0,
-                            zone: None,
+                            zone: discovery.zone.clone(),
                         }),
                         None => ok = false,
                     }
                 }
+                for (j, entry) in spec.endpoints.iter().enumerate() {
+                    if let Some(zone) = &entry.zone {
+                        check_name(zone, &path.key("endpoints").index(j).key("zone"), sink);
+                    }
+                }
+                if let Some(zone) = spec.discovery.as_ref().and_then(|d| d.zone.as_ref()) {
+                    check_name(zone, &path.key("discovery").key("zone"), sink);
+                }
+                let locality = compile_locality(spec, zone, &path, sink);
                 let hash_key = match (&spec.hash_key, spec.balance) {
                     (Some(key), Balance::ConsistentHash) => RequestKey::parse(key)
                         .map_err(|message| {
@@ -162,6 +173,7 @@ impl Compiler<'_, '_> {
                     schedule: smooth_weighted_schedule(&weights),
                     endpoints,
                     names,
+                    locality,
                     balance: spec.balance,
                     hash_key,
                     connect_timeout,
