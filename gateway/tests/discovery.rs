@@ -237,3 +237,35 @@ async fn srv_records_give_ports_weights_and_priorities() {
     let moved = wait_served_by(&gateway, Ok("c"), Duration::from_secs(10)).await;
     println!("SRV change moved the traffic to the second tier after {moved:?}");
 }
+
+/// A reload that rebuilds an upstream (its spec changed) starts it with its names' last
+/// answers: no request sees an empty pool. A reload that changes `[discovery].resolvers`
+/// takes effect without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_the_answers_and_applies_new_resolvers() {
+    let port = echoes_on_one_port(&["a", "b"]).await;
+    let dns = Dnsmasq::start(&[("orders.svc.test", "127.0.0.2")], &[]);
+    let other = Dnsmasq::start(&[("orders.svc.test", "127.0.0.3")], &[]);
+    let keys = format!("discovery = {{ dns = \"orders.svc.test\", port = {port} }}");
+    let body = discovery_section(&dns, "60s") + &orders_policy(&keys);
+    let gateway = Gateway::start(&body);
+    wait_served_by(&gateway, Ok("a"), Duration::from_secs(10)).await;
+
+    // The upstream's spec changes, and the resolver now answers nothing: only the kept
+    // answer can serve after the reload.
+    let dead_resolver = format!("127.0.0.1:{}", free_port());
+    let rebuilt = body.replace(&dns.resolver(), &dead_resolver).replace(
+        "name = \"orders\"\n",
+        "name = \"orders\"\nconnect_timeout = \"2s\"\n",
+    );
+    gateway.apply_policy(gateway.policy_with_body(&rebuilt)).await;
+    assert_eq!(served_by(&gateway).await, Ok("a".to_owned()));
+    let counts = count_servers(&client(), &gateway.url("/"), 20).await;
+    assert_eq!(counts.get("a"), Some(&20), "{counts:?}");
+
+    // Another resolver, which answers .3.
+    let switched = body.replace(&dns.resolver(), &other.resolver());
+    gateway.apply_policy(gateway.policy_with_body(&switched)).await;
+    let moved = wait_served_by(&gateway, Ok("b"), Duration::from_secs(5)).await;
+    println!("new resolver's answer used {moved:?} after the reload");
+}
