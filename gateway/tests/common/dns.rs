@@ -70,7 +70,6 @@ impl Dnsmasq {
         command
             .arg("--keep-in-foreground")
             .arg("--conf-file=/dev/null")
-            .arg("--user=root")
             .arg("--pid-file")
             .arg(format!("--port={}", self.port))
             .arg("--listen-address=127.0.0.1")
@@ -80,6 +79,12 @@ impl Dnsmasq {
             .arg("--local=/svc.test/")
             .arg("--local-ttl=1")
             .arg(format!("--addn-hosts={}", self.hosts_path().display()));
+        // As root, stay root: dropped to `nobody`, it could not read the hosts file in the
+        // test's folder again on SIGHUP. Otherwise it runs as the test's user.
+        // SAFETY: geteuid(2) only reads the process's credentials.
+        if unsafe { libc::geteuid() } == 0 {
+            command.arg("--user=root");
+        }
         for (name, target, port, priority, weight) in &self.srv {
             command.arg(format!(
                 "--srv-host={name},{target},{port},{priority},{weight}"
