@@ -258,14 +258,18 @@ async fn a_reload_keeps_the_answers_and_applies_new_resolvers() {
         "name = \"orders\"\n",
         "name = \"orders\"\nconnect_timeout = \"2s\"\n",
     );
-    gateway.apply_policy(gateway.policy_with_body(&rebuilt)).await;
+    gateway
+        .apply_policy(gateway.policy_with_body(&rebuilt))
+        .await;
     assert_eq!(served_by(&gateway).await, Ok("a".to_owned()));
     let counts = count_servers(&client(), &gateway.url("/"), 20).await;
     assert_eq!(counts.get("a"), Some(&20), "{counts:?}");
 
     // Another resolver, which answers .3.
     let switched = body.replace(&dns.resolver(), &other.resolver());
-    gateway.apply_policy(gateway.policy_with_body(&switched)).await;
+    gateway
+        .apply_policy(gateway.policy_with_body(&switched))
+        .await;
     let moved = wait_served_by(&gateway, Ok("b"), Duration::from_secs(5)).await;
     println!("new resolver's answer used {moved:?} after the reload");
 }
