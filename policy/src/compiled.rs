@@ -42,6 +42,8 @@ pub struct CompiledPolicy {
     pub discovery: crate::discovery::DiscoverySettings,
     /// `[server].zone`. Unlike the rest of `[server]` it applies on reload.
     pub zone: Option<String>,
+    /// `[fleet]`, when the node is part of a fleet (static).
+    pub fleet: Option<crate::fleet::FleetSettings>,
     /// Each upstream's `failover` (by index, parallel to `upstreams`). Kept out of
     /// [`UpstreamSpec`] so that changing the chain does not reset the pool.
     pub failover: Vec<Vec<usize>>,
@@ -693,6 +695,7 @@ impl CompiledPolicy {
                 .map(|l| (l.name.clone(), l.addr, l.tls.is_some(), l.max_connections))
                 .collect(),
             metrics_listen: self.telemetry.metrics_listen,
+            fleet: self.fleet.clone(),
         }
     }
 
@@ -734,6 +737,7 @@ pub struct StaticParts {
     admin: AdminSettings,
     listeners: Vec<(String, SocketAddr, bool, u32)>,
     metrics_listen: Option<SocketAddr>,
+    fleet: Option<crate::fleet::FleetSettings>,
 }
 
 impl StaticParts {
@@ -752,12 +756,21 @@ impl StaticParts {
         if self.metrics_listen != other.metrics_listen {
             changed.push("telemetry.metrics_listen");
         }
+        if self.fleet != other.fleet {
+            changed.push("fleet");
+        }
         changed
     }
 }
 
 /// Every section `restart_required` may name.
-pub const STATIC_SECTIONS: &[&str] = &["server", "admin", "listeners", "telemetry.metrics_listen"];
+pub const STATIC_SECTIONS: &[&str] = &[
+    "server",
+    "admin",
+    "listeners",
+    "telemetry.metrics_listen",
+    "fleet",
+];
 
 /// Whether `name` is a valid HTTP header name (RFC 9110 token).
 pub fn is_header_name(name: &str) -> bool {

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod duration;
 mod error;
 pub mod files;
+pub mod fleet;
 mod load;
 pub mod path;
 pub mod pem;
@@ -17,4 +18,4 @@ pub mod size;
 
 pub use compiled::{CompiledPolicy, RequestView};
 pub use error::PolicyError;
-pub use load::{check_admin_token, load};
+pub use load::{check_admin_token, load, load_with_fleet, FleetError};

@@ -41,6 +41,8 @@ pub struct PolicyFile {
     pub rate_limit_store: Option<RateLimitStoreSection>,
     /// How names in upstreams are resolved.
     pub discovery: Option<crate::discovery::DiscoverySection>,
+    /// The fleet this node belongs to.
+    pub fleet: Option<crate::fleet::FleetSection>,
 }
 
 /// `[server]`.

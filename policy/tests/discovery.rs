@@ -5,19 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use meshgate_policy::discovery::NameQuery;
-use meshgate_policy::{load, PolicyError};
+use meshgate_policy::load;
 
 mod common;
 use common::*;
-
-fn assert_errors(errors: &[PolicyError], expected: &[(usize, &str, &str)]) {
-    for (line, path, message) in expected {
-        assert!(
-            has(errors, *line, path, message),
-            "missing {line} {path} {message:?} in {errors:#?}"
-        );
-    }
-}
 
 #[test]
 fn names_and_discovery_compile_without_resolving() {

@@ -19,6 +19,7 @@ use crate::schema::*;
 
 mod checks;
 mod discovery;
+mod fleet;
 mod listeners;
 mod rate_limit;
 mod routes;
@@ -29,6 +30,7 @@ mod upstreams;
 
 use checks::*;
 use discovery::*;
+pub use fleet::{load_with_fleet, FleetError};
 use rate_limit::*;
 use routes::*;
 pub use server::check_admin_token;
@@ -67,6 +69,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
     "rate_limit_store",
     "discovery",
+    "fleet",
 ];
 const DEFAULT_MAX_LIMIT_KEYS: u32 = 100_000;
 const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -96,6 +99,7 @@ pub fn load(source: &str, base_dir: &Path) -> Result<CompiledPolicy, Vec<PolicyE
     let compiled = Compiler {
         document: &document,
         base_dir,
+        fleet_merged: false,
     }
     .compile(&mut sink);
     let mut errors = sink.errors;
@@ -112,6 +116,8 @@ pub fn load(source: &str, base_dir: &Path) -> Result<CompiledPolicy, Vec<PolicyE
 struct Compiler<'a, 'd> {
     document: &'a Spanned<DeTable<'d>>,
     base_dir: &'a Path,
+    /// Whether the document is a node's local file merged with the fleet document.
+    fleet_merged: bool,
 }
 
 impl Compiler<'_, '_> {
@@ -142,6 +148,13 @@ impl Compiler<'_, '_> {
                 ),
             },
         }
+        self.check_local_with_fleet(sink);
+        let fleet = match table.get("fleet") {
+            None => Some(None),
+            Some(value) => self
+                .deserialize::<crate::fleet::FleetSection>(value, &root.key("fleet"), sink)
+                .map(|section| self.compile_fleet(section, sink)),
+        };
         let server = self.section::<ServerSection>("server", sink);
         let admin = self.section::<AdminSection>("admin", sink);
         let telemetry = self.section::<TelemetrySection>("telemetry", sink);
@@ -218,6 +231,7 @@ impl Compiler<'_, '_> {
             discovery: discovery?,
             failover,
             zone,
+            fleet: fleet?,
         })
     }
 

@@ -17,3 +17,13 @@ pub fn has(errors: &[PolicyError], line: usize, path: &str, message: &str) -> bo
         .iter()
         .any(|e| e.line == line && e.path == path && e.message.contains(message))
 }
+
+/// Asserts that `errors` has each `(line, path, message part)` of `expected`.
+pub fn assert_errors(errors: &[PolicyError], expected: &[(usize, &str, &str)]) {
+    for (line, path, message) in expected {
+        assert!(
+            has(errors, *line, path, message),
+            "missing {line} {path} {message:?} in {errors:#?}"
+        );
+    }
+}
