@@ -8,11 +8,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # tests, redis-server for the global rate limit tests, curl, openssl, testssl.sh and NGINX for
 # the TLS tests (and curl for the demo); prometheus (promtool), systemd (systemd-analyze) and
 # docker-compose to check the metrics, the systemd unit and the compose stack; dnsmasq (dnsmasq-base)
-# as the DNS server of the discovery tests. To benchmark, also: NGINX and HAProxy to compare
+# as the DNS server of the discovery tests; etcd (etcd-server, etcd-client) for the fleet tests. To benchmark, also: NGINX and HAProxy to compare
 # with, procps and util-linux (taskset) for pinning, ab (apache2-utils) and valgrind for the
 # instruction counts.
 PACKAGES := cmake clang libclang-dev wrk nghttp2-client curl redis-server openssl testssl.sh nginx-light \
-	prometheus systemd docker-compose dnsmasq-base
+	prometheus systemd docker-compose dnsmasq-base etcd-server etcd-client
 BENCH_PACKAGES := haproxy procps util-linux apache2-utils valgrind
 
 .PHONY: deps bench-deps build run test lint bench clean check-api fuzz

@@ -51,7 +51,19 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// Starts draining: readiness fails, listeners stop accepting, in-flight requests finish,
     /// then the process exits. Returns the grace period in seconds.
     fn drain(&self) -> u64;
+    /// A line added to `/readyz`'s body, such as a fleet node serving its cache.
+    fn readiness_note(&self) -> Option<String> {
+        None
+    }
+    /// `GET /fleet`: the fleet's committed version and every live node, as a status and a
+    /// JSON body.
+    fn fleet_status(&self) -> BoxFuture<(u16, serde_json::Value)>;
+    /// `PUT /fleet/policy`: a two-phase push of a fleet document, as a status and a JSON body.
+    fn push_fleet(&self, document: String) -> BoxFuture<(u16, serde_json::Value)>;
 }
+
+/// A boxed future: backend calls that wait on the network.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
 
 #[derive(Clone)]
 struct AppState {
@@ -75,6 +87,8 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
         .route("/upstreams", get(upstreams))
         .route("/routes", get(routes))
         .route("/explain", get(explain))
+        .route("/fleet", get(fleet_status))
+        .route("/fleet/policy", axum::routing::put(push_fleet))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -159,11 +173,40 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    let note = state
+        .backend
+        .readiness_note()
+        .map(|note| format!("\n{note}"))
+        .unwrap_or_default();
     if state.backend.ready() {
-        (StatusCode::OK, "ready").into_response()
+        (StatusCode::OK, format!("ready{note}")).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready{note}")).into_response()
     }
+}
+
+async fn fleet_status(State(state): State<AppState>) -> Response {
+    let (status, body) = state.backend.fleet_status().await;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(body)).into_response()
+}
+
+async fn push_fleet(State(state): State<AppState>, request: Request) -> Response {
+    let document = match to_bytes(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => text,
+            Err(_) => return error_response(StatusCode::BAD_REQUEST, "the document is not UTF-8"),
+        },
+        Err(_) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the document is larger than 1 MiB",
+            )
+        }
+    };
+    let (status, body) = state.backend.push_fleet(document).await;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -350,6 +350,20 @@ impl AdminBackend for GatewayAdmin {
         self.lifecycle.drain();
         self.store.snapshot().policy.server.grace_period.as_secs()
     }
+
+    fn readiness_note(&self) -> Option<String> {
+        crate::fleet::node::readiness_note(self.store.fleet_node())
+    }
+
+    fn fleet_status(&self) -> BoxFuture<(u16, serde_json::Value)> {
+        let store = self.store.clone();
+        Box::pin(async move { crate::fleet::api::status(&store).await })
+    }
+
+    fn push_fleet(&self, document: String) -> BoxFuture<(u16, serde_json::Value)> {
+        let store = self.store.clone();
+        Box::pin(async move { crate::fleet::api::push(&store, document).await })
+    }
 }
 
 /// Reads the admin token, or creates one when the default token file is missing.

@@ -1,4 +1,4 @@
-//! The command line: `meshgate run`, `meshgate check`, `meshgate version`.
+//! The command line: `meshgate run`, `meshgate check`, `meshgate fleet …`, `meshgate version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +45,11 @@ enum Command {
         /// The policy file.
         file: PathBuf,
     },
+    /// The fleet's shared policy in etcd: push, status, history, rollback.
+    Fleet {
+        #[command(subcommand)]
+        command: crate::fleet::cli::FleetCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -77,6 +82,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Check { file } => check(&file),
+        Command::Fleet { command } => crate::fleet::cli::main(command),
         Command::Version => {
             println!(
                 "meshgate {} (TLS: {})",

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod discovery;
+pub mod fleet;
 pub mod history;
 pub mod lifecycle;
 pub mod limit;

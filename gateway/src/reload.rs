@@ -17,6 +17,7 @@ use meshgate_policy::{CompiledPolicy, PolicyError};
 use sha2::{Digest, Sha256};
 
 use crate::discovery::Discovery;
+use crate::fleet::FleetDocument;
 use crate::history::{Entry, PolicyHistory};
 use crate::snapshot::{ListenerPlan, Snapshot};
 use crate::telemetry::Telemetry;
@@ -31,6 +32,8 @@ pub enum Origin {
     Rollback,
     /// `POST /reload` or the file watcher: read from the file.
     File,
+    /// A fleet document committed in etcd: the local file stays as it is.
+    Fleet,
 }
 
 struct PolicyText {
@@ -40,6 +43,8 @@ struct PolicyText {
 
 struct StoreState {
     active: PolicyText,
+    /// The fleet document applied with the local file, when the node is in a fleet.
+    fleet: Option<FleetDocument>,
     /// The applied policies, the active one last.
     history: PolicyHistory,
     next_version: u64,
@@ -49,6 +54,8 @@ struct StoreState {
 pub struct PolicyStore {
     /// Endpoint discovery.
     discovery: Arc<Discovery>,
+    /// This node's view of its fleet (empty outside a fleet).
+    fleet_node: crate::fleet::node::SharedState,
     health_checks: tokio::sync::mpsc::UnboundedSender<Weak<UpstreamState>>,
     health_receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Weak<UpstreamState>>>>,
     path: PathBuf,
@@ -104,6 +111,9 @@ impl PolicyStore {
                 .collect::<Vec<_>>()
                 .join("\n")
         })?;
+        // A fleet node starts on the fleet document it applied last, cached beside the file,
+        // until etcd answers (it may be down).
+        let (compiled, fleet) = crate::fleet::start_with_cache(path, &source, &base_dir, compiled);
         // The sinks start in the serving process (after a daemon fork); here only check
         // that the access log can be opened, so a bad path fails the start.
         crate::telemetry::AccessLog::check(&compiled.telemetry.access_log)
@@ -149,12 +159,14 @@ impl PolicyStore {
             health_checks,
             health_receiver: Mutex::new(Some(health_receiver)),
             discovery,
+            fleet_node: Default::default(),
             path: path.to_path_buf(),
             base_dir,
             current: ArcSwap::from_pointee(snapshot),
             tls,
             state: Mutex::new(StoreState {
                 active: PolicyText { source, hash },
+                fleet,
                 next_version: history.last_version().max(version) + 1,
                 history,
             }),
@@ -186,6 +198,16 @@ impl PolicyStore {
             .take()
     }
 
+    /// This node's view of its fleet.
+    pub fn fleet_node(&self) -> &crate::fleet::node::SharedState {
+        &self.fleet_node
+    }
+
+    /// The gateway's telemetry.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
     /// The policy file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -209,13 +231,34 @@ impl PolicyStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn compile(&self, source: &str) -> Result<CompiledPolicy, ApplyError> {
-        meshgate_policy::load(source, &self.base_dir).map_err(|e| ApplyError::Invalid(to_items(e)))
+    fn compile(
+        &self,
+        source: &str,
+        fleet: Option<&FleetDocument>,
+    ) -> Result<CompiledPolicy, ApplyError> {
+        match fleet {
+            None => meshgate_policy::load(source, &self.base_dir)
+                .map_err(|e| ApplyError::Invalid(to_items(e))),
+            Some(fleet) => crate::fleet::compile(source, &fleet.text, &self.base_dir)
+                .map_err(|e| ApplyError::Invalid(crate::fleet::error_items(e))),
+        }
+    }
+
+    /// The local file's text and the fleet document applied with it.
+    pub fn fleet_parts(&self) -> (String, Option<FleetDocument>) {
+        let state = self.lock();
+        (state.active.source.clone(), state.fleet.clone())
+    }
+
+    /// Applies a fleet document committed in etcd with the active local file.
+    pub fn apply_fleet(&self, document: FleetDocument) -> Result<Applied, ApplyError> {
+        self.apply_source(None, Some(document), Origin::Fleet, None)
     }
 
     /// Checks a policy as `apply` would, changing nothing.
     pub fn validate(&self, source: &str) -> Result<Validated, ApplyError> {
-        let compiled = self.compile(source)?;
+        let fleet = self.lock().fleet.clone();
+        let compiled = self.compile(source, fleet.as_ref())?;
         let restart_required = self
             .started
             .changes(&compiled.static_parts())
@@ -235,17 +278,18 @@ impl PolicyStore {
         origin: Origin,
         if_match: Option<&str>,
     ) -> Result<Applied, ApplyError> {
-        self.apply_source(Some(source), origin, if_match)
+        self.apply_source(Some(source), None, origin, if_match)
     }
 
     /// [`Self::apply`] of `source`, or of the policy file's content when `None`.
     fn apply_source(
         &self,
         source: Option<String>,
+        fleet: Option<FleetDocument>,
         origin: Origin,
         if_match: Option<&str>,
     ) -> Result<Applied, ApplyError> {
-        let result = self.apply_locked(source, origin, if_match);
+        let result = self.apply_locked(source, fleet, origin, if_match);
         let label = match &result {
             Ok(applied) if applied.changed => "applied",
             Ok(_) => "unchanged",
@@ -286,6 +330,7 @@ impl PolicyStore {
     fn apply_locked(
         &self,
         source: Option<String>,
+        fleet: Option<FleetDocument>,
         origin: Origin,
         if_match: Option<&str>,
     ) -> Result<Applied, ApplyError> {
@@ -294,8 +339,11 @@ impl PolicyStore {
         // between would be undone by the older text.
         let source = match source {
             Some(source) => source,
+            None if origin == Origin::Fleet => state.active.source.clone(),
             None => meshgate_policy::files::read_policy_file(&self.path).map_err(ApplyError::Io)?,
         };
+        let fleet_changed = fleet.is_some() && fleet != state.fleet;
+        let fleet = fleet.or_else(|| state.fleet.clone());
         if let Some(expected) = if_match {
             if expected != "*" && expected != state.active.hash {
                 return Err(ApplyError::Stale {
@@ -305,7 +353,7 @@ impl PolicyStore {
         }
         let hash = policy_hash(&source);
         let old = self.current.load_full();
-        if hash == state.active.hash {
+        if hash == state.active.hash && !fleet_changed {
             return Ok(Applied {
                 version: old.version,
                 hash,
@@ -313,10 +361,10 @@ impl PolicyStore {
                 changed: false,
             });
         }
-        let mut compiled = self.compile(&source)?;
+        let mut compiled = self.compile(&source, fleet.as_ref())?;
         let plan = ListenerPlan::adopt(&mut compiled, &self.running, &self.started);
         let restart_required = owned(&plan.restart_required);
-        if origin != Origin::File {
+        if origin != Origin::File && origin != Origin::Fleet {
             persist(&self.path, &source).map_err(|e| {
                 ApplyError::Io(format!(
                     "the policy is valid but could not be written to {}: {e}",
@@ -360,6 +408,7 @@ impl PolicyStore {
             source,
             hash: hash.clone(),
         };
+        state.fleet = fleet;
         self.telemetry.metrics.policy_version.set(version as i64);
         Ok(Applied {
             version,
@@ -371,7 +420,7 @@ impl PolicyStore {
 
     /// Re-reads the policy file and applies it.
     pub fn reload_from_file(&self) -> Result<Applied, ApplyError> {
-        self.apply_source(None, Origin::File, None)
+        self.apply_source(None, None, Origin::File, None)
     }
 
     /// Applies a policy of the history again, as a new version (validated again, and
@@ -487,6 +536,7 @@ impl Origin {
             Origin::Api => "api",
             Origin::Rollback => "rollback",
             Origin::File => "file",
+            Origin::Fleet => "fleet",
         }
     }
 }

@@ -48,6 +48,13 @@ struct ControlService {
 #[async_trait]
 impl BackgroundService for ControlService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Some(settings) = self.store.snapshot().policy.fleet.clone() {
+            tokio::spawn(crate::fleet::node::run(
+                self.store.clone(),
+                settings,
+                self.store.fleet_node().clone(),
+            ));
+        }
         if let Some(registrations) = self.store.take_upstream_registrations() {
             tokio::spawn(run_upstream_tasks(
                 registrations,

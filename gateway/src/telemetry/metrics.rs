@@ -65,6 +65,8 @@ pub struct Metrics {
     /// `meshgate_split_fallbacks_total{route,upstream}`: requests whose split side
     /// (`upstream`) had no eligible endpoint and that went to another side.
     pub split_fallbacks: IntCounterVec,
+    /// `meshgate_fleet_connected`: 1 while a fleet node is connected to etcd.
+    pub fleet_connected: prometheus::IntGauge,
     /// `meshgate_restart_required{section}`: 1 while a change of `section` waits for a
     /// restart.
     pub restart_required: IntGaugeVec,
@@ -278,6 +280,11 @@ impl Metrics {
             "Requests whose split side had no eligible endpoint, sent to another side of the route.",
             &["route", "upstream"],
         );
+        let fleet_connected = prometheus::IntGauge::new(
+            "meshgate_fleet_connected",
+            "1 while this fleet node is connected to etcd; 0 while it serves the policy applied last without it.",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "meshgate_build_info",
@@ -317,6 +324,7 @@ impl Metrics {
             Box::new(discovery_errors.clone()),
             Box::new(failovers.clone()),
             Box::new(split_fallbacks.clone()),
+            Box::new(fleet_connected.clone()),
             Box::new(build_info),
         ] {
             family_names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
@@ -350,6 +358,7 @@ impl Metrics {
             discovery_errors,
             failovers,
             split_fallbacks,
+            fleet_connected,
             restart_required,
             listener_connections,
             listener_connections_waiting,

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod dns;
+pub mod etcd;
 pub mod https;
 pub mod nginx;
 pub mod pki;
@@ -324,14 +325,7 @@ impl Gateway {
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
-        client()
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(self.admin).await
     }
 }
 
@@ -685,4 +679,16 @@ pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The Prometheus text of `/metrics` on the admin API at `admin`.
+pub async fn metrics_at(admin: SocketAddr) -> String {
+    client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

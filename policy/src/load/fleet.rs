@@ -32,21 +32,9 @@ pub fn load_with_fleet(
     let (local_table, local_syntax) = DeTable::parse_recoverable(local);
     let (fleet_table, fleet_syntax) = DeTable::parse_recoverable(fleet);
     let syntax = |source: &str, errors: &[toml::de::Error], document| {
-        let lines = LineIndex::new(source);
-        errors
-            .iter()
-            .map(|e| {
-                let (line, column) = lines.position(e.span().map_or(0, |s| s.start));
-                (
-                    document,
-                    PolicyError {
-                        line,
-                        column,
-                        path: "(syntax)".into(),
-                        message: e.message().to_owned(),
-                    },
-                )
-            })
+        syntax_errors_of(source, errors)
+            .into_iter()
+            .map(|e| (document, e))
             .collect::<Vec<_>>()
     };
     let mut syntax_errors = syntax(local, &local_syntax, Document::Local);
@@ -115,6 +103,18 @@ pub fn load_with_fleet(
     located.sort_by_key(|(document, e)| (*document == Document::Fleet, e.line, e.column));
     located.dedup();
     Err(located)
+}
+
+/// Checks a fleet document alone, as a push does before staging it: its syntax, and that it
+/// holds only the fleet's sections. Each node validates it in full against its local file.
+pub fn check_fleet_document_text(fleet: &str) -> Vec<PolicyError> {
+    let (table, syntax) = DeTable::parse_recoverable(fleet);
+    if !syntax.is_empty() {
+        return syntax_errors_of(fleet, &syntax);
+    }
+    let mut sink = ErrorSink::new(fleet, &table);
+    check_fleet_document(table.get_ref(), &mut sink);
+    sink.errors
 }
 
 /// What the fleet document may hold: its sections, and `[telemetry]` without the keys that

@@ -30,7 +30,7 @@ mod upstreams;
 
 use checks::*;
 use discovery::*;
-pub use fleet::{load_with_fleet, FleetError};
+pub use fleet::{check_fleet_document_text as check_fleet_document, load_with_fleet, FleetError};
 use rate_limit::*;
 use routes::*;
 pub use server::check_admin_token;
@@ -81,19 +81,7 @@ const DEFAULT_STORE_POOL: u32 = 4;
 pub fn load(source: &str, base_dir: &Path) -> Result<CompiledPolicy, Vec<PolicyError>> {
     let (document, syntax_errors) = DeTable::parse_recoverable(source);
     if !syntax_errors.is_empty() {
-        let lines = LineIndex::new(source);
-        return Err(syntax_errors
-            .iter()
-            .map(|e| {
-                let (line, column) = lines.position(e.span().map_or(0, |s| s.start));
-                PolicyError {
-                    line,
-                    column,
-                    path: "(syntax)".into(),
-                    message: e.message().to_owned(),
-                }
-            })
-            .collect());
+        return Err(syntax_errors_of(source, &syntax_errors));
     }
     let mut sink = ErrorSink::new(source, &document);
     let compiled = Compiler {
@@ -111,6 +99,23 @@ pub fn load(source: &str, base_dir: &Path) -> Result<CompiledPolicy, Vec<PolicyE
     errors.sort_by_key(|e| (e.line, e.column));
     errors.dedup();
     Err(errors)
+}
+
+/// TOML syntax errors, with their positions in `source`.
+fn syntax_errors_of(source: &str, errors: &[toml::de::Error]) -> Vec<PolicyError> {
+    let lines = LineIndex::new(source);
+    errors
+        .iter()
+        .map(|e| {
+            let (line, column) = lines.position(e.span().map_or(0, |s| s.start));
+            PolicyError {
+                line,
+                column,
+                path: "(syntax)".into(),
+                message: e.message().to_owned(),
+            }
+        })
+        .collect()
 }
 
 struct Compiler<'a, 'd> {

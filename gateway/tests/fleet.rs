@@ -1,0 +1,347 @@
+//! End to end: a fleet of three real gateways sharing one policy in a real three-member etcd
+//! cluster on loopback. Pushes go through the real `meshgate fleet` command: a good one
+//! reaches every node, one that a node refuses changes nothing anywhere, two at once give one
+//! conflict; etcd stopped under load drops nothing, a node restarted without etcd serves its
+//! cache, and a rollback goes back.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use common::etcd::EtcdCluster;
+use common::*;
+
+/// One fleet node: a gateway process and its folder.
+struct Node {
+    name: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Node {
+    /// Starts node `name` in the fleet under `prefix`; with `internal`, it also has a
+    /// listener named `internal`.
+    fn start(name: &str, etcd: &[String], prefix: &str, internal: bool) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let internal = if internal {
+            format!(
+                "[[listeners]]\nname = \"internal\"\nlisten = \"127.0.0.1:{}\"\n",
+                free_port()
+            )
+        } else {
+            String::new()
+        };
+        let endpoints: Vec<String> = etcd.iter().map(|e| format!("\"{e}\"")).collect();
+        let policy = format!(
+            r#"version = 1
+[server]
+threads = 1
+grace_period = "1s"
+[admin]
+listen = "{admin}"
+token_file = "admin.token"
+[[listeners]]
+name = "public"
+listen = "{listen}"
+{internal}
+[fleet]
+etcd = [{}]
+prefix = "{prefix}"
+node = "{name}"
+"#,
+            endpoints.join(", ")
+        );
+        std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+        std::fs::write(dir.path().join("meshgate.toml"), policy).unwrap();
+        let mut node = Node {
+            name: name.to_owned(),
+            child: None,
+            dir,
+            listen,
+            admin,
+        };
+        node.spawn();
+        node
+    }
+
+    fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("meshgate.toml")
+    }
+
+    fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("stderr.log"))
+            .unwrap();
+        self.child = Some(spawn_meshgate_to(
+            &self.policy_path(),
+            &[],
+            std::process::Stdio::null(),
+            stderr,
+        ));
+        wait_ready_at(self.admin);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The server that answered `/`, or the status.
+    async fn served_by(&self) -> Result<String, u16> {
+        let response = client().get(self.url("/")).send().await.unwrap();
+        if response.status() != 200 {
+            return Err(response.status().as_u16());
+        }
+        Ok(response.headers()["x-echo-server"]
+            .to_str()
+            .unwrap()
+            .to_owned())
+    }
+
+    /// Waits until `served_by` is `expected`; returns how long it took.
+    async fn wait_served_by(&self, expected: &str, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.served_by().await.as_deref() == Ok(expected) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} not served by {expected} after {limit:?}: {:?}\n{}",
+                self.name,
+                self.served_by().await,
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn readyz(&self) -> String {
+        client()
+            .get(format!("http://{}/readyz", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fleet document: one route on every listener to upstream `orders` at `upstream`; with
+/// `internal`, a second route on the listener only some nodes have.
+fn document(upstream: SocketAddr, internal: bool) -> String {
+    let extra = if internal {
+        "[[routes]]\nname = \"internal\"\nlisteners = [\"internal\"]\nsplit = [{ upstream = \"orders\" }]\n"
+    } else {
+        ""
+    };
+    format!(
+        "[telemetry]\naccess_log = \"off\"\n\n[[upstreams]]\nname = \"orders\"\nendpoints = [\"{upstream}\"]\n\n[[routes]]\nname = \"orders\"\nlisteners = [\"public\"]\nsplit = [{{ upstream = \"orders\" }}]\n{extra}"
+    )
+}
+
+/// Runs `meshgate fleet ARGS… --etcd … --prefix …`.
+fn fleet_command(args: &[&str], etcd: &[String], prefix: &str) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshgate"));
+    command.arg("fleet").args(args).args(["--prefix", prefix]);
+    for endpoint in etcd {
+        command.args(["--etcd", endpoint]);
+    }
+    command.output().unwrap()
+}
+
+fn push(file: &std::path::Path, etcd: &[String], prefix: &str) -> Output {
+    fleet_command(&["push", file.to_str().unwrap()], etcd, prefix)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_applies_pushes_all_or_none_and_outlives_etcd() {
+    let _machine = load_test_lock();
+    let mut cluster = EtcdCluster::start();
+    let etcd = cluster.endpoints();
+    let prefix = format!("/meshgate/test-{}", free_port());
+    let mut nodes = vec![
+        Node::start("gw-1", &etcd, &prefix, true),
+        Node::start("gw-2", &etcd, &prefix, true),
+        Node::start("gw-3", &etcd, &prefix, false),
+    ];
+    let v1 = start_echo("v1").await;
+    let v2 = start_echo("v2").await;
+    let work = tempfile::tempdir().unwrap();
+    // Before any push: no route.
+    assert_eq!(nodes[0].served_by().await, Err(404));
+
+    // 1. A good push reaches all three.
+    let first = work.path().join("v1.toml");
+    std::fs::write(&first, document(v1, false)).unwrap();
+    let pushed = Instant::now();
+    let output = push(&first, &etcd, &prefix);
+    assert!(output.status.success(), "{}", text(&output));
+    let mut last = Duration::ZERO;
+    for node in &nodes {
+        node.wait_served_by("v1", Duration::from_secs(5)).await;
+        last = last.max(pushed.elapsed());
+    }
+    println!(
+        "push to applied on the last of 3 nodes: {last:?} ({})",
+        text(&output).trim()
+    );
+
+    // 2. A push one node refuses (a route on a listener gw-3 does not have): nothing changes.
+    let refused = work.path().join("refused.toml");
+    std::fs::write(&refused, document(v2, true)).unwrap();
+    let output = push(&refused, &etcd, &prefix);
+    let said = text(&output);
+    println!("refused push: {said}");
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("node gw-3 refused"), "{said}");
+    assert!(said.contains("fleet:14:"), "{said}");
+    assert!(!said.contains("node gw-1 refused"), "{said}");
+    for node in &nodes {
+        assert_eq!(node.served_by().await.as_deref(), Ok("v1"));
+    }
+
+    // 3. Two pushes at once: one commits, the other is told of the conflict.
+    let second = work.path().join("v2.toml");
+    std::fs::write(&second, document(v2, false)).unwrap();
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| push(&second, &etcd, &prefix));
+        let b = scope.spawn(|| push(&first, &etcd, &prefix));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    println!("concurrent pushes:\n{}\n{}", text(&a), text(&b));
+    let outcomes = [a.status.success(), b.status.success()];
+    assert_eq!(
+        outcomes.iter().filter(|ok| **ok).count(),
+        1,
+        "{}\n{}",
+        text(&a),
+        text(&b)
+    );
+    let loser = if a.status.success() { &b } else { &a };
+    assert!(text(loser).contains("conflict"), "{}", text(loser));
+    let winner = if a.status.success() { "v2" } else { "v1" };
+    for node in &nodes {
+        node.wait_served_by(winner, Duration::from_secs(5)).await;
+    }
+    // Make v2 the committed document whatever won.
+    let output = push(&second, &etcd, &prefix);
+    assert!(output.status.success(), "{}", text(&output));
+    for node in &nodes {
+        node.wait_served_by("v2", Duration::from_secs(5)).await;
+    }
+
+    // 4. Status and history.
+    let status = fleet_command(&["status"], &etcd, &prefix);
+    println!("fleet status:\n{}", text(&status));
+    assert!(status.status.success());
+    let listed = String::from_utf8_lossy(&status.stdout).into_owned();
+    for name in ["gw-1", "gw-2", "gw-3"] {
+        assert!(listed.contains(name), "{listed}");
+    }
+    assert!(!listed.contains("yes"), "a node lags: {listed}");
+    let body = Gateway::fleet_json(nodes[1].admin).await;
+    assert_eq!(body["nodes"].as_array().unwrap().len(), 3, "{body}");
+
+    // 5. etcd stops under load: nothing fails, the policy stays.
+    let load = {
+        let url = nodes[0].url("/");
+        std::thread::spawn(move || run_wrk(&["-t1", "-c8", "-d3s"], &url))
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.stop();
+    let output = load.join().unwrap();
+    let (requests, non_2xx, socket_errors) = wrk_summary(&output);
+    println!("etcd stopped under wrk: {requests} requests, {non_2xx} non-2xx, {socket_errors} socket errors");
+    assert!(requests > 1000, "{output}");
+    assert_eq!((non_2xx, socket_errors), (0, 0), "{output}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut connected = 1.0;
+    while connected != 0.0 && Instant::now() < deadline {
+        connected = metric_sum(
+            &metrics_at(nodes[0].admin).await,
+            "meshgate_fleet_connected",
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(connected, 0.0);
+
+    // 6. A node restarted while etcd is down serves its cache, and says so.
+    nodes[2].kill();
+    nodes[2].spawn();
+    assert_eq!(nodes[2].served_by().await.as_deref(), Ok("v2"));
+    let ready = nodes[2].readyz().await;
+    println!("/readyz of a node restarted without etcd: {ready:?}");
+    assert!(ready.contains("cached fleet document version"), "{ready}");
+
+    // 7. etcd back: a rollback to the first document reaches every node.
+    cluster.restart();
+    let output = fleet_command(&["rollback", "--to", "1"], &etcd, &prefix);
+    println!("rollback: {}", text(&output).trim());
+    assert!(output.status.success(), "{}", text(&output));
+    for node in &nodes {
+        let took = node.wait_served_by("v1", Duration::from_secs(15)).await;
+        println!("{} back on v1 after {took:?}", node.name);
+    }
+    let history = fleet_command(&["history"], &etcd, &prefix);
+    println!("fleet history:\n{}", text(&history));
+
+    // 8. Status with a node down.
+    nodes[1].kill();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let status = fleet_command(&["status"], &etcd, &prefix);
+    let listed = String::from_utf8_lossy(&status.stdout).into_owned();
+    println!("fleet status with gw-2 down:\n{listed}");
+    let gw2 = listed.lines().find(|l| l.starts_with("gw-2")).unwrap();
+    assert!(gw2.contains("down"), "{listed}");
+}
+
+impl Gateway {
+    /// `GET /fleet` on the admin API at `admin`.
+    async fn fleet_json(admin: SocketAddr) -> serde_json::Value {
+        client()
+            .get(format!("http://{admin}/fleet"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
