@@ -27,7 +27,25 @@ impl Node {
     /// Starts node `name` in the fleet under `prefix`; with `internal`, it also has a
     /// listener named `internal`.
     fn start(name: &str, etcd: &[String], prefix: &str, internal: bool) -> Node {
-        let dir = tempfile::tempdir().unwrap();
+        Node::start_in(
+            tempfile::tempdir().unwrap(),
+            name,
+            etcd,
+            prefix,
+            internal,
+            "",
+        )
+    }
+
+    /// [`Node::start`] in `dir`, with `fleet_keys` added to its `[fleet]`.
+    fn start_in(
+        dir: tempfile::TempDir,
+        name: &str,
+        etcd: &[String],
+        prefix: &str,
+        internal: bool,
+        fleet_keys: &str,
+    ) -> Node {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let internal = if internal {
@@ -55,6 +73,7 @@ listen = "{listen}"
 etcd = [{}]
 prefix = "{prefix}"
 node = "{name}"
+{fleet_keys}
 "#,
             endpoints.join(", ")
         );
@@ -278,6 +297,59 @@ async fn a_fleet_applies_pushes_all_or_none_and_outlives_etcd() {
     let body = Gateway::fleet_json(nodes[1].admin).await;
     assert_eq!(body["nodes"].as_array().unwrap().len(), 3, "{body}");
 
+    // The same through any node's admin API, with its token.
+    let put = |body: String| {
+        client()
+            .put(format!("http://{}/fleet/policy", nodes[1].admin))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+    };
+    let answer = put("[[listeners]]\nname = \"x\"\n".into()).await.unwrap();
+    assert_eq!(answer.status(), 400);
+    let answer = put(document(v2, true)).await.unwrap();
+    assert_eq!(answer.status(), 422);
+    let refusal: serde_json::Value = answer.json().await.unwrap();
+    println!("PUT /fleet/policy refused by a node: {refusal}");
+    assert_eq!(refusal["nodes"][0]["node"], "gw-3", "{refusal}");
+    let unauthorized = client()
+        .put(format!("http://{}/fleet/policy", nodes[1].admin))
+        .body(document(v2, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let answer = put(document(v2, false)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let committed: serde_json::Value = answer.json().await.unwrap();
+    println!("PUT /fleet/policy: {committed}");
+
+    // A node killed during a push: it does not answer, nothing is committed; restarted, it
+    // catches up and the push goes through.
+    let third = work.path().join("v1-again.toml");
+    std::fs::write(&third, document(v1, false)).unwrap();
+    nodes[2].kill();
+    let output = fleet_command(
+        &["push", third.to_str().unwrap(), "--timeout", "2s"],
+        &etcd,
+        &prefix,
+    );
+    println!(
+        "push with gw-3 killed (its lease still held): {}",
+        text(&output).trim()
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("no answer in time from node(s) gw-3"),
+        "{}",
+        text(&output)
+    );
+    for node in &nodes[..2] {
+        assert_eq!(node.served_by().await.as_deref(), Ok("v2"));
+    }
+    nodes[2].spawn();
+    nodes[2].wait_served_by("v2", Duration::from_secs(5)).await;
+
     // 5. etcd stops under load: nothing fails, the policy stays.
     let load = {
         let url = nodes[0].url("/");
@@ -344,4 +416,92 @@ impl Gateway {
             .await
             .unwrap()
     }
+}
+
+/// Pushes `file` with `meshgate fleet push -c POLICY` (etcd, prefix, TLS and credentials from
+/// a node's `[fleet]`).
+fn push_as(file: &std::path::Path, policy: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["fleet", "push", file.to_str().unwrap(), "-c"])
+        .arg(policy)
+        .output()
+        .unwrap()
+}
+
+/// etcd over TLS that asks for client certificates: a node with `[fleet].tls` joins and
+/// applies a push; without its client certificate, nothing reaches etcd.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_over_etcd_with_tls_and_client_certificates() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = common::pki::Authority::new(pki.path(), "etcd-ca");
+    let tls = common::etcd::EtcdTls {
+        ca: ca.file.clone(),
+        server: ca.server(pki.path(), "etcd", "etcd", &["localhost"]),
+        client: ca.client(pki.path(), "etcdctl", "spiffe://test/etcdctl", false),
+    };
+    let cluster = EtcdCluster::single(Some(tls));
+    let etcd = cluster.endpoints();
+    let prefix = format!("/meshgate/tls-{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let node_cert = ca.client(dir.path(), "gw-1", "spiffe://test/gw-1", false);
+    let keys = format!(
+        "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        ca.file.display(),
+        node_cert.cert.display(),
+        node_cert.key.display()
+    );
+    let node = Node::start_in(dir, "gw-1", &etcd, &prefix, false, &keys);
+    let v1 = start_echo("v1").await;
+    let file = node.dir.path().join("fleet-doc.toml");
+    std::fs::write(&file, document(v1, false)).unwrap();
+    let output = push_as(&file, &node.policy_path());
+    assert!(output.status.success(), "{}", text(&output));
+    let took = node.wait_served_by("v1", Duration::from_secs(10)).await;
+    println!("etcd over TLS with client certificates: applied {took:?} after the push");
+
+    // Trusting etcd's CA but without a client certificate, etcd refuses the connection.
+    let anonymous = pki.path().join("anonymous.toml");
+    std::fs::write(
+        &anonymous,
+        format!(
+            "version = 1\n[fleet]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\nnode = \"cli\"\ntls = {{ ca = \"{}\" }}\n",
+            etcd[0],
+            ca.file.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["fleet", "status", "-c"])
+        .arg(&anonymous)
+        .output()
+        .unwrap();
+    println!(
+        "status without a client certificate: {}",
+        text(&output).trim()
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+}
+
+/// etcd's user/password auth: a node with `username` and `password_file` joins and applies a
+/// push; a push without the credentials is refused by etcd.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_over_etcd_with_user_and_password() {
+    let mut cluster = EtcdCluster::single(None);
+    cluster.enable_auth("s3cret-fleet-password");
+    let etcd = cluster.endpoints();
+    let prefix = format!("/meshgate/auth-{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("etcd.password"), "s3cret-fleet-password\n").unwrap();
+    let keys = "username = \"root\"\npassword_file = \"etcd.password\"";
+    let node = Node::start_in(dir, "gw-1", &etcd, &prefix, false, keys);
+    let v1 = start_echo("v1").await;
+    let file = node.dir.path().join("fleet-doc.toml");
+    std::fs::write(&file, document(v1, false)).unwrap();
+    let output = push_as(&file, &node.policy_path());
+    assert!(output.status.success(), "{}", text(&output));
+    let took = node.wait_served_by("v1", Duration::from_secs(10)).await;
+    println!("etcd with user/password auth: applied {took:?} after the push");
+    let output = push(&file, &etcd, &prefix);
+    println!("push without credentials: {}", text(&output).trim());
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
 }

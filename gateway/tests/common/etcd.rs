@@ -5,7 +5,10 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use super::free_port;
+use super::pki::Leaf;
 
 /// One member's ports.
 struct Member {
@@ -15,16 +18,39 @@ struct Member {
     child: Option<Child>,
 }
 
-/// A three-member etcd cluster.
+/// TLS for a cluster: etcd's certificate, and a client certificate for etcdctl, both from
+/// `ca`; etcd asks clients for a certificate (`--client-cert-auth`).
+pub struct EtcdTls {
+    /// The CA bundle.
+    pub ca: PathBuf,
+    /// etcd's certificate (with 127.0.0.1 in its names).
+    pub server: Leaf,
+    /// A client certificate etcdctl presents.
+    pub client: Leaf,
+}
+
+/// An etcd cluster of one or three members.
 pub struct EtcdCluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
+    tls: Option<EtcdTls>,
+    /// `root`'s password once auth is enabled.
+    password: Option<String>,
 }
 
 impl EtcdCluster {
     /// Starts three members and waits until the cluster answers.
     pub fn start() -> EtcdCluster {
-        let members = (1..=3)
+        EtcdCluster::with_members(3, None)
+    }
+
+    /// Starts one member, over TLS when `tls` is given, and waits until it answers.
+    pub fn single(tls: Option<EtcdTls>) -> EtcdCluster {
+        EtcdCluster::with_members(1, tls)
+    }
+
+    fn with_members(count: usize, tls: Option<EtcdTls>) -> EtcdCluster {
+        let members = (1..=count)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client: free_port(),
@@ -35,8 +61,10 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members,
             dir: tempfile::tempdir().unwrap(),
+            tls,
+            password: None,
         };
-        for i in 0..3 {
+        for i in 0..count {
             cluster.spawn(i, "new");
         }
         cluster.wait_healthy();
@@ -59,17 +87,25 @@ impl EtcdCluster {
                 Ok(())
             });
         }
+        let scheme = self.scheme();
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.server.cert.display()))
+                .arg(format!("--key-file={}", tls.server.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
         let child = command
             .arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
             .arg(&data)
             .arg(format!(
-                "--listen-client-urls=http://127.0.0.1:{}",
+                "--listen-client-urls={scheme}://127.0.0.1:{}",
                 member.client
             ))
             .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{}",
+                "--advertise-client-urls={scheme}://127.0.0.1:{}",
                 member.client
             ))
             .arg(format!(
@@ -92,28 +128,63 @@ impl EtcdCluster {
         self.members[index].child = Some(child);
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The client endpoints, as `[fleet].etcd` takes them.
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
             .collect()
+    }
+
+    /// `etcdctl` with the cluster's endpoints, TLS and credentials.
+    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new("etcdctl");
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .arg("--command-timeout=1s");
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cacert={}", tls.ca.display()))
+                .arg(format!("--cert={}", tls.client.cert.display()))
+                .arg(format!("--key={}", tls.client.key.display()));
+        }
+        if let Some(password) = &self.password {
+            command.arg(format!("--user=root:{password}"));
+        }
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("etcdctl is installed by `make deps` (etcd-client)")
+    }
+
+    /// Turns on etcd's user/password auth with user `root` and `password`.
+    pub fn enable_auth(&mut self, password: &str) {
+        let added = self.etcdctl(&["user", "add", &format!("root:{password}")]);
+        assert!(added.status.success(), "{added:?}");
+        let enabled = self.etcdctl(&["auth", "enable"]);
+        assert!(enabled.status.success(), "{enabled:?}");
+        self.password = Some(password.to_owned());
     }
 
     /// Waits until a write through `etcdctl` succeeds.
     pub fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let status = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={}", self.endpoints().join(",")))
-                .arg("--command-timeout=1s")
-                .args(["put", "/meshgate-test/health", "ok"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("etcdctl is installed by `make deps` (etcd-client)");
-            if status.success() {
+            if self
+                .etcdctl(&["put", "/meshgate-test/health", "ok"])
+                .status
+                .success()
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "etcd did not start");
@@ -133,7 +204,7 @@ impl EtcdCluster {
 
     /// Starts every member again on its data and waits until the cluster answers.
     pub fn restart(&mut self) {
-        for i in 0..3 {
+        for i in 0..self.members.len() {
             self.spawn(i, "existing");
         }
         self.wait_healthy();
