@@ -505,3 +505,70 @@ async fn a_fleet_over_etcd_with_user_and_password() {
     println!("push without credentials: {}", text(&output).trim());
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
 }
+
+/// Acceptance (item 6): a global rate limit in the fleet document, with its Redis store, is
+/// shared by the nodes as it is by gateways configured by hand: two nodes under wrk admit
+/// 100 × seconds + burst between them, within ±10%.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_global_limit_in_the_fleet_document_is_shared_by_the_nodes() {
+    let _machine = load_test_lock();
+    let cluster = EtcdCluster::single(None);
+    let etcd = cluster.endpoints();
+    let prefix = format!("/meshgate/limits-{}", free_port());
+    let redis = Redis::start(None);
+    let (upstream, config, _task) = start_upstream("u", 200, Duration::ZERO).await;
+    let nodes = [
+        Node::start("gw-1", &etcd, &prefix, false),
+        Node::start("gw-2", &etcd, &prefix, false),
+    ];
+    let doc = format!(
+        r#"[telemetry]
+access_log = "off"
+
+[rate_limit_store]
+redis = "{}"
+
+[[upstreams]]
+name = "orders"
+endpoints = ["{upstream}"]
+
+[[routes]]
+name = "orders"
+split = [{{ upstream = "orders" }}]
+rate_limit = {{ requests_per_second = 100, burst = 20, key = "route", scope = "global" }}
+"#,
+        redis.url()
+    );
+    let file = nodes[0].dir.path().join("limits.toml");
+    std::fs::write(&file, doc).unwrap();
+    let output = push(&file, &etcd, &prefix);
+    assert!(output.status.success(), "{}", text(&output));
+    for node in &nodes {
+        node.wait_served_by("u", Duration::from_secs(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = config.requests.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let started = Instant::now();
+    let runs: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let url = node.url("/");
+            std::thread::spawn(move || run_wrk(&["-t1", "-c4", "-d5s"], &url))
+        })
+        .collect();
+    let mut total = 0;
+    for run in runs {
+        let output = run.join().unwrap();
+        let (requests, _, socket_errors) = wrk_summary(&output);
+        assert_eq!(socket_errors, 0, "{output}");
+        total += requests;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let admitted = config.requests.load(std::sync::atomic::Ordering::Relaxed) as f64 - before;
+    let expected = 100.0 * seconds + 20.0;
+    println!("two fleet nodes, one global limit: admitted {admitted} of {total} in {seconds:.2}s, expected {expected:.0}");
+    assert!(
+        (admitted - expected).abs() <= expected * 0.10,
+        "admitted {admitted}, expected {expected:.0} ± 10%"
+    );
+}
