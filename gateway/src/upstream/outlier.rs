@@ -58,9 +58,12 @@ impl UpstreamState {
             .base_ejection
             .saturating_mul(times)
             .min(spec.max_ejection);
-        endpoint
-            .ejected_until_ms
-            .store(now_ms() + duration.as_millis() as u64, Ordering::Release);
+        // One more millisecond: `now_ms` rounds down, so without it an ejection could end up
+        // to a millisecond before its time.
+        endpoint.ejected_until_ms.store(
+            now_ms() + duration.as_millis() as u64 + 1,
+            Ordering::Release,
+        );
         tracing::warn!(
             upstream = %self.spec.name,
             endpoint = %endpoint.addr,
