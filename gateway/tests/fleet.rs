@@ -492,7 +492,7 @@ async fn a_fleet_over_etcd_with_user_and_password() {
     let prefix = format!("/meshgate/auth-{}", free_port());
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("etcd.password"), "s3cret-fleet-password\n").unwrap();
-    let keys = "username = \"root\"\npassword_file = \"etcd.password\"";
+    let keys = "username = \"root\"\npassword_file = \"etcd.password\"\nhistory = 2";
     let node = Node::start_in(dir, "gw-1", &etcd, &prefix, false, keys);
     let v1 = start_echo("v1").await;
     let file = node.dir.path().join("fleet-doc.toml");
@@ -501,6 +501,22 @@ async fn a_fleet_over_etcd_with_user_and_password() {
     assert!(output.status.success(), "{}", text(&output));
     let took = node.wait_served_by("v1", Duration::from_secs(10)).await;
     println!("etcd with user/password auth: applied {took:?} after the push");
+    // history = 2: after three pushes, the last two are kept.
+    for _ in 0..2 {
+        let output = push_as(&file, &node.policy_path());
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    let history = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["fleet", "history", "-c"])
+        .arg(node.policy_path())
+        .output()
+        .unwrap();
+    let kept: Vec<String> = String::from_utf8_lossy(&history.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    println!("history = 2 after three pushes: {kept:?}");
+    assert_eq!(kept, ["2", "3"], "{}", text(&history));
     let output = push(&file, &etcd, &prefix);
     println!("push without credentials: {}", text(&output).trim());
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
