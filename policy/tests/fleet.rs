@@ -81,6 +81,18 @@ fn each_document_holds_only_its_sections() {
         ],
     );
 
+    // Merged with a fleet document, the local file is held to the same rule.
+    let errors = fleet_refused(&local, FLEET);
+    assert_fleet_errors(
+        &errors,
+        &[(
+            Document::Local,
+            12,
+            "upstreams",
+            "comes from the fleet document",
+        )],
+    );
+
     let fleet = format!("{FLEET}[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\n");
     let fleet = fleet.replace(
         "access_log = \"off\"\n",

@@ -55,6 +55,9 @@ pub fn load_with_fleet(
         let mut sink = ErrorSink::new(&combined, &fleet_table);
         check_fleet_document(fleet_table.get_ref(), &mut sink);
         errors.extend(sink.errors);
+        let mut sink = ErrorSink::new(&combined, &local_table);
+        check_local_sections(local_table.get_ref(), &mut sink);
+        errors.extend(sink.errors);
     }
     let mut merged = local_table.into_inner();
     for (key, value) in fleet_table.into_inner() {
@@ -154,29 +157,7 @@ impl Compiler<'_, '_> {
         if self.fleet_merged || !table.contains_key("fleet") {
             return;
         }
-        let root = KeyPath::root();
-        for (key, value) in table.iter() {
-            let name = key.get_ref().as_ref();
-            if FLEET_SECTIONS.contains(&name) {
-                sink.at_span(
-                    &root.key(name),
-                    key.span(),
-                    format!("with [fleet], `{name}` comes from the fleet document in etcd; remove it from this file"),
-                );
-            }
-            if name == "telemetry" {
-                for (inner, _) in value.get_ref().as_table().into_iter().flatten() {
-                    let inner_name = inner.get_ref().as_ref();
-                    if !LOCAL_TELEMETRY_KEYS.contains(&inner_name) {
-                        sink.at_span(
-                            &root.key("telemetry").key(inner_name),
-                            inner.span(),
-                            format!("with [fleet], telemetry.{inner_name} comes from the fleet document in etcd; only metrics_listen stays in this file"),
-                        );
-                    }
-                }
-            }
-        }
+        check_local_sections(table, sink);
     }
 
     /// `[fleet]`, compiled.
@@ -274,6 +255,34 @@ impl Compiler<'_, '_> {
             identity,
             credentials,
         })
+    }
+}
+
+/// A local file with `[fleet]` holds none of the fleet's sections, and of `[telemetry]` only
+/// the keys that stay local.
+fn check_local_sections(table: &DeTable<'_>, sink: &mut ErrorSink<'_>) {
+    let root = KeyPath::root();
+    for (key, value) in table.iter() {
+        let name = key.get_ref().as_ref();
+        if FLEET_SECTIONS.contains(&name) {
+            sink.at_span(
+                &root.key(name),
+                key.span(),
+                format!("with [fleet], `{name}` comes from the fleet document in etcd; remove it from this file"),
+            );
+        }
+        if name == "telemetry" {
+            for (inner, _) in value.get_ref().as_table().into_iter().flatten() {
+                let inner_name = inner.get_ref().as_ref();
+                if !LOCAL_TELEMETRY_KEYS.contains(&inner_name) {
+                    sink.at_span(
+                        &root.key("telemetry").key(inner_name),
+                        inner.span(),
+                        format!("with [fleet], telemetry.{inner_name} comes from the fleet document in etcd; only metrics_listen stays in this file"),
+                    );
+                }
+            }
+        }
     }
 }
 
