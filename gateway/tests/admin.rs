@@ -94,7 +94,13 @@ async fn every_documented_operation_answers_as_described() {
     let mut checked = 0;
     let mut problems = Vec::new();
     // `/drain` ends the gateway, so it goes last.
-    let mut paths: Vec<_> = spec["paths"].as_object().unwrap().iter().collect();
+    // The fleet's operations need a fleet in etcd: `tests/fleet.rs` calls them on one.
+    let mut paths: Vec<_> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| !path.starts_with("/fleet"))
+        .collect();
     paths.sort_by_key(|(path, _)| path.as_str() == "/drain");
     for (path, operations) in paths {
         for (method, operation) in operations.as_object().unwrap() {

@@ -285,15 +285,22 @@ async fn a_fleet_applies_pushes_all_or_none_and_outlives_etcd() {
         node.wait_served_by("v2", Duration::from_secs(5)).await;
     }
 
-    // 4. Status and history.
-    let status = fleet_command(&["status"], &etcd, &prefix);
+    // 4. Status and history. A node publishes what it serves right after applying it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, listed) = loop {
+        let status = fleet_command(&["status"], &etcd, &prefix);
+        let listed = String::from_utf8_lossy(&status.stdout).into_owned();
+        if !listed.contains(" yes ") || Instant::now() > deadline {
+            break (status, listed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     println!("fleet status:\n{}", text(&status));
     assert!(status.status.success());
-    let listed = String::from_utf8_lossy(&status.stdout).into_owned();
     for name in ["gw-1", "gw-2", "gw-3"] {
         assert!(listed.contains(name), "{listed}");
     }
-    assert!(!listed.contains("yes"), "a node lags: {listed}");
+    assert!(!listed.contains(" yes "), "a node lags: {listed}");
     let body = Gateway::fleet_json(nodes[1].admin).await;
     assert_eq!(body["nodes"].as_array().unwrap().len(), 3, "{body}");
 

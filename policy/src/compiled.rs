@@ -478,6 +478,8 @@ pub struct Route {
     pub split_key: Option<RequestKey>,
     /// Whether a dead side's share goes to the other sides.
     pub split_fallback: bool,
+    /// The gateway's own answer instead of a split (`redirect`, `respond`).
+    pub direct: Option<crate::direct::DirectAnswer>,
     /// Time limit of the whole request.
     pub timeout: Option<Duration>,
     /// Retry policy.

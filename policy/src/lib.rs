@@ -5,6 +5,7 @@
 //! list of [`PolicyError`]s, each with its line, column and key path.
 
 pub mod compiled;
+pub mod direct;
 pub mod discovery;
 pub mod duration;
 mod error;

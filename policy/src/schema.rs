@@ -403,8 +403,13 @@ pub struct RouteSection {
     /// What a request must look like to take this route.
     #[serde(rename = "match", default)]
     pub matcher: MatchSection,
-    /// Weighted upstreams.
+    /// Weighted upstreams; none with `redirect` or `respond`.
+    #[serde(default)]
     pub split: Vec<SplitEntry>,
+    /// Send the client elsewhere instead of to an upstream.
+    pub redirect: Option<crate::direct::RedirectSection>,
+    /// Answer with a fixed status and body instead of an upstream's.
+    pub respond: Option<crate::direct::RespondSection>,
     /// Makes the split sticky: `header:<name>`, `client_ip` or `path`.
     pub split_key: Option<String>,
     /// Whether a side whose upstream (with its failovers) has no eligible endpoint gives its

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use meshgate_policy::compiled::{Route, StoreErrorAction};
+use meshgate_policy::direct::DirectAnswer;
 use meshgate_policy::CompiledPolicy;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -23,9 +24,9 @@ use crate::limit::{self, KeySource, LimitOutcome, RateLimiter};
 use crate::snapshot::Snapshot;
 use crate::upstream::Overflow;
 
-use super::answer::{overflow_header, respond_with_reason};
+use super::answer::{overflow_header, respond};
 use super::context::RequestCtx;
-use super::request::HeaderView;
+use super::request::{request_host, HeaderView};
 use super::{client_ip, hygiene, split, MeshProxy, Reason};
 
 /// Headers that carry a caller's identity: only the gateway may set them, so any incoming
@@ -37,6 +38,8 @@ pub(super) struct Answer {
     reason: Reason,
     status: u16,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// A body and its content type (`respond`); empty otherwise.
+    body: Option<(bytes::Bytes, http::HeaderValue)>,
     /// Whether the connection ends with this answer.
     close: bool,
 }
@@ -48,6 +51,7 @@ impl Answer {
             reason,
             status: reason.status(),
             headers: Vec::new(),
+            body: None,
             close: false,
         }
     }
@@ -60,7 +64,18 @@ impl Answer {
     /// Records the reason and writes the answer.
     pub(super) async fn send(self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         ctx.reason = Some(self.reason);
-        respond_with_reason(session, self.status, self.reason, &self.headers, self.close).await?;
+        // A route's own answers are meant: they carry no `x-meshgate-reason`.
+        let shown =
+            (!matches!(self.reason, Reason::Redirect | Reason::Respond)).then_some(self.reason);
+        respond(
+            session,
+            self.status,
+            shown,
+            &self.headers,
+            self.body,
+            self.close,
+        )
+        .await?;
         if self.close {
             session.set_keepalive(None);
         }
@@ -134,6 +149,9 @@ impl MeshProxy {
             rate_limit(limiter, snapshot, session, ctx).await?;
         }
         inject_fault(route).await?;
+        if let Some(direct) = &route.direct {
+            return Err(direct_answer(direct, session, ctx));
+        }
         let slot = split::slot(snapshot, route_index, session, ctx);
         split::choose(snapshot, route_index, slot, ctx, &self.telemetry.metrics)
             .map_err(overflow_answer)
@@ -232,6 +250,33 @@ async fn inject_fault(route: &Route) -> Result<(), Answer> {
         }
     }
     Ok(())
+}
+
+/// A route's `redirect` or `respond`.
+fn direct_answer(direct: &DirectAnswer, session: &Session, ctx: &RequestCtx) -> Answer {
+    match direct {
+        DirectAnswer::Redirect(redirect) => {
+            let header = session.req_header();
+            let scheme = if ctx.tls.is_some() { "https" } else { "http" };
+            let host = request_host(header).unwrap_or_default();
+            let location = redirect.location(scheme, host, header.uri.path(), header.uri.query());
+            let mut answer = Answer::of(Reason::Redirect);
+            answer.status = redirect.status;
+            // Built from a validated policy and a parsed request head.
+            if let Ok(value) = http::HeaderValue::from_str(&location) {
+                answer.headers.push((http::header::LOCATION, value));
+            }
+            answer
+        }
+        DirectAnswer::Respond(respond) => {
+            let mut answer = Answer::of(Reason::Respond);
+            answer.status = respond.status;
+            let content_type = http::HeaderValue::from_str(&respond.content_type)
+                .unwrap_or(http::HeaderValue::from_static("text/plain"));
+            answer.body = Some((bytes::Bytes::from(respond.body.clone()), content_type));
+            answer
+        }
+    }
 }
 
 fn overflow_answer(overflow: Overflow) -> Answer {

@@ -19,8 +19,23 @@ pub(super) async fn respond_with_reason(
     extra_headers: &[(http::HeaderName, http::HeaderValue)],
     closing: bool,
 ) -> Result<()> {
+    respond(session, status, Some(reason), extra_headers, None, closing).await
+}
+
+/// Writes a gateway-made response: with `reason` in `x-meshgate-reason` when given, and
+/// `body` (with its content type) when given; a `HEAD` request gets the head only.
+pub(super) async fn respond(
+    session: &mut Session,
+    status: u16,
+    reason: Option<Reason>,
+    extra_headers: &[(http::HeaderName, http::HeaderValue)],
+    body: Option<(bytes::Bytes, http::HeaderValue)>,
+    closing: bool,
+) -> Result<()> {
     let mut response = ResponseHeader::build(status, Some(4))?;
-    response.insert_header(REASON_HEADER, reason.token())?;
+    if let Some(reason) = reason {
+        response.insert_header(REASON_HEADER, reason.token())?;
+    }
     // Tell an HTTP/1.1 client when the connection ends with this answer, so that it does not
     // send its next request on a connection about to close.
     if closing && !session.as_downstream().is_http2() {
@@ -29,10 +44,24 @@ pub(super) async fn respond_with_reason(
     for (name, value) in extra_headers {
         response.insert_header(name.clone(), value.clone())?;
     }
-    response.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    let body = match body {
+        Some((bytes, content_type)) => {
+            response.insert_header(http::header::CONTENT_TYPE, content_type)?;
+            response.insert_header(http::header::CONTENT_LENGTH, bytes.len())?;
+            Some(bytes).filter(|b| !head_only && !b.is_empty())
+        }
+        None => {
+            response.insert_header(http::header::CONTENT_LENGTH, "0")?;
+            None
+        }
+    };
     session
-        .write_response_header(Box::new(response), true)
+        .write_response_header(Box::new(response), body.is_none())
         .await?;
+    if let Some(bytes) = body {
+        session.write_response_body(Some(bytes), true).await?;
+    }
     // The proxy session drops `end_of_stream` when it writes a header, so end the body as
     // Pingora does for its own error answers. Otherwise, after an upstream failure (where
     // Pingora does not finish the session) an HTTP/2 client got RST_STREAM, not this answer.

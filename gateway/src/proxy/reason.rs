@@ -39,6 +39,10 @@ pub enum Reason {
     /// The client was too slow sending its request (`client_header_timeout`,
     /// `client_body_timeout`).
     ClientTimeout,
+    /// The route redirects (`redirect`); not sent in `x-meshgate-reason`.
+    Redirect,
+    /// The route answers itself (`respond`); not sent in `x-meshgate-reason`.
+    Respond,
 }
 
 impl Reason {
@@ -60,6 +64,8 @@ impl Reason {
             Reason::UriTooLong => "uri-too-long",
             Reason::BodyTooLarge => "body-too-large",
             Reason::ClientTimeout => "client-timeout",
+            Reason::Redirect => "redirect",
+            Reason::Respond => "respond",
         }
     }
 
@@ -79,6 +85,9 @@ impl Reason {
             Reason::UriTooLong => 414,
             Reason::BodyTooLarge => 413,
             Reason::ClientTimeout => 408,
+            // The route's own status replaces these.
+            Reason::Redirect => 301,
+            Reason::Respond => 200,
         }
     }
 }

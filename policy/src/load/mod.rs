@@ -18,6 +18,7 @@ use crate::error::{ErrorSink, KeyPath, LineIndex, PathSegment, PolicyError};
 use crate::schema::*;
 
 mod checks;
+mod direct;
 mod discovery;
 mod fleet;
 mod listeners;
@@ -29,6 +30,7 @@ mod tls;
 mod upstreams;
 
 use checks::*;
+use direct::*;
 use discovery::*;
 pub use fleet::{check_fleet_document_text as check_fleet_document, load_with_fleet, FleetError};
 use rate_limit::*;

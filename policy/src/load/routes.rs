@@ -57,8 +57,9 @@ impl Compiler<'_, '_> {
 
                 let matcher = compile_matcher(&spec.matcher, &path.key("match"), sink);
 
-                if spec.split.is_empty() {
-                    sink.at(&path.key("split"), "a route needs at least one split");
+                let direct = compile_direct(spec, &path, sink);
+                if spec.split.is_empty() && direct.is_none() && spec.redirect.is_none() && spec.respond.is_none() {
+                    sink.at(&path.key("split"), "a route needs at least one split, or redirect or respond");
                 }
                 let mut splits = Vec::with_capacity(spec.split.len());
                 let mut total_weight = 0u32;
@@ -137,6 +138,7 @@ impl Compiler<'_, '_> {
                     splits,
                     split_key,
                     split_fallback: spec.split_fallback.unwrap_or(true),
+                    direct,
                     timeout,
                     retry,
                     headers,
