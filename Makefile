@@ -62,7 +62,7 @@ test: deps
 
 # clippy's incompatible_msrv lint refuses any standard library item newer than the declared
 # `rust-version`, so the declared version stays true.
-lint:
+lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p meshgate $(BORINGSSL) --all-targets -- -D warnings
