@@ -3,7 +3,8 @@
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages. To build, test and run: cmake for Pingora's build (and clang for the
+# Debian packages. To build, test and run: cmake for Pingora's build, protobuf-compiler (protoc) for
+# etcd-client's build (and clang for the
 # BoringSSL backend's), wrk and h2load (nghttp2-client) for the load
 # tests, redis-server for the global rate limit tests, curl, openssl, testssl.sh and NGINX for
 # the TLS tests (and curl for the demo); prometheus (promtool), systemd (systemd-analyze) and
@@ -11,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # as the DNS server of the discovery tests; etcd (etcd-server, etcd-client) for the fleet tests. To benchmark, also: NGINX and HAProxy to compare
 # with, procps and util-linux (taskset) for pinning, ab (apache2-utils) and valgrind for the
 # instruction counts.
-PACKAGES := cmake clang libclang-dev wrk nghttp2-client curl redis-server openssl testssl.sh nginx-light \
+PACKAGES := cmake clang libclang-dev protobuf-compiler wrk nghttp2-client curl redis-server openssl testssl.sh nginx-light \
 	prometheus systemd docker-compose dnsmasq-base etcd-server etcd-client
 BENCH_PACKAGES := haproxy procps util-linux apache2-utils valgrind
 
