@@ -410,7 +410,7 @@ async fn explain(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Resp
     }
 }
 
-/// Parses `GET /explain`'s query string (`method=&host=&path=&header=name:value&listener=`).
+/// Parses `GET /explain`'s query string (`method=&host=&path=&query=&header=name:value&source=&listener=`).
 /// Public so that it can be fuzzed on its own.
 pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
     let mut query = ExplainQuery {
@@ -424,6 +424,12 @@ pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
             "host" => query.host = Some(value.into_owned()),
             "path" => query.path = value.into_owned(),
             "listener" => query.listener = Some(value.into_owned()),
+            "query" => query.query = Some(value.into_owned()),
+            "source" => {
+                query.source = Some(value.trim().parse().map_err(|_| {
+                    format!("source must be an IP address, such as 10.1.2.3 or ::1; got {value:?}")
+                })?)
+            }
             "header" => match value.split_once(':') {
                 Some((name, header_value)) => query
                     .headers
@@ -432,7 +438,7 @@ pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
             },
             other => {
                 return Err(format!(
-                    "unknown query parameter {other:?}; expected method, host, path, header or listener"
+                    "unknown query parameter {other:?}; expected method, host, path, query, header, source or listener"
                 ))
             }
         }

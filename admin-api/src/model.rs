@@ -205,6 +205,10 @@ pub struct ExplainQuery {
     pub path: String,
     /// Headers as (lower-case name, value).
     pub headers: Vec<(String, String)>,
+    /// The query string (`version=2&x=y`); the part of `path` after `?` when absent.
+    pub query: Option<String>,
+    /// The client's address.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// `GET /explain` answer.
@@ -296,8 +300,15 @@ pub struct RouteInfo {
     pub path: Option<String>,
     /// Allowed methods (any when empty).
     pub methods: Vec<String>,
-    /// Required headers.
+    /// Headers that must have exactly this value.
     pub headers: Vec<(String, String)>,
+    /// Every other condition, one line each: `header x-canary present`, `header x-v prefix
+    /// "2"`, `query version = "2"`, `source 10.0.0.0/8`.
+    #[serde(default)]
+    pub conditions: Vec<String>,
+    /// The path and `Host` the upstream sees, when the route rewrites them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
     /// Weighted upstreams.
     pub split: Vec<SplitInfo>,
     /// Sticky split key.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meshgate_admin::*;
 use meshgate_policy::compiled::{AdminSettings, HostMatch, PathMatch, RequestKey, Verdict};
+use meshgate_policy::matching::HeaderTest;
 use meshgate_policy::path::normalize_path;
 use meshgate_policy::schema::PathNormalization;
 use meshgate_policy::RequestView;
@@ -63,6 +64,30 @@ impl RequestView for QueryView<'_> {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_bytes())
     }
+    fn query(&self) -> Option<&str> {
+        self.0.query.as_deref()
+    }
+    fn source(&self) -> Option<std::net::IpAddr> {
+        self.0.source
+    }
+}
+
+/// A route's conditions beyond host, path, methods and exact headers, one line each.
+fn route_conditions(matcher: &meshgate_policy::compiled::RouteMatcher) -> Vec<String> {
+    let mut conditions: Vec<String> = matcher
+        .headers
+        .iter()
+        .filter(|(_, test)| !matches!(test, HeaderTest::Exact(_)))
+        .map(|(name, test)| format!("header {name} {}", test.describe()))
+        .collect();
+    for (name, value) in &matcher.query {
+        conditions.push(format!("query {name} = {value:?}"));
+    }
+    if !matcher.source.is_empty() {
+        let blocks: Vec<String> = matcher.source.iter().map(|b| b.to_string()).collect();
+        conditions.push(format!("source {}", blocks.join(", ")));
+    }
+    conditions
 }
 
 fn listener_infos(snapshot: &crate::snapshot::Snapshot) -> Vec<ListenerInfo> {
@@ -229,7 +254,17 @@ impl AdminBackend for GatewayAdmin {
                     PathMatch::Regex(regex) => format!("regex {}", regex.as_str()),
                 }),
                 methods: route.matcher.methods.clone(),
-                headers: route.matcher.headers.clone(),
+                headers: route
+                    .matcher
+                    .headers
+                    .iter()
+                    .filter_map(|(name, test)| match test {
+                        HeaderTest::Exact(value) => Some((name.clone(), value.clone())),
+                        _ => None,
+                    })
+                    .collect(),
+                conditions: route_conditions(&route.matcher),
+                rewrite: route.rewrite.as_ref().map(|r| r.describe()),
                 split: route
                     .splits
                     .iter()
@@ -272,6 +307,10 @@ impl AdminBackend for GatewayAdmin {
         };
         let normalized_query = ExplainQuery {
             path: path.clone(),
+            query: query
+                .query
+                .clone()
+                .or_else(|| query.path.split_once('?').map(|(_, q)| q.to_owned())),
             ..query.clone()
         };
         let verdicts = if refused.is_some() {

@@ -206,6 +206,10 @@ pub struct Listener {
     pub default_authz: DefaultAuthz,
     /// Most client connections served at once.
     pub max_connections: u32,
+    /// Whether a client's well-formed `x-request-id` is kept.
+    pub trust_request_id: bool,
+    /// Response compression for routes without their own.
+    pub compress: Option<crate::compress::Compress>,
 }
 
 /// A certificate chain and its key, as files.
@@ -494,6 +498,12 @@ pub struct Route {
     pub allow: Option<Vec<IdentityPattern>>,
     /// Largest request body in bytes; `None` for no limit.
     pub max_request_body: Option<u64>,
+    /// The path and `Host` the upstream sees.
+    pub rewrite: Option<crate::rewrite::Rewrite>,
+    /// CORS rules.
+    pub cors: Option<crate::cors::Cors>,
+    /// Response compression (overrides the listener's).
+    pub compress: Option<crate::compress::Compress>,
 }
 
 /// One weighted target of a route.
@@ -535,8 +545,15 @@ pub struct RouteMatcher {
     pub path: Option<PathMatch>,
     /// Allowed methods (upper-case); empty means any.
     pub methods: Vec<String>,
-    /// Required headers: lower-case name and exact value.
-    pub headers: Vec<(String, String)>,
+    /// Header conditions by lower-case name.
+    pub headers: Vec<(String, crate::matching::HeaderTest)>,
+    /// Required query parameters and their exact decoded values.
+    pub query: Vec<(String, String)>,
+    /// Client address blocks; any address when empty.
+    pub source: Vec<IpNet>,
+    /// Whether a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) is matched
+    /// as the request it announces (routes with `cors`).
+    pub preflight_as_announced: bool,
 }
 
 /// What the matcher needs to know about a request.
@@ -549,6 +566,10 @@ pub trait RequestView {
     fn path(&self) -> &str;
     /// A header's value by lower-case name.
     fn header(&self, name: &str) -> Option<&[u8]>;
+    /// The query string, without the `?`.
+    fn query(&self) -> Option<&str>;
+    /// The client's address, after `trusted_proxies`.
+    fn source(&self) -> Option<std::net::IpAddr>;
 }
 
 /// Why a route did not match a request.
@@ -562,8 +583,12 @@ pub enum Mismatch {
     Host,
     /// The path differs.
     Path,
-    /// A required header is missing or differs; the header's name.
+    /// A header condition failed; the header's name.
     Header(String),
+    /// A required query parameter is missing or differs; its name.
+    Query(String),
+    /// The client's address is outside the route's `source` blocks.
+    Source,
 }
 
 impl fmt::Display for Mismatch {
@@ -573,7 +598,9 @@ impl fmt::Display for Mismatch {
             Mismatch::Method => f.write_str("method not allowed by the route"),
             Mismatch::Host => f.write_str("host does not match"),
             Mismatch::Path => f.write_str("path does not match"),
-            Mismatch::Header(name) => write!(f, "header {name:?} missing or different"),
+            Mismatch::Header(name) => write!(f, "header {name:?} fails its condition"),
+            Mismatch::Query(name) => write!(f, "query parameter {name:?} missing or different"),
+            Mismatch::Source => f.write_str("client address outside the route's source"),
         }
     }
 }
@@ -592,8 +619,16 @@ pub fn host_without_port(host: &str) -> &str {
 impl RouteMatcher {
     /// Checks a request against the conditions, cheapest first.
     pub fn check(&self, request: &impl RequestView) -> Result<(), Mismatch> {
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == request.method()) {
-            return Err(Mismatch::Method);
+        if !self.methods.is_empty() {
+            let mut method = request.method();
+            if self.preflight_as_announced && method == "OPTIONS" {
+                if let Some(announced) = request.header("access-control-request-method") {
+                    method = std::str::from_utf8(announced).unwrap_or(method);
+                }
+            }
+            if !self.methods.iter().any(|m| m == method) {
+                return Err(Mismatch::Method);
+            }
         }
         if let Some(host_match) = &self.host {
             let host = request.host().map(host_without_port).unwrap_or("");
@@ -620,9 +655,25 @@ impl RouteMatcher {
                 return Err(Mismatch::Path);
             }
         }
-        for (name, value) in &self.headers {
-            if request.header(name) != Some(value.as_bytes()) {
+        for (name, test) in &self.headers {
+            if !test.passes(request.header(name)) {
                 return Err(Mismatch::Header(name.clone()));
+            }
+        }
+        for (name, value) in &self.query {
+            let found = request
+                .query()
+                .and_then(|query| crate::matching::query_value(query, name));
+            if found.as_deref() != Some(value.as_str()) {
+                return Err(Mismatch::Query(name.clone()));
+            }
+        }
+        if !self.source.is_empty() {
+            let inside = request
+                .source()
+                .is_some_and(|ip| self.source.iter().any(|block| block.contains(&ip)));
+            if !inside {
+                return Err(Mismatch::Source);
             }
         }
         Ok(())

@@ -5,6 +5,8 @@
 //! list of [`PolicyError`]s, each with its line, column and key path.
 
 pub mod compiled;
+pub mod compress;
+pub mod cors;
 pub mod direct;
 pub mod discovery;
 pub mod duration;
@@ -12,8 +14,10 @@ mod error;
 pub mod files;
 pub mod fleet;
 mod load;
+pub mod matching;
 pub mod path;
 pub mod pem;
+pub mod rewrite;
 pub mod schema;
 pub mod size;
 

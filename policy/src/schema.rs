@@ -136,6 +136,11 @@ pub struct ListenerSpec {
     pub tls: Option<ListenerTlsSection>,
     /// Most client connections served at once (default 10000); more wait to be served.
     pub max_connections: Option<u32>,
+    /// Keep a well-formed `x-request-id` from the client (default false: the gateway makes
+    /// a new one for every request).
+    pub trust_request_id: Option<bool>,
+    /// Response compression for every route on this listener without its own `compress`.
+    pub compress: Option<crate::compress::CompressSection>,
 }
 
 /// `[listeners.tls]`.
@@ -429,6 +434,12 @@ pub struct RouteSection {
     pub allow: Option<Vec<String>>,
     /// Largest request body accepted (default: no limit); larger ones get `413`.
     pub max_request_body: Option<ByteSize>,
+    /// The path and `Host` the upstream sees.
+    pub rewrite: Option<crate::rewrite::RewriteSection>,
+    /// CORS: preflights answered by the gateway, headers added for allowed origins.
+    pub cors: Option<crate::cors::CorsSection>,
+    /// Response compression (overrides the listener's).
+    pub compress: Option<crate::compress::CompressSection>,
 }
 
 /// `[routes.rate_limit]`.
@@ -608,9 +619,15 @@ pub struct MatchSection {
     pub path_regex: Option<String>,
     /// Allowed methods; any method when absent.
     pub methods: Option<Vec<String>>,
-    /// Headers that must be present with exactly this value.
+    /// Header conditions: a plain string is the exact value; a table has one of `exact`,
+    /// `prefix`, `regex` and `present`.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, crate::matching::HeaderConditionSection>,
+    /// Query parameters that must be present with exactly this (decoded) value.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Client addresses (after `trusted_proxies`) as CIDR blocks or single addresses.
+    pub source: Option<Vec<String>>,
 }
 
 /// One `[[routes.split]]` entry.

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | strip identity headers, normalize the path | `400 bad-path` |
 //! | match a route | `404 no-route` |
+//! | answer a CORS preflight (`cors`) | `204` |
 //! | check the declared body size | `413 body-too-large` |
 //! | authorize the caller | `403 forbidden` |
 //! | rate limit | `429 rate-limited`, `503 rate-limit-unavailable` |
@@ -24,10 +25,10 @@ use crate::limit::{self, KeySource, LimitOutcome, RateLimiter};
 use crate::snapshot::Snapshot;
 use crate::upstream::Overflow;
 
-use super::answer::{overflow_header, respond};
+use super::answer::{overflow_header, respond, Answered};
 use super::context::RequestCtx;
 use super::request::{request_host, HeaderView};
-use super::{client_ip, hygiene, split, MeshProxy, Reason};
+use super::{client_ip, cors, hygiene, split, MeshProxy, Reason};
 
 /// Headers that carry a caller's identity: only the gateway may set them, so any incoming
 /// copy is removed before routing.
@@ -65,17 +66,26 @@ impl Answer {
     pub(super) async fn send(self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         ctx.reason = Some(self.reason);
         // A route's own answers are meant: they carry no `x-meshgate-reason`.
-        let shown =
-            (!matches!(self.reason, Reason::Redirect | Reason::Respond)).then_some(self.reason);
-        respond(
-            session,
-            self.status,
-            shown,
-            &self.headers,
-            self.body,
-            self.close,
-        )
-        .await?;
+        let shown = (!self.reason.is_routes_own()).then_some(self.reason);
+        let mut headers = self.headers;
+        if self.reason != Reason::CorsPreflight {
+            // A browser reads a refusal (429, 403…) only with the CORS headers.
+            let cors = ctx
+                .snapshot
+                .as_ref()
+                .zip(ctx.route)
+                .and_then(|(snapshot, route)| snapshot.policy.routes[route].cors.as_ref());
+            if let Some(cors) = cors {
+                headers.extend(cors::response_headers(cors, session.req_header()));
+            }
+        }
+        let answered = Answered {
+            status: self.status,
+            reason: shown,
+            request_id: ctx.request_id.as_ref(),
+            closing: self.close,
+        };
+        respond(session, &answered, &headers, self.body).await?;
         if self.close {
             session.set_keepalive(None);
         }
@@ -114,18 +124,37 @@ impl MeshProxy {
         self.head_limits
             .normalize(header)
             .map_err(|_| Answer::of(Reason::BadPath))?;
+        // The client's address (after `trusted_proxies`) is a match condition (`source`).
+        let peer = client_ip(session).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let client =
+            limit::client_address(peer, session.req_header(), &snapshot.policy.trusted_proxies);
+        ctx.client_ip = Some(client);
         let route_index = ctx
             .listener
             .and_then(|listener| {
-                snapshot
-                    .policy
-                    .match_route(listener, &HeaderView(session.req_header()))
+                let view = HeaderView(session.req_header(), Some(client));
+                snapshot.policy.match_route(listener, &view)
             })
             .ok_or_else(|| Answer::of(Reason::NoRoute))?;
         // From here the request counts as in flight on its route until `logging`.
         ctx.route = Some(route_index);
         snapshot.routes[route_index].in_flight.inc();
         let route = &snapshot.policy.routes[route_index];
+        if let Some(cors) = &route.cors {
+            // Before authorization and limits: a browser sends a preflight without credentials.
+            if cors::is_preflight(session.req_header()) {
+                let (headers, allowed) = cors::preflight_answer(cors, session.req_header());
+                self.telemetry
+                    .metrics
+                    .cors_preflights
+                    .with_label_values(&[
+                        route.name.as_str(),
+                        if allowed { "allowed" } else { "refused" },
+                    ])
+                    .inc();
+                return Err(Answer::of(Reason::CorsPreflight).with_headers(headers));
+            }
+        }
         check_declared_body(route, session)?;
         ctx.deadline = route.timeout.map(|t| ctx.started + t);
         if route.retry.is_some() {
@@ -141,10 +170,6 @@ impl MeshProxy {
                 .inc();
             return Err(Answer::of(Reason::Forbidden));
         }
-        let peer = client_ip(session).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        let client =
-            limit::client_address(peer, session.req_header(), &snapshot.policy.trusted_proxies);
-        ctx.client_ip = Some(client);
         if let Some(limiter) = &snapshot.routes[route_index].rate_limiter {
             rate_limit(limiter, snapshot, session, ctx).await?;
         }

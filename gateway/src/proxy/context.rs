@@ -65,6 +65,12 @@ pub struct RequestCtx {
     pub(super) span: Option<RequestSpan>,
     /// Request body bytes seen so far, counted against the route's `max_request_body`.
     pub(super) body_bytes: u64,
+    /// The path and query sent upstream, when the route's `rewrite` changed them.
+    pub(super) upstream_path: Option<String>,
+    /// Compresses the response body, when `compress` applies to it.
+    pub(super) compressor: Option<super::compress::Compressor>,
+    /// The request's `x-request-id`, set in `early_request_filter`.
+    pub(super) request_id: Option<http::HeaderValue>,
     /// Counts the request as being served, so that a drain waits for it.
     pub(super) _in_flight: RequestInFlight,
 }
@@ -101,6 +107,9 @@ impl RequestCtx {
             upstream_time: None,
             span: None,
             body_bytes: 0,
+            request_id: None,
+            compressor: None,
+            upstream_path: None,
             _in_flight: in_flight,
         }
     }

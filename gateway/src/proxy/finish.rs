@@ -93,6 +93,7 @@ impl MeshProxy {
         let header = session.req_header();
         let host = request_host(header);
         let client = ctx.client_ip.or_else(|| client_ip(session));
+        let request_id = ctx.request_id.as_ref().and_then(|id| id.to_str().ok());
         let span = ctx.span.take();
         let trace_id = span.as_ref().map(RequestSpan::trace_id);
         if let Some(span) = span {
@@ -108,6 +109,7 @@ impl MeshProxy {
                     retries: ctx.retries,
                     client,
                     identity: ctx.identity(),
+                    request_id,
                 },
             );
         }
@@ -140,6 +142,8 @@ impl MeshProxy {
                 retries: ctx.retries,
                 client: client.map(Shown),
                 identity: ctx.identity(),
+                request_id,
+                upstream_path: ctx.upstream_path.as_deref(),
                 trace_id: trace_id.or_else(|| crate::telemetry::trace::caller_trace_id(header)),
                 rate_limit: (ctx.rate_limit != "-").then_some(ctx.rate_limit),
             };

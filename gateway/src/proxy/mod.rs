@@ -21,13 +21,16 @@
 
 mod admission;
 mod answer;
+mod compress;
 pub mod connection;
 mod context;
+mod cors;
 mod finish;
 pub mod guarded;
 mod hygiene;
 mod reason;
 mod request;
+pub mod request_id;
 mod retry;
 pub(crate) mod split;
 
@@ -48,7 +51,9 @@ use crate::reload::PolicyStore;
 use crate::telemetry::Telemetry;
 use crate::tls::PeerTls;
 use crate::upstream::{breaker_give_back, EndpointState};
-use answer::{overflow_header, reason_for_error, refuse_overflow, respond_with_reason};
+use answer::{
+    overflow_header, reason_for_error, refuse_overflow, respond_with_reason, respond_without_reason,
+};
 use connection::HeadTimedStream;
 use context::RequestCtx;
 use hygiene::HeadLimits;
@@ -147,6 +152,13 @@ impl ProxyHttp for MeshProxy {
             .server_addr()
             .and_then(|a| a.as_inet())
             .and_then(|local| snapshot.listener_for(*local));
+        let trusts_request_id = ctx
+            .listener
+            .is_some_and(|l| snapshot.policy.listeners[l].trust_request_id);
+        ctx.request_id = Some(request_id::request_id(
+            session.req_header(),
+            trusts_request_id,
+        ));
         ctx.snapshot = Some(snapshot);
         if let Some(tracing) = self.telemetry.tracing().as_ref() {
             ctx.span = Some(tracing.start_span(session.req_header()));
@@ -341,6 +353,9 @@ impl ProxyHttp for MeshProxy {
                 upstream_request.insert_header("host", host.as_str())?;
             }
         }
+        if let Some(id) = &ctx.request_id {
+            upstream_request.insert_header(request_id::REQUEST_ID_HEADER, id.clone())?;
+        }
         if let Some(span) = &ctx.span {
             span.inject(upstream_request);
         }
@@ -348,6 +363,9 @@ impl ProxyHttp for MeshProxy {
             snapshot.routes[route]
                 .request_headers
                 .apply(upstream_request)?;
+            if let Some(rewrite) = &snapshot.policy.routes[route].rewrite {
+                ctx.upstream_path = request::apply_rewrite(rewrite, upstream_request)?;
+            }
         }
         Ok(())
     }
@@ -437,6 +455,32 @@ impl ProxyHttp for MeshProxy {
             snapshot.routes[route]
                 .response_headers
                 .apply(upstream_response)?;
+            let spec = &snapshot.policy.routes[route];
+            if let Some(cors) = &spec.cors {
+                for (name, value) in cors::response_headers(cors, session.req_header()) {
+                    if name == http::header::VARY {
+                        upstream_response.append_header(name, value)?;
+                    } else {
+                        upstream_response.insert_header(name, value)?;
+                    }
+                }
+            }
+            let listener_compress = ctx
+                .listener
+                .and_then(|l| snapshot.policy.listeners[l].compress.as_ref());
+            if let Some(settings) = spec.compress.as_ref().or(listener_compress) {
+                ctx.compressor = compress::start(settings, session, upstream_response)?;
+                if let Some(encoder) = &ctx.compressor {
+                    self.telemetry
+                        .metrics
+                        .compressed_responses
+                        .with_label_values(&[spec.name.as_str(), encoder.coding.token()])
+                        .inc();
+                }
+            }
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream_response.insert_header(request_id::REQUEST_ID_HEADER, id.clone())?;
         }
         if let Some((limiter, decision)) = &ctx.rate_limit_headers {
             upstream_response
@@ -444,6 +488,19 @@ impl ProxyHttp for MeshProxy {
             upstream_response.insert_header(limit::RATELIMIT, limiter.state_header(decision))?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(encoder) = &mut ctx.compressor {
+            encoder.encode(body, end_of_stream)?;
+        }
+        Ok(None)
     }
 
     fn error_while_proxy(
@@ -550,9 +607,10 @@ impl ProxyHttp for MeshProxy {
             let written = match reason {
                 Some(reason) => {
                     let extra = ctx.overflow.map(overflow_header).unwrap_or_default();
-                    respond_with_reason(session, status, reason, &extra, true).await
+                    let id = ctx.request_id.as_ref();
+                    respond_with_reason(session, status, reason, &extra, id, true).await
                 }
-                None => session.respond_error(status).await,
+                None => respond_without_reason(session, status, ctx.request_id.as_ref()).await,
             };
             if let Err(e) = written {
                 tracing::debug!("could not send the error response: {e}");

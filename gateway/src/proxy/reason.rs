@@ -43,9 +43,20 @@ pub enum Reason {
     Redirect,
     /// The route answers itself (`respond`); not sent in `x-meshgate-reason`.
     Respond,
+    /// The gateway answered a CORS preflight (`cors`); not sent in `x-meshgate-reason`.
+    CorsPreflight,
 }
 
 impl Reason {
+    /// Whether the answer is the route's own (`redirect`, `respond`, a CORS preflight): it
+    /// carries no `x-meshgate-reason` and no reason body.
+    pub fn is_routes_own(self) -> bool {
+        matches!(
+            self,
+            Reason::Redirect | Reason::Respond | Reason::CorsPreflight
+        )
+    }
+
     /// The token, as documented.
     pub fn token(self) -> &'static str {
         match self {
@@ -66,6 +77,7 @@ impl Reason {
             Reason::ClientTimeout => "client-timeout",
             Reason::Redirect => "redirect",
             Reason::Respond => "respond",
+            Reason::CorsPreflight => "cors-preflight",
         }
     }
 
@@ -88,6 +100,7 @@ impl Reason {
             // The route's own status replaces these.
             Reason::Redirect => 301,
             Reason::Respond => 200,
+            Reason::CorsPreflight => 204,
         }
     }
 }

@@ -4,11 +4,12 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use meshgate_policy::compiled::RequestKey;
+use meshgate_policy::rewrite::Rewrite;
 use meshgate_policy::RequestView;
 use pingora::http::RequestHeader;
 
-/// A request header seen through the policy's [`RequestView`].
-pub struct HeaderView<'a>(pub &'a RequestHeader);
+/// A request header and its client's address seen through the policy's [`RequestView`].
+pub struct HeaderView<'a>(pub &'a RequestHeader, pub Option<IpAddr>);
 
 impl RequestView for HeaderView<'_> {
     fn method(&self) -> &str {
@@ -25,6 +26,14 @@ impl RequestView for HeaderView<'_> {
 
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.0.headers.get(name).map(|v| v.as_bytes())
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.0.uri.query()
+    }
+
+    fn source(&self) -> Option<IpAddr> {
+        self.1
     }
 }
 
@@ -52,6 +61,43 @@ pub fn key_hash(key: &RequestKey, header: &RequestHeader, client_ip: Option<IpAd
             .hash(&mut hasher),
     }
     hasher.finish()
+}
+
+/// Applies a route's `rewrite` to the request sent upstream; returns the new path and query
+/// when the path changed (for the access log).
+pub fn apply_rewrite(
+    rewrite: &Rewrite,
+    upstream_request: &mut RequestHeader,
+) -> pingora::Result<Option<String>> {
+    if let Some(host) = &rewrite.host {
+        upstream_request.insert_header(http::header::HOST, host.as_str())?;
+    }
+    let Some(path) = rewrite.rewrite_path(upstream_request.uri.path()) else {
+        return Ok(None);
+    };
+    let target = match upstream_request.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    // The policy's parts are validated and the rest comes from a parsed path, so this parses;
+    // if it ever did not, the request goes on with its path unchanged.
+    let mut parts = upstream_request.uri.clone().into_parts();
+    let rebuilt = http::uri::PathAndQuery::try_from(target.as_str())
+        .map_err(|e| e.to_string())
+        .and_then(|path_and_query| {
+            parts.path_and_query = Some(path_and_query);
+            http::Uri::from_parts(parts).map_err(|e| e.to_string())
+        });
+    match rebuilt {
+        Ok(uri) => {
+            upstream_request.set_uri(uri);
+            Ok(Some(target))
+        }
+        Err(e) => {
+            tracing::debug!("rewritten path {target:?} is not a valid URI: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// The `X-Forwarded-For` value sent upstream: the client's value, if any, with `client`

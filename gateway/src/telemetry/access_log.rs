@@ -205,6 +205,8 @@ pub struct AccessRecord<'a> {
     pub retries: u32,
     pub client: Option<Shown<std::net::IpAddr>>,
     pub identity: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub upstream_path: Option<&'a str>,
     pub trace_id: Option<String>,
     pub rate_limit: Option<&'static str>,
 }

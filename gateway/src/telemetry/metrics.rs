@@ -65,6 +65,11 @@ pub struct Metrics {
     /// `meshgate_split_fallbacks_total{route,upstream}`: requests whose split side
     /// (`upstream`) had no eligible endpoint and that went to another side.
     pub split_fallbacks: IntCounterVec,
+    /// `meshgate_cors_preflights_total{route,result}`: CORS preflights the gateway answered,
+    /// `allowed` or `refused` (origin or method not allowed).
+    pub cors_preflights: IntCounterVec,
+    /// `meshgate_compressed_responses_total{route,encoding}`: responses compressed.
+    pub compressed_responses: IntCounterVec,
     /// `meshgate_fleet_connected`: 1 while a fleet node is connected to etcd.
     pub fleet_connected: prometheus::IntGauge,
     /// `meshgate_restart_required{section}`: 1 while a change of `section` waits for a
@@ -280,6 +285,16 @@ impl Metrics {
             "Requests whose split side had no eligible endpoint, sent to another side of the route.",
             &["route", "upstream"],
         );
+        let cors_preflights = counter(
+            "meshgate_cors_preflights_total",
+            "CORS preflights answered by the gateway: allowed, or refused (origin or method not allowed).",
+            &["route", "result"],
+        );
+        let compressed_responses = counter(
+            "meshgate_compressed_responses_total",
+            "Responses compressed by the gateway, by content coding.",
+            &["route", "encoding"],
+        );
         let fleet_connected = prometheus::IntGauge::new(
             "meshgate_fleet_connected",
             "1 while this fleet node is connected to etcd; 0 while it serves the policy applied last without it.",
@@ -324,6 +339,8 @@ impl Metrics {
             Box::new(discovery_errors.clone()),
             Box::new(failovers.clone()),
             Box::new(split_fallbacks.clone()),
+            Box::new(cors_preflights.clone()),
+            Box::new(compressed_responses.clone()),
             Box::new(fleet_connected.clone()),
             Box::new(build_info),
         ] {
@@ -358,6 +375,8 @@ impl Metrics {
             discovery_errors,
             failovers,
             split_fallbacks,
+            cors_preflights,
+            compressed_responses,
             fleet_connected,
             restart_required,
             listener_connections,

@@ -137,6 +137,8 @@ pub struct SpanEnd<'a> {
     pub client: Option<std::net::IpAddr>,
     /// The caller's certificate identity.
     pub identity: Option<&'a str>,
+    /// The request's `x-request-id`.
+    pub request_id: Option<&'a str>,
 }
 
 /// The gateway's span of one request.
@@ -209,6 +211,7 @@ impl RequestSpan {
         text("meshgate.reason", end.reason.map(str::to_owned));
         text("client.address", end.client.map(|ip| ip.to_string()));
         text("meshgate.identity", end.identity.map(str::to_owned));
+        text("meshgate.request_id", end.request_id.map(str::to_owned));
         self.span.set_attributes(attributes);
         if end.status >= 500 {
             self.span.set_status(Status::error(

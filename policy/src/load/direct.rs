@@ -49,11 +49,7 @@ pub(super) fn compile_direct(
             }
         }
         if let Some(host) = &redirect.host {
-            let valid = !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
-            if !valid {
+            if !is_host_text(host) {
                 sink.at(
                     &at.key("host"),
                     format!(

@@ -58,6 +58,11 @@ impl Compiler<'_, '_> {
                         &path.key("max_connections"),
                         sink,
                     ),
+                    trust_request_id: spec.trust_request_id.unwrap_or(false),
+                    compress: spec
+                        .compress
+                        .as_ref()
+                        .and_then(|c| compile_compress(c, &path.key("compress"), sink)),
                 })
             })
             .collect()

@@ -18,11 +18,14 @@ use crate::error::{ErrorSink, KeyPath, LineIndex, PathSegment, PolicyError};
 use crate::schema::*;
 
 mod checks;
+mod compress;
+mod cors;
 mod direct;
 mod discovery;
 mod fleet;
 mod listeners;
 mod rate_limit;
+mod rewrite;
 mod routes;
 mod server;
 mod telemetry;
@@ -30,10 +33,13 @@ mod tls;
 mod upstreams;
 
 use checks::*;
+use compress::*;
+use cors::*;
 use direct::*;
 use discovery::*;
 pub use fleet::{check_fleet_document_text as check_fleet_document, load_with_fleet, FleetError};
 use rate_limit::*;
+use rewrite::*;
 use routes::*;
 pub use server::check_admin_token;
 use server::*;

@@ -122,6 +122,17 @@ impl Compiler<'_, '_> {
                     .allow
                     .as_ref()
                     .map(|entries| compile_allow(entries, &path.key("allow"), sink));
+                let rewrite = spec.rewrite.as_ref().and_then(|r| {
+                    compile_rewrite(r, spec.matcher.path_prefix.as_deref(), &path.key("rewrite"), sink)
+                });
+                let cors = spec
+                    .cors
+                    .as_ref()
+                    .and_then(|c| compile_cors(c, &path.key("cors"), sink));
+                let compress = spec
+                    .compress
+                    .as_ref()
+                    .and_then(|c| compile_compress(c, &path.key("compress"), sink));
                 let rate_limit = spec.rate_limit.as_ref().map(|r| {
                     compile_rate_limit(r, store_declared, &path.key("rate_limit"), sink)
                 });
@@ -133,7 +144,10 @@ impl Compiler<'_, '_> {
                 Some(Route {
                     name: spec.name.clone(),
                     listeners: route_listeners,
-                    matcher: matcher?,
+                    matcher: RouteMatcher {
+                        preflight_as_announced: spec.cors.is_some(),
+                        ..matcher?
+                    },
                     split_schedule: smooth_weighted_schedule(&weights),
                     splits,
                     split_key,
@@ -146,6 +160,9 @@ impl Compiler<'_, '_> {
                     rate_limit,
                     allow,
                     max_request_body: spec.max_request_body.map(|size| size.bytes()),
+                    rewrite,
+                    cors,
+                    compress,
                 })
             })
             .collect()
@@ -268,22 +285,7 @@ pub(super) fn compile_matcher(
         }
         Some(PathMatch::Exact(exact.clone()))
     } else if let Some(pattern) = &spec.path_regex {
-        match regex::Regex::new(&format!("^(?:{pattern})$")) {
-            Ok(regex) => Some(PathMatch::Regex(regex)),
-            Err(e) => {
-                let detail = e.to_string();
-                let detail = detail
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim_start_matches("error: ");
-                sink.at(
-                    &path.key("path_regex"),
-                    format!("invalid regular expression {pattern:?}: {detail}"),
-                );
-                None
-            }
-        }
+        compile_regex(pattern, true, &path.key("path_regex"), sink).map(PathMatch::Regex)
     } else {
         None
     };
@@ -309,15 +311,37 @@ pub(super) fn compile_matcher(
     }
 
     let mut headers = Vec::new();
-    for (name, value) in &spec.headers {
+    for (name, condition) in &spec.headers {
+        let at = path.key("headers").key(name);
         if !is_header_name(name) {
-            sink.at(
-                &path.key("headers").key(name),
-                format!("{name:?} is not a valid header name"),
-            );
+            sink.at(&at, format!("{name:?} is not a valid header name"));
         }
-        headers.push((name.to_ascii_lowercase(), value.clone()));
+        if let Some(test) = compile_header_test(condition, &at, sink) {
+            headers.push((name.to_ascii_lowercase(), test));
+        }
     }
+    let query = spec
+        .query
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    if spec.query.keys().any(|name| name.is_empty()) {
+        sink.at(
+            &path.key("query"),
+            "a query parameter's name must not be empty",
+        );
+    }
+    let source = match &spec.source {
+        Some(entries) if entries.is_empty() => {
+            sink.at(
+                &path.key("source"),
+                "source must not be empty; leave it out to allow every client",
+            );
+            Vec::new()
+        }
+        Some(entries) => compile_address_blocks(entries, &path.key("source"), sink),
+        None => Vec::new(),
+    };
 
     if sink.errors.len() != errors_before {
         return None;
@@ -327,7 +351,42 @@ pub(super) fn compile_matcher(
         path: path_match,
         methods,
         headers,
+        query,
+        source,
+        preflight_as_announced: false,
     })
+}
+
+/// One `match.headers` entry: exactly one of `exact`, `prefix`, `regex` and `present`.
+fn compile_header_test(
+    condition: &crate::matching::HeaderConditionSection,
+    at: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Option<crate::matching::HeaderTest> {
+    use crate::matching::HeaderTest;
+    let given = [
+        condition.exact.is_some(),
+        condition.prefix.is_some(),
+        condition.regex.is_some(),
+        condition.present.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        sink.at(
+            at,
+            "a header condition is a string or a table with exactly one of exact, prefix, regex and present",
+        );
+        return None;
+    }
+    if let Some(value) = &condition.exact {
+        return Some(HeaderTest::Exact(value.clone()));
+    }
+    if let Some(prefix) = &condition.prefix {
+        return Some(HeaderTest::Prefix(prefix.clone()));
+    }
+    if let Some(pattern) = &condition.regex {
+        return compile_regex(pattern, true, &at.key("regex"), sink).map(HeaderTest::Regex);
+    }
+    condition.present.map(HeaderTest::Present)
 }
 
 pub(super) fn compile_retry(

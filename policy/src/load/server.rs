@@ -151,6 +151,15 @@ pub(super) fn compile_trusted_proxies(
     sink: &mut ErrorSink<'_>,
 ) -> Vec<ipnet::IpNet> {
     let path = KeyPath::root().key("server").key("trusted_proxies");
+    compile_address_blocks(entries, &path, sink)
+}
+
+/// Addresses and CIDR blocks (`10.0.0.0/8`, `192.0.2.7`, `::1/128`).
+pub(super) fn compile_address_blocks(
+    entries: &[String],
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Vec<ipnet::IpNet> {
     entries
         .iter()
         .enumerate()
