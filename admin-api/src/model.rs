@@ -309,6 +309,15 @@ pub struct RouteInfo {
     /// The path and `Host` the upstream sees, when the route rewrites them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<String>,
+    /// The route's CORS rules, when it has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<String>,
+    /// The route's own compression settings, when it has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<String>,
+    /// The route's mirrors: `upstream percent% max_in_flight N`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror: Vec<String>,
     /// Weighted upstreams.
     pub split: Vec<SplitInfo>,
     /// Sticky split key.

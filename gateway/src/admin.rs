@@ -265,6 +265,18 @@ impl AdminBackend for GatewayAdmin {
                     .collect(),
                 conditions: route_conditions(&route.matcher),
                 rewrite: route.rewrite.as_ref().map(|r| r.describe()),
+                cors: route.cors.as_ref().map(|c| c.describe()),
+                compress: route.compress.as_ref().map(|c| c.describe()),
+                mirror: route
+                    .mirrors
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} {}% max_in_flight {}",
+                            policy.upstreams[m.upstream].name, m.percent, m.max_in_flight
+                        )
+                    })
+                    .collect(),
                 split: route
                     .splits
                     .iter()

@@ -202,6 +202,8 @@ pub struct RouteState {
     pub gateway_traffic: TrafficMetrics,
     /// `meshgate_requests_in_flight` of this route.
     pub in_flight: prometheus::IntGauge,
+    /// The state of each `mirror` entry.
+    pub mirrors: Vec<crate::proxy::mirror::MirrorState>,
 }
 
 impl RouteState {
@@ -368,6 +370,18 @@ impl Snapshot {
                     .collect(),
                 gateway_traffic: TrafficMetrics::new(metrics, &route.name, ""),
                 in_flight: metrics.requests_in_flight.with_label_values(&[&route.name]),
+                mirrors: route
+                    .mirrors
+                    .iter()
+                    .map(|mirror| {
+                        let upstream = &policy.upstreams[mirror.upstream].name;
+                        crate::proxy::mirror::MirrorState::new(
+                            metrics
+                                .mirror_dropped
+                                .with_label_values(&[route.name.as_str(), upstream.as_str()]),
+                        )
+                    })
+                    .collect(),
                 rate_limiter: route.rate_limit.as_ref().map(|spec| {
                     previous
                         .and_then(|old| {

@@ -504,6 +504,8 @@ pub struct Route {
     pub cors: Option<crate::cors::Cors>,
     /// Response compression (overrides the listener's).
     pub compress: Option<crate::compress::Compress>,
+    /// Mirrors.
+    pub mirrors: Vec<crate::mirror::Mirror>,
 }
 
 /// One weighted target of a route.

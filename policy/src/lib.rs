@@ -15,6 +15,7 @@ pub mod files;
 pub mod fleet;
 mod load;
 pub mod matching;
+pub mod mirror;
 pub mod path;
 pub mod pem;
 pub mod rewrite;

@@ -440,6 +440,9 @@ pub struct RouteSection {
     pub cors: Option<crate::cors::CorsSection>,
     /// Response compression (overrides the listener's).
     pub compress: Option<crate::compress::CompressSection>,
+    /// Copies of requests sent to other upstreams, fire and forget.
+    #[serde(default)]
+    pub mirror: Vec<crate::mirror::MirrorSection>,
 }
 
 /// `[routes.rate_limit]`.

@@ -69,6 +69,8 @@ pub struct RequestCtx {
     pub(super) upstream_path: Option<String>,
     /// Compresses the response body, when `compress` applies to it.
     pub(super) compressor: Option<super::compress::Compressor>,
+    /// Copies for the route's mirrors, waiting for the request body.
+    pub(super) mirror_copies: Vec<super::mirror::PendingCopy>,
     /// The request's `x-request-id`, set in `early_request_filter`.
     pub(super) request_id: Option<http::HeaderValue>,
     /// Counts the request as being served, so that a drain waits for it.
@@ -109,6 +111,7 @@ impl RequestCtx {
             body_bytes: 0,
             request_id: None,
             compressor: None,
+            mirror_copies: Vec::new(),
             upstream_path: None,
             _in_flight: in_flight,
         }

@@ -28,6 +28,7 @@ mod cors;
 mod finish;
 pub mod guarded;
 mod hygiene;
+pub mod mirror;
 mod reason;
 mod request;
 pub mod request_id;
@@ -87,6 +88,8 @@ pub struct MeshProxy {
     preserve_header_case: bool,
     /// Whether the process is draining: keepalive clients are then told to go.
     lifecycle: Arc<Lifecycle>,
+    /// Connections of the mirrors' copies, pooled apart from the proxied requests'.
+    mirror_connector: Arc<pingora::connectors::http::Connector>,
 }
 
 impl MeshProxy {
@@ -105,6 +108,7 @@ impl MeshProxy {
             head_limits: HeadLimits::new(&server),
             preserve_header_case: server.preserve_header_case,
             lifecycle,
+            mirror_connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         }
     }
 }
@@ -184,7 +188,10 @@ impl ProxyHttp for MeshProxy {
             session.set_keepalive(None);
         }
         match admitted {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                self.start_mirrors(session, ctx);
+                Ok(false)
+            }
             Err(answer) => {
                 answer.send(session, ctx).await?;
                 Ok(true)
@@ -421,9 +428,19 @@ impl ProxyHttp for MeshProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if !ctx.mirror_copies.is_empty() {
+            if let Some(chunk) = body.as_ref() {
+                ctx.mirror_copies.retain_mut(|copy| copy.add_body(chunk));
+            }
+            if end_of_stream {
+                for copy in std::mem::take(&mut ctx.mirror_copies) {
+                    copy.send(&self.mirror_connector);
+                }
+            }
+        }
         let limit = ctx
             .route
             .and_then(|route| ctx.snapshot.as_ref()?.policy.routes[route].max_request_body);

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub cors_preflights: IntCounterVec,
     /// `meshgate_compressed_responses_total{route,encoding}`: responses compressed.
     pub compressed_responses: IntCounterVec,
+    /// `meshgate_mirror_dropped_total{route,upstream}`: request copies not sent to a mirror
+    /// (too many in flight, or a body larger than the retry buffer).
+    pub mirror_dropped: IntCounterVec,
     /// `meshgate_fleet_connected`: 1 while a fleet node is connected to etcd.
     pub fleet_connected: prometheus::IntGauge,
     /// `meshgate_restart_required{section}`: 1 while a change of `section` waits for a
@@ -295,6 +298,11 @@ impl Metrics {
             "Responses compressed by the gateway, by content coding.",
             &["route", "encoding"],
         );
+        let mirror_dropped = counter(
+            "meshgate_mirror_dropped_total",
+            "Request copies not sent to a mirror: too many in flight, or a body larger than the retry buffer.",
+            &["route", "upstream"],
+        );
         let fleet_connected = prometheus::IntGauge::new(
             "meshgate_fleet_connected",
             "1 while this fleet node is connected to etcd; 0 while it serves the policy applied last without it.",
@@ -341,6 +349,7 @@ impl Metrics {
             Box::new(split_fallbacks.clone()),
             Box::new(cors_preflights.clone()),
             Box::new(compressed_responses.clone()),
+            Box::new(mirror_dropped.clone()),
             Box::new(fleet_connected.clone()),
             Box::new(build_info),
         ] {
@@ -377,6 +386,7 @@ impl Metrics {
             split_fallbacks,
             cors_preflights,
             compressed_responses,
+            mirror_dropped,
             fleet_connected,
             restart_required,
             listener_connections,

@@ -133,6 +133,13 @@ impl Compiler<'_, '_> {
                     .compress
                     .as_ref()
                     .and_then(|c| compile_compress(c, &path.key("compress"), sink));
+                let mirrors = compile_mirrors(
+                    &spec.mirror,
+                    upstreams,
+                    upstream_names,
+                    &path.key("mirror"),
+                    sink,
+                );
                 let rate_limit = spec.rate_limit.as_ref().map(|r| {
                     compile_rate_limit(r, store_declared, &path.key("rate_limit"), sink)
                 });
@@ -163,6 +170,7 @@ impl Compiler<'_, '_> {
                     rewrite,
                     cors,
                     compress,
+                    mirrors,
                 })
             })
             .collect()

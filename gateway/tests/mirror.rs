@@ -1,0 +1,227 @@
+//! End to end: `mirror` sends copies of requests to another upstream, fire and forget. A real
+//! mirror server records what it got; a mirror that accepts and never answers shows the main
+//! request is not slowed, and that copies over `max_in_flight` are dropped and counted.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One request as the mirror server read it: its head (lower-cased) and body.
+type Recorded = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A mirror server that records every request and answers `200` (keepalive).
+async fn start_recorder() -> (std::net::SocketAddr, Recorded) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recorded: Recorded = Arc::default();
+    let store = recorded.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // A whole head, then the body its content-length declares.
+                    let head_end = loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buffer.len() < head_end + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = buffer[head_end..head_end + length].to_vec();
+                    buffer.drain(..head_end + length);
+                    store.lock().unwrap().push((head, body));
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, recorded)
+}
+
+/// A mirror server that accepts connections and never answers.
+async fn start_hanging() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+fn policy(main: std::net::SocketAddr, mirror: std::net::SocketAddr, mirror_keys: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "main"
+endpoints = ["{main}"]
+
+[[upstreams]]
+name = "shadow"
+endpoints = ["{mirror}"]
+
+[[routes]]
+name = "orders"
+split = [{{ upstream = "main" }}]
+timeouts = {{ request = "10s" }}
+{mirror_keys}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_reach_the_mirror_with_their_bodies_and_mark() {
+    let main = start_echo("main").await;
+    let (mirror, recorded) = start_recorder().await;
+    let gateway = Gateway::start(&policy(
+        main,
+        mirror,
+        r#"mirror = [{ upstream = "shadow", percent = 100 }]"#,
+    ));
+    let routes = gateway.admin_json("/routes").await;
+    assert_eq!(
+        routes["routes"][0]["mirror"],
+        serde_json::json!(["shadow 100% max_in_flight 100"])
+    );
+    let client = client();
+    for i in 0..20 {
+        let response = client
+            .get(gateway.url(&format!("/orders/{i}?q=1")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-echo-server"], "main");
+    }
+    for i in 0..5 {
+        let response = client
+            .post(gateway.url("/orders"))
+            .body(format!("order-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while recorded.lock().unwrap().len() < 25 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copies = recorded.lock().unwrap().clone();
+    assert_eq!(copies.len(), 25);
+    for (i, (head, body)) in copies.iter().take(20).enumerate() {
+        assert!(
+            head.starts_with(&format!("get /orders/{i}?q=1 http/1.1\r\n")),
+            "{head}"
+        );
+        assert!(head.contains("\r\nx-meshgate-mirror: 1\r\n"), "{head}");
+        assert!(head.contains("\r\nx-request-id: "), "{head}");
+        assert!(body.is_empty());
+    }
+    let bodies: Vec<&[u8]> = copies[20..].iter().map(|(_, b)| b.as_slice()).collect();
+    for i in 0..5 {
+        assert!(
+            bodies.contains(&format!("order-{i}").as_bytes()),
+            "{bodies:?}"
+        );
+    }
+
+    // A body larger than the retry buffer is not copied: counted as a drop, the request
+    // itself is served.
+    let response = client
+        .post(gateway.url("/orders"))
+        .body(vec![b'x'; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let dropped = gateway
+        .wait_for_metric(
+            "meshgate_mirror_dropped_total{route=\"orders\",upstream=\"shadow\"}",
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(dropped, 1.0);
+    assert_eq!(recorded.lock().unwrap().len(), 25);
+}
+
+/// The p99 of `count` sequential requests, in milliseconds, and whether all were `200`.
+async fn p99_ms(gateway: &Gateway, count: usize) -> (f64, bool) {
+    let client = client();
+    let mut times = Vec::with_capacity(count);
+    let mut all_ok = true;
+    for i in 0..count {
+        let started = Instant::now();
+        let response = client
+            .get(gateway.url(&format!("/p/{i}")))
+            .send()
+            .await
+            .unwrap();
+        all_ok &= response.status() == 200;
+        let _ = response.bytes().await;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    (times[count * 99 / 100 - 1], all_ok)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_mirror_neither_slows_nor_fails_the_main_request() {
+    let main = start_echo("main").await;
+    let hanging = start_hanging().await;
+    let gateway = Gateway::start(&policy(main, hanging, ""));
+    let (baseline, all_ok) = p99_ms(&gateway, 300).await;
+    assert!(all_ok);
+
+    gateway
+        .apply_policy(gateway.policy_with_body(&policy(
+            main,
+            hanging,
+            r#"mirror = [{ upstream = "shadow", percent = 100, max_in_flight = 5 }]"#,
+        )))
+        .await;
+    let (mirrored, all_ok) = p99_ms(&gateway, 300).await;
+    assert!(all_ok);
+    println!(
+        "main route p99: {baseline:.2} ms without a mirror, {mirrored:.2} ms with a hanging mirror"
+    );
+    assert!(
+        mirrored < baseline * 3.0 + 20.0,
+        "p99 {mirrored:.2} ms with the hanging mirror, {baseline:.2} ms without"
+    );
+    // Five copies hang; every other one was dropped and counted.
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "meshgate_mirror_dropped_total{route=\"orders\",upstream=\"shadow\"}"
+        ),
+        295.0,
+        "{metrics}"
+    );
+}
