@@ -521,3 +521,58 @@ split = [{{ upstream = "big" }}]
         "{metrics}"
     );
 }
+
+#[test]
+fn meshgate_check_lists_every_bad_edge_key_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(
+        &file,
+        r#"version = 1
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+compress = { types = ["json"] }
+[[upstreams]]
+name = "u"
+endpoints = ["127.0.0.1:9"]
+[[routes]]
+name = "rewrites"
+split = [{ upstream = "u" }]
+rewrite = { path_prefix = "/v2/", path_regex = "^/(a)$", path = '/\2' }
+[[routes]]
+name = "cors"
+split = [{ upstream = "u" }]
+cors = { allow_origins = ["*"], allow_credentials = true, allow_methods = ["get"] }
+[[routes]]
+name = "mirror"
+split = [{ upstream = "u" }]
+mirror = [{ upstream = "nowhere", percent = 150, max_in_flight = 0 }]
+"#,
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stderr}");
+    assert!(!output.status.success());
+    for expected in [
+        ":5:23: listeners[0].compress.types[0]: \"json\" is not a media type",
+        "routes[0].rewrite.path_regex: only one of path_prefix and path_regex may be given",
+        "routes[0].rewrite.path_prefix: rewrite.path_prefix replaces the part matched by match.path_prefix, which this route does not have",
+        "routes[0].rewrite.path: path refers to group \\2, but path_regex has 1 capture group(s)",
+        "routes[1].cors.allow_credentials: browsers refuse credentials with any origin",
+        "routes[1].cors.allow_methods[0]: \"get\" is not a method",
+        "routes[2].mirror[0].percent: percent must be between 0 and 100",
+        "routes[2].mirror[0].max_in_flight: max_in_flight must be at least 1",
+        "routes[2].mirror[0].upstream: unknown upstream \"nowhere\"",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in {stderr}"
+        );
+    }
+}
