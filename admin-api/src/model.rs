@@ -227,6 +227,9 @@ pub struct Explanation {
     pub listeners: Vec<ListenerInfo>,
     /// The route the request takes, if any.
     pub matched: Option<String>,
+    /// What the matched route checks before proxying (`jwt: …`, `allow: …`), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
     /// Every route in match order with its verdict.
     pub routes: Vec<RouteVerdict>,
     /// Where the matched route would send the request.
@@ -318,6 +321,13 @@ pub struct RouteInfo {
     /// The route's mirrors: `upstream percent% max_in_flight N`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirror: Vec<String>,
+    /// The route's bearer-token check, when it has one: issuer, audiences, where the keys
+    /// come from (and, for a URL, how many were fetched), required or optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<String>,
+    /// Who may use the route (`allow`), when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
     /// Weighted upstreams.
     pub split: Vec<SplitInfo>,
     /// Sticky split key.

@@ -112,6 +112,30 @@ fn describe_key(key: &RequestKey) -> String {
     }
 }
 
+/// What the matched route checks of a request before proxying it, one line each.
+fn admission_checks(route: &meshgate_policy::compiled::Route) -> Vec<String> {
+    let mut checks = Vec::new();
+    if let Some(jwt) = &route.jwt {
+        checks.push(format!("jwt: {}", jwt.describe()));
+    }
+    if let Some(allow) = &route.allow {
+        let entries: Vec<String> = allow.iter().map(describe_identity_pattern).collect();
+        checks.push(format!("allow: {}", entries.join(", ")));
+    }
+    checks
+}
+
+/// An `allow` entry as written.
+fn describe_identity_pattern(pattern: &meshgate_policy::compiled::IdentityPattern) -> String {
+    use meshgate_policy::compiled::IdentityPattern;
+    match pattern {
+        IdentityPattern::Exact(identity) => identity.clone(),
+        IdentityPattern::Prefix(prefix) => format!("{prefix}*"),
+        IdentityPattern::JwtSubject(subject) => format!("jwt:sub:{subject}"),
+        IdentityPattern::JwtClaim { name, value } => format!("jwt:claim:{name}={value}"),
+    }
+}
+
 impl AdminBackend for GatewayAdmin {
     fn policy(&self) -> ActivePolicy {
         let (source, hash, version) = self.store.active();
@@ -236,7 +260,8 @@ impl AdminBackend for GatewayAdmin {
         let routes = policy
             .routes
             .iter()
-            .map(|route| RouteInfo {
+            .enumerate()
+            .map(|(index, route)| RouteInfo {
                 name: route.name.clone(),
                 listeners: route.listeners.as_ref().map(|indexes| {
                     indexes
@@ -277,6 +302,21 @@ impl AdminBackend for GatewayAdmin {
                         )
                     })
                     .collect(),
+                jwt: route.jwt.as_ref().map(|jwt| {
+                    let fetched = snapshot.routes[index]
+                        .jwt
+                        .as_ref()
+                        .and_then(|verifier| verifier.fetched_keys());
+                    match fetched {
+                        Some(Some(count)) => format!("{} ({count} keys fetched)", jwt.describe()),
+                        Some(None) => format!("{} (not fetched yet)", jwt.describe()),
+                        None => jwt.describe(),
+                    }
+                }),
+                allow: route
+                    .allow
+                    .as_ref()
+                    .map(|patterns| patterns.iter().map(describe_identity_pattern).collect()),
                 split: route
                     .splits
                     .iter()
@@ -381,6 +421,9 @@ impl AdminBackend for GatewayAdmin {
             path,
             refused,
             matched: matched.map(|i| policy.routes[i].name.clone()),
+            checks: matched
+                .map(|i| admission_checks(&policy.routes[i]))
+                .unwrap_or_default(),
             routes,
             candidates,
         })

@@ -5,6 +5,7 @@
 //! balancing, [`limit`] the rate limits, [`reload`] the atomic policy swap, [`telemetry`] metrics and the access log.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod discovery;
 pub mod fleet;

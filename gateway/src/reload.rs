@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::auth::JwksRegistry;
 use crate::tls::TlsRegistry;
 use meshgate_admin::{Applied, ApplyError, ErrorItem, Validated};
 use meshgate_policy::compiled::{Listener, StaticParts, STATIC_SECTIONS};
@@ -65,6 +66,8 @@ pub struct PolicyStore {
     telemetry: Arc<Telemetry>,
     /// Certificates and keys of TLS listeners and upstreams.
     pub tls: Arc<TlsRegistry>,
+    /// The keys of every `jwks_url` in use.
+    pub jwks: Arc<JwksRegistry>,
     /// The listeners bound at start, which serve until the process ends.
     running: Vec<Listener>,
     /// What of the start-up policy takes effect only at start: `restart_required` is
@@ -144,7 +147,16 @@ impl PolicyStore {
         let mut compiled = compiled;
         let plan = ListenerPlan::adopt(&mut compiled, &running, &started);
         set_restart_gauges(&telemetry, &plan.restart_required);
-        let snapshot = Snapshot::build(compiled, plan, None, version, &telemetry.metrics, &tls);
+        let jwks = Arc::new(JwksRegistry::new(tls.clone()));
+        let snapshot = Snapshot::build(
+            compiled,
+            plan,
+            None,
+            version,
+            &telemetry.metrics,
+            &tls,
+            &jwks,
+        );
         let discovery = Arc::new(Discovery::new(
             &snapshot.policy.discovery,
             telemetry.metrics.discovery_errors.clone(),
@@ -164,6 +176,7 @@ impl PolicyStore {
             base_dir,
             current: ArcSwap::from_pointee(snapshot),
             tls,
+            jwks,
             state: Mutex::new(StoreState {
                 active: PolicyText { source, hash },
                 fleet,
@@ -382,6 +395,7 @@ impl PolicyStore {
             version,
             &self.telemetry.metrics,
             &self.tls,
+            &self.jwks,
         );
         for listener in &snapshot.policy.listeners {
             if let Some(spec) = &listener.tls {

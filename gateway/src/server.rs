@@ -61,6 +61,7 @@ impl BackgroundService for ControlService {
                 self.store.discovery().clone(),
             ));
         }
+        tokio::spawn(self.store.jwks.clone().run());
         self.telemetry
             .configure(&self.store.snapshot().policy.telemetry);
         let watcher = match watch_policy_file(self.store.clone()) {

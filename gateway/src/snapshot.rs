@@ -204,6 +204,8 @@ pub struct RouteState {
     pub in_flight: prometheus::IntGauge,
     /// The state of each `mirror` entry.
     pub mirrors: Vec<crate::proxy::mirror::MirrorState>,
+    /// The route's bearer-token check.
+    pub jwt: Option<crate::auth::JwtVerifier>,
 }
 
 impl RouteState {
@@ -327,6 +329,7 @@ impl Snapshot {
         version: u64,
         metrics: &Metrics,
         tls: &TlsRegistry,
+        jwks: &crate::auth::JwksRegistry,
     ) -> Snapshot {
         let requests_total = &metrics.requests_total;
         let rate_limit_store = policy.rate_limit_store.as_ref().map(|settings| {
@@ -397,6 +400,10 @@ impl Snapshot {
                             Arc::new(RateLimiter::new(&route.name, spec, key_prefix, metrics))
                         })
                 }),
+                jwt: route
+                    .jwt
+                    .as_ref()
+                    .map(|jwt| crate::auth::JwtVerifier::new(jwt, &route.name, jwks, metrics)),
                 split_cursor: AtomicU64::new(0),
                 retry_budget: RetryBudget::default(),
                 request_headers: HeaderEdits::new(

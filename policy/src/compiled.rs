@@ -264,15 +264,56 @@ pub enum IdentityPattern {
     Exact(String),
     /// Any identity starting with this (the entry without its trailing `*`).
     Prefix(String),
+    /// A verified JWT whose `sub` is this (`jwt:sub:alice`).
+    JwtSubject(String),
+    /// A verified JWT whose claim `name` is `value`, or is a list holding it
+    /// (`jwt:claim:team=payments`).
+    JwtClaim {
+        /// The claim.
+        name: String,
+        /// The value wanted.
+        value: String,
+    },
 }
 
 impl IdentityPattern {
-    /// Whether `identity` matches.
+    /// Whether `identity` (the client certificate's) matches; JWT entries never do.
     pub fn matches(&self, identity: &str) -> bool {
         match self {
             IdentityPattern::Exact(exact) => identity == exact,
             IdentityPattern::Prefix(prefix) => identity.starts_with(prefix.as_str()),
+            IdentityPattern::JwtSubject(_) | IdentityPattern::JwtClaim { .. } => false,
         }
+    }
+
+    /// Whether a verified token's claims match; certificate entries never do. A claim's
+    /// string, number or boolean value is compared as text; a list matches when one of its
+    /// items does.
+    pub fn matches_claims(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let (name, wanted) = match self {
+            IdentityPattern::JwtSubject(subject) => ("sub", subject.as_str()),
+            IdentityPattern::JwtClaim { name, value } => (name.as_str(), value.as_str()),
+            IdentityPattern::Exact(_) | IdentityPattern::Prefix(_) => return false,
+        };
+        let scalar_is = |value: &serde_json::Value| match value {
+            serde_json::Value::String(text) => text == wanted,
+            serde_json::Value::Number(number) => number.to_string() == wanted,
+            serde_json::Value::Bool(flag) => flag.to_string() == wanted,
+            _ => false,
+        };
+        match claims.get(name) {
+            Some(serde_json::Value::Array(items)) => items.iter().any(scalar_is),
+            Some(value) => scalar_is(value),
+            None => false,
+        }
+    }
+
+    /// Whether this entry names a JWT subject or claim.
+    pub fn is_jwt(&self) -> bool {
+        matches!(
+            self,
+            IdentityPattern::JwtSubject(_) | IdentityPattern::JwtClaim { .. }
+        )
     }
 }
 
@@ -506,6 +547,8 @@ pub struct Route {
     pub compress: Option<crate::compress::Compress>,
     /// Mirrors.
     pub mirrors: Vec<crate::mirror::Mirror>,
+    /// Bearer-token authentication.
+    pub jwt: Option<crate::jwt::Jwt>,
 }
 
 /// One weighted target of a route.

@@ -13,6 +13,7 @@ pub mod duration;
 mod error;
 pub mod files;
 pub mod fleet;
+pub mod jwt;
 mod load;
 pub mod matching;
 pub mod mirror;

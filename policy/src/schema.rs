@@ -430,7 +430,8 @@ pub struct RouteSection {
     pub fault: Option<FaultSection>,
     /// Token-bucket rate limit.
     pub rate_limit: Option<RateLimitSection>,
-    /// Caller identities allowed; a trailing `/*` makes an entry a prefix.
+    /// Caller identities allowed; a trailing `/*` makes an entry a prefix; `jwt:sub:<subject>`
+    /// and `jwt:claim:<name>=<value>` name a verified token's claims.
     pub allow: Option<Vec<String>>,
     /// Largest request body accepted (default: no limit); larger ones get `413`.
     pub max_request_body: Option<ByteSize>,
@@ -443,6 +444,8 @@ pub struct RouteSection {
     /// Copies of requests sent to other upstreams, fire and forget.
     #[serde(default)]
     pub mirror: Vec<crate::mirror::MirrorSection>,
+    /// Bearer-token (JWT) authentication.
+    pub jwt: Option<crate::jwt::JwtSection>,
 }
 
 /// `[routes.rate_limit]`.

@@ -7,6 +7,7 @@
 //! | match a route | `404 no-route` |
 //! | answer a CORS preflight (`cors`) | `204` |
 //! | check the declared body size | `413 body-too-large` |
+//! | check the bearer token (`jwt`) | `401 jwt-invalid` |
 //! | authorize the caller | `403 forbidden` |
 //! | rate limit | `429 rate-limited`, `503 rate-limit-unavailable` |
 //! | fault injection | `abort_status fault-abort` |
@@ -17,10 +18,12 @@ use std::sync::Arc;
 
 use meshgate_policy::compiled::{Route, StoreErrorAction};
 use meshgate_policy::direct::DirectAnswer;
+use meshgate_policy::jwt::Jwt;
 use meshgate_policy::CompiledPolicy;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+use crate::auth::{JwtVerifier, Verdict};
 use crate::limit::{self, KeySource, LimitOutcome, RateLimiter};
 use crate::snapshot::Snapshot;
 use crate::upstream::Overflow;
@@ -39,8 +42,11 @@ pub(super) struct Answer {
     reason: Reason,
     status: u16,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// A body and its content type (`respond`); empty otherwise.
-    body: Option<(bytes::Bytes, http::HeaderValue)>,
+    /// A body and its content type (`respond`); empty otherwise. Boxed: refusals, the
+    /// common answers, carry none, and the error type stays small.
+    body: Option<Box<(bytes::Bytes, http::HeaderValue)>>,
+    /// What went wrong, for the body of a refusal.
+    detail: Option<std::borrow::Cow<'static, str>>,
     /// Whether the connection ends with this answer.
     close: bool,
 }
@@ -53,6 +59,7 @@ impl Answer {
             status: reason.status(),
             headers: Vec::new(),
             body: None,
+            detail: None,
             close: false,
         }
     }
@@ -82,10 +89,11 @@ impl Answer {
         let answered = Answered {
             status: self.status,
             reason: shown,
+            detail: self.detail.as_deref(),
             request_id: ctx.request_id.as_ref(),
             closing: self.close,
         };
-        respond(session, &answered, &headers, self.body).await?;
+        respond(session, &answered, &headers, self.body.map(|b| *b)).await?;
         if self.close {
             session.set_keepalive(None);
         }
@@ -162,7 +170,10 @@ impl MeshProxy {
             // Keep the request body (up to Pingora's retry buffer) so a retry can send it again.
             session.as_mut().enable_retry_buffering();
         }
-        if !authorized(route, &snapshot.policy, ctx.listener, ctx.identity()) {
+        if let (Some(verifier), Some(jwt)) = (&snapshot.routes[route_index].jwt, &route.jwt) {
+            check_token(verifier, jwt, session, ctx)?;
+        }
+        if !authorized(route, &snapshot.policy, ctx) {
             self.telemetry
                 .metrics
                 .authz_denied
@@ -185,18 +196,67 @@ impl MeshProxy {
 
 /// Whether the caller may use the route: the route's `allow` list when it has one, else the
 /// listener's `default_authz`.
-fn authorized(
-    route: &Route,
-    policy: &CompiledPolicy,
-    listener: Option<usize>,
-    identity: Option<&str>,
-) -> bool {
+fn authorized(route: &Route, policy: &CompiledPolicy, ctx: &RequestCtx) -> bool {
     match &route.allow {
-        Some(patterns) => identity.is_some_and(|id| patterns.iter().any(|p| p.matches(id))),
-        None => listener.is_none_or(|l| {
+        Some(patterns) => patterns.iter().any(|pattern| {
+            ctx.identity().is_some_and(|id| pattern.matches(id))
+                || ctx
+                    .jwt_claims
+                    .as_deref()
+                    .is_some_and(|claims| pattern.matches_claims(claims))
+        }),
+        None => ctx.listener.is_none_or(|l| {
             policy.listeners[l].default_authz == meshgate_policy::compiled::DefaultAuthz::Allow
         }),
     }
+}
+
+/// Checks the route's bearer token: a valid one's claims go to the context (for `allow`) and,
+/// as `forward_claims` says, upstream in headers, whose incoming copies are always removed.
+fn check_token(
+    verifier: &JwtVerifier,
+    jwt: &Jwt,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), Answer> {
+    let header = session.req_header_mut();
+    for (_, name) in &jwt.forward_claims {
+        if header.headers.contains_key(name.as_str()) {
+            header.remove_header(name.as_str());
+        }
+    }
+    let why = match verifier.verify(header) {
+        Verdict::Valid(claims) => {
+            for (claim, name) in &jwt.forward_claims {
+                let value = claims.get(claim).map(crate::auth::claim_text);
+                if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+                    let _ = header.insert_header(name.clone(), value);
+                }
+            }
+            if !jwt.forward_token {
+                header.remove_header(&http::header::AUTHORIZATION);
+            }
+            ctx.jwt_claims = Some(claims);
+            return Ok(());
+        }
+        Verdict::Anonymous => return Ok(()),
+        Verdict::Missing => None,
+        Verdict::Invalid(why) => Some(why),
+    };
+    // RFC 6750 §3: a request without a token gets the scheme alone, a bad token the error.
+    let challenge = match &why {
+        None => http::HeaderValue::from_static("Bearer realm=\"meshgate\""),
+        Some(why) => http::HeaderValue::from_str(&format!(
+            "Bearer realm=\"meshgate\", error=\"invalid_token\", error_description=\"{why}\""
+        ))
+        .unwrap_or(http::HeaderValue::from_static(
+            "Bearer realm=\"meshgate\", error=\"invalid_token\"",
+        )),
+    };
+    let mut answer = Answer::of(Reason::JwtInvalid)
+        .with_headers(vec![(http::header::WWW_AUTHENTICATE, challenge)]);
+    answer.detail = Some(why.unwrap_or(std::borrow::Cow::Borrowed("no bearer token")));
+    Err(answer)
 }
 
 /// `413` when `Content-Length` is over the route's `max_request_body`. The body is not read,
@@ -298,7 +358,10 @@ fn direct_answer(direct: &DirectAnswer, session: &Session, ctx: &RequestCtx) -> 
             answer.status = respond.status;
             let content_type = http::HeaderValue::from_str(&respond.content_type)
                 .unwrap_or(http::HeaderValue::from_static("text/plain"));
-            answer.body = Some((bytes::Bytes::from(respond.body.clone()), content_type));
+            answer.body = Some(Box::new((
+                bytes::Bytes::from(respond.body.clone()),
+                content_type,
+            )));
             answer
         }
     }

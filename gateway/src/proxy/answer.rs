@@ -24,6 +24,7 @@ pub(super) async fn respond_with_reason(
     let answer = Answered {
         status,
         reason: Some(reason),
+        detail: None,
         request_id,
         closing,
     };
@@ -40,6 +41,7 @@ pub(super) async fn respond_without_reason(
     let answer = Answered {
         status,
         reason: None,
+        detail: None,
         request_id,
         closing: true,
     };
@@ -51,7 +53,7 @@ pub(super) async fn respond_without_reason(
         .to_ascii_lowercase()
         .replace(' ', "-");
     let id = request_id.and_then(|id| id.to_str().ok());
-    let body = reason_body(status, &name, id, accept);
+    let body = reason_body(status, &name, None, id, accept);
     respond(session, &answer, &[], Some(body)).await
 }
 
@@ -62,6 +64,8 @@ pub(super) struct Answered<'a> {
     /// The reason sent in `x-meshgate-reason` (none for a route's own `redirect` and
     /// `respond`).
     pub reason: Option<Reason>,
+    /// What went wrong, in a few words, for the body (`token expired`).
+    pub detail: Option<&'a str>,
     /// The request's id, sent in `x-request-id` and in the body.
     pub request_id: Option<&'a http::HeaderValue>,
     /// Whether the connection ends with this answer.
@@ -98,7 +102,13 @@ pub(super) async fn respond(
         let reason = answer.reason?;
         let accept = session.req_header().headers.get(http::header::ACCEPT);
         let id = answer.request_id.and_then(|id| id.to_str().ok());
-        Some(reason_body(status, reason.token(), id, accept))
+        Some(reason_body(
+            status,
+            reason.token(),
+            answer.detail,
+            id,
+            accept,
+        ))
     });
     let head_only = session.req_header().method == http::Method::HEAD;
     let body = match body {
@@ -126,17 +136,22 @@ pub(super) async fn respond(
     session.as_downstream_mut().finish_body().await
 }
 
-/// The body of a gateway-made answer: `{"status", "reason", "request_id"}` as JSON, or one
-/// line of plain text when the client's `Accept` ranks `text/plain` above JSON.
+/// The body of a gateway-made answer: `{"status", "reason", "request_id"}` (and `detail` when
+/// there is one) as JSON, or one line of plain text when the client's `Accept` ranks
+/// `text/plain` above JSON.
 pub(super) fn reason_body(
     status: u16,
     reason: &str,
+    detail: Option<&str>,
     request_id: Option<&str>,
     accept: Option<&http::HeaderValue>,
 ) -> (bytes::Bytes, http::HeaderValue) {
     let id = request_id.unwrap_or("");
     if accept.is_some_and(|accept| prefers_plain_text(accept.as_bytes())) {
-        let text = format!("{status} {reason} (request id {id})\n");
+        let text = match detail {
+            Some(detail) => format!("{status} {reason}: {detail} (request id {id})\n"),
+            None => format!("{status} {reason} (request id {id})\n"),
+        };
         return (
             bytes::Bytes::from(text),
             http::HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -144,7 +159,15 @@ pub(super) fn reason_body(
     }
     // The reason is a fixed token and the id is letters, digits and `-._:+/=@` only: nothing
     // to escape.
-    let json = format!("{{\"status\":{status},\"reason\":\"{reason}\",\"request_id\":\"{id}\"}}\n");
+    let json = match detail {
+        Some(detail) => {
+            let detail = serde_json::Value::from(detail);
+            format!("{{\"status\":{status},\"reason\":\"{reason}\",\"detail\":{detail},\"request_id\":\"{id}\"}}\n")
+        }
+        None => {
+            format!("{{\"status\":{status},\"reason\":\"{reason}\",\"request_id\":\"{id}\"}}\n")
+        }
+    };
     (
         bytes::Bytes::from(json),
         http::HeaderValue::from_static("application/json"),
@@ -239,7 +262,7 @@ mod tests {
         assert!(!plain("text/plain;q=0.5, application/json"));
         assert!(plain("text/plain, application/json;q=0.9"));
         assert!(plain("text/html, text/plain, */*;q=0.1"));
-        let (body, kind) = reason_body(404, "no-route", Some("id-1"), None);
+        let (body, kind) = reason_body(404, "no-route", None, Some("id-1"), None);
         assert_eq!(kind, "application/json");
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(

@@ -69,6 +69,8 @@ pub struct RequestCtx {
     pub(super) upstream_path: Option<String>,
     /// Compresses the response body, when `compress` applies to it.
     pub(super) compressor: Option<super::compress::Compressor>,
+    /// The claims of the request's verified bearer token.
+    pub(super) jwt_claims: Option<Box<crate::auth::Claims>>,
     /// Copies for the route's mirrors, waiting for the request body.
     pub(super) mirror_copies: Vec<super::mirror::PendingCopy>,
     /// The request's `x-request-id`, set in `early_request_filter`.
@@ -112,6 +114,7 @@ impl RequestCtx {
             request_id: None,
             compressor: None,
             mirror_copies: Vec::new(),
+            jwt_claims: None,
             upstream_path: None,
             _in_flight: in_flight,
         }

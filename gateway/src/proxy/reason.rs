@@ -25,6 +25,8 @@ pub enum Reason {
     RateLimitUnavailable,
     /// Authorization refused the caller.
     Forbidden,
+    /// The route's `jwt` refused the request: no bearer token, or a bad one.
+    JwtInvalid,
     /// Fault injection aborted the request.
     FaultAbort,
     /// The request path is unsafe to route (`..` above the root, an encoded `/`, a `\`, NUL).
@@ -69,6 +71,7 @@ impl Reason {
             Reason::RateLimited => "rate-limited",
             Reason::RateLimitUnavailable => "rate-limit-unavailable",
             Reason::Forbidden => "forbidden",
+            Reason::JwtInvalid => "jwt-invalid",
             Reason::FaultAbort => "fault-abort",
             Reason::BadPath => "bad-path",
             Reason::HeaderTooLarge => "header-too-large",
@@ -91,6 +94,7 @@ impl Reason {
             Reason::ConnectFailure | Reason::UpstreamReset => 502,
             Reason::RateLimited => 429,
             Reason::Forbidden => 403,
+            Reason::JwtInvalid => 401,
             Reason::FaultAbort => 503,
             Reason::BadPath => 400,
             Reason::HeaderTooLarge => 431,

@@ -73,6 +73,11 @@ pub struct Metrics {
     /// `meshgate_mirror_dropped_total{route,upstream}`: request copies not sent to a mirror
     /// (too many in flight, or a body larger than the retry buffer).
     pub mirror_dropped: IntCounterVec,
+    /// `meshgate_jwt_validations_total{route,result}`: bearer tokens checked on routes with
+    /// `jwt`: `valid`, `anonymous` (no token, not required), `missing` or `invalid`.
+    pub jwt_validations: IntCounterVec,
+    /// `meshgate_jwks_fetches_total{url,result}`: fetches of a `jwks_url`, `ok` or `error`.
+    pub jwks_fetches: IntCounterVec,
     /// `meshgate_fleet_connected`: 1 while a fleet node is connected to etcd.
     pub fleet_connected: prometheus::IntGauge,
     /// `meshgate_restart_required{section}`: 1 while a change of `section` waits for a
@@ -298,6 +303,16 @@ impl Metrics {
             "Responses compressed by the gateway, by content coding.",
             &["route", "encoding"],
         );
+        let jwt_validations = counter(
+            "meshgate_jwt_validations_total",
+            "Bearer tokens checked on routes with jwt: valid, anonymous (none, not required), missing or invalid.",
+            &["route", "result"],
+        );
+        let jwks_fetches = counter(
+            "meshgate_jwks_fetches_total",
+            "Fetches of a route's jwks_url: ok, or error (the keys already fetched are kept).",
+            &["url", "result"],
+        );
         let mirror_dropped = counter(
             "meshgate_mirror_dropped_total",
             "Request copies not sent to a mirror: too many in flight, or a body larger than the retry buffer.",
@@ -350,6 +365,8 @@ impl Metrics {
             Box::new(cors_preflights.clone()),
             Box::new(compressed_responses.clone()),
             Box::new(mirror_dropped.clone()),
+            Box::new(jwt_validations.clone()),
+            Box::new(jwks_fetches.clone()),
             Box::new(fleet_connected.clone()),
             Box::new(build_info),
         ] {
@@ -387,6 +404,8 @@ impl Metrics {
             cors_preflights,
             compressed_responses,
             mirror_dropped,
+            jwt_validations,
+            jwks_fetches,
             fleet_connected,
             restart_required,
             listener_connections,

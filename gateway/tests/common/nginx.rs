@@ -1,5 +1,5 @@
-//! NGINX as a TLS upstream that requires a client certificate, started by the test and killed
-//! on drop.
+//! NGINX as a TLS upstream that requires a client certificate, or as a TLS file server (a
+//! JWKS), started by the test and killed on drop.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -24,7 +24,40 @@ impl Drop for Nginx {
 /// Starts NGINX in `dir` with certificate `server`, verifying clients against `client_ca`.
 /// Every answer is `200` with `x-echo-server: <name>` and the client's subject in the body.
 pub fn start_nginx_mtls(dir: &Path, server: &Leaf, client_ca: &Path, name: &str) -> Nginx {
-    let port = free_port();
+    let server_block = format!(
+        r#"    ssl_client_certificate {client_ca};
+    ssl_verify_client on;
+    location / {{
+      add_header x-echo-server {name};
+      return 200 "client $ssl_client_s_dn\n";
+    }}"#,
+        client_ca = client_ca.display(),
+    );
+    start_nginx(dir, server, free_port(), &server_block)
+}
+
+/// Starts NGINX in `dir` on `port` with certificate `server`, serving the files of `root`
+/// with `Cache-Control: <cache_control>`.
+pub fn start_nginx_files(
+    dir: &Path,
+    server: &Leaf,
+    port: u16,
+    root: &Path,
+    cache_control: &str,
+) -> Nginx {
+    let server_block = format!(
+        r#"    root {root};
+    location / {{
+      add_header Cache-Control "{cache_control}";
+    }}"#,
+        root = root.display(),
+    );
+    start_nginx(dir, server, port, &server_block)
+}
+
+/// Starts NGINX in `dir`: one TLS server on 127.0.0.1:`port` with certificate `server` and
+/// `server_block` inside its `server { }`.
+fn start_nginx(dir: &Path, server: &Leaf, port: u16, server_block: &str) -> Nginx {
     std::fs::create_dir_all(dir).unwrap();
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -46,19 +79,13 @@ http {{
     listen 127.0.0.1:{port} ssl;
     ssl_certificate {cert};
     ssl_certificate_key {key};
-    ssl_client_certificate {client_ca};
-    ssl_verify_client on;
-    location / {{
-      add_header x-echo-server {name};
-      return 200 "client $ssl_client_s_dn\n";
-    }}
+{server_block}
   }}
 }}
 "#,
             dir = dir.display(),
             cert = server.cert.display(),
             key = server.key.display(),
-            client_ca = client_ca.display(),
         ),
     )
     .unwrap();

@@ -23,6 +23,7 @@ mod cors;
 mod direct;
 mod discovery;
 mod fleet;
+mod jwt;
 mod listeners;
 mod mirror;
 mod rate_limit;

@@ -118,10 +118,13 @@ impl Compiler<'_, '_> {
                     .fault
                     .as_ref()
                     .map(|f| compile_fault(f, &path.key("fault"), sink));
-                let allow = spec
-                    .allow
+                let jwt = spec
+                    .jwt
                     .as_ref()
-                    .map(|entries| compile_allow(entries, &path.key("allow"), sink));
+                    .and_then(|j| self.compile_jwt(j, &path.key("jwt"), sink));
+                let allow = spec.allow.as_ref().map(|entries| {
+                    compile_allow(entries, spec.jwt.is_some(), &path.key("allow"), sink)
+                });
                 let rewrite = spec.rewrite.as_ref().and_then(|r| {
                     compile_rewrite(r, spec.matcher.path_prefix.as_deref(), &path.key("rewrite"), sink)
                 });
@@ -171,6 +174,7 @@ impl Compiler<'_, '_> {
                     cors,
                     compress,
                     mirrors,
+                    jwt,
                 })
             })
             .collect()
@@ -190,6 +194,7 @@ pub(super) struct RouteContext<'a> {
 
 pub(super) fn compile_allow(
     entries: &[String],
+    has_jwt: bool,
     path: &KeyPath,
     sink: &mut ErrorSink<'_>,
 ) -> Vec<IdentityPattern> {
@@ -197,6 +202,19 @@ pub(super) fn compile_allow(
         .iter()
         .enumerate()
         .filter_map(|(i, entry)| {
+            if let Some(rest) = entry.strip_prefix("jwt:") {
+                let pattern = compile_jwt_entry(entry, rest)
+                    .map_err(|message| sink.at(&path.index(i), message))
+                    .ok()?;
+                if !has_jwt {
+                    sink.at(
+                        &path.index(i),
+                        format!("{entry:?} names a JWT claim, but the route has no `jwt` to verify tokens"),
+                    );
+                    return None;
+                }
+                return Some(pattern);
+            }
             if entry.is_empty() || entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 sink.at(
                     &path.index(i),
@@ -224,6 +242,34 @@ pub(super) fn compile_allow(
             }
         })
         .collect()
+}
+
+/// `jwt:sub:<subject>` or `jwt:claim:<name>=<value>` (`rest` is what follows `jwt:`).
+fn compile_jwt_entry(entry: &str, rest: &str) -> Result<IdentityPattern, String> {
+    if let Some(subject) = rest.strip_prefix("sub:") {
+        if subject.is_empty() {
+            return Err(format!(
+                "{entry:?}: name the subject, as in \"jwt:sub:alice\""
+            ));
+        }
+        return Ok(IdentityPattern::JwtSubject(subject.to_owned()));
+    }
+    if let Some(claim) = rest.strip_prefix("claim:") {
+        return match claim.split_once('=') {
+            Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+                Ok(IdentityPattern::JwtClaim {
+                    name: name.to_owned(),
+                    value: value.to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "{entry:?}: expected jwt:claim:<name>=<value>, as in \"jwt:claim:team=payments\""
+            )),
+        };
+    }
+    Err(format!(
+        "{entry:?}: a JWT entry is jwt:sub:<subject> or jwt:claim:<name>=<value>"
+    ))
 }
 
 pub(super) fn compile_matcher(
