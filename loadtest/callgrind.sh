@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 REQUESTS=${REQUESTS:-2000}
-POLICIES=${POLICIES:-plain resilient local-limit full-chain access-log traced}
+POLICIES=${POLICIES:-plain resilient local-limit full-chain access-log traced jwt-rs256 jwt-es256 jwt-eddsa}
 ECHO_PORT=18001
 WORK=$(mktemp -d /tmp/meshgate-callgrind.XXXXXX)
 meshgate_policy 18080 18901 > "$WORK/plain.toml"
@@ -25,6 +25,22 @@ $LOCAL_LIMIT_ROUTE_KEYS" > "$WORK/full-chain.toml"
 # over OTLP to the echo upstream). Their threads are counted too.
 meshgate_policy 18080 18901 | sed "s|^access_log = \"off\"|access_log = \"$WORK/access.log\"|" > "$WORK/access-log.toml"
 meshgate_policy 18080 18901 | sed "s|^access_log = \"off\"|access_log = \"$WORK/access.log\"\notlp_endpoint = \"http://127.0.0.1:$ECHO_PORT\"\ntrace_sample_ratio = 0.01|" > "$WORK/traced.toml"
+# A route with `jwt` (keys from a file), driven with a valid token signed with RS256, ES256
+# or EdDSA: the cost of verifying one token per request, against "plain".
+loadtest/make_jwt.py "$WORK" > "$WORK/tokens.env"
+for alg in rs256 es256 eddsa; do
+  meshgate_policy 18080 18901 "" "jwt = { issuer = \"https://idp.bench\", audiences = [\"bench\"], jwks_file = \"$WORK/jwks.json\" }" \
+    > "$WORK/jwt-$alg.toml"
+done
+# token_for POLICY: the bearer token its requests carry (none but for the jwt-* policies).
+token_for() {
+  case $1 in
+    jwt-rs256) grep '^RS256=' "$WORK/tokens.env" | cut -d= -f2 ;;
+    jwt-es256) grep '^ES256=' "$WORK/tokens.env" | cut -d= -f2 ;;
+    jwt-eddsa) grep '^EdDSA=' "$WORK/tokens.env" | cut -d= -f2 ;;
+  esac
+}
+HEADERS=()
 ECHO_PID=""
 cleanup() { [ -n "$ECHO_PID" ] && kill "$ECHO_PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -37,9 +53,9 @@ ECHO_PID=$!
 PROTOCOL=http1
 drive() {
   if [ "$PROTOCOL" = h2c ]; then
-    h2load -n "$1" -c "$2" -m 4 "$3"
+    h2load -n "$1" -c "$2" -m 4 "${HEADERS[@]}" "$3"
   else
-    ab -q -k -n "$1" -c "$2" "$3"
+    ab -q -k -n "$1" -c "$2" "${HEADERS[@]}" "$3"
   fi
 }
 
@@ -52,9 +68,9 @@ measure() {
   local pid=$!
   for _ in $(seq 1 300); do
     if [ "$PROTOCOL" = h2c ]; then
-      curl -sf --http2-prior-knowledge -o /dev/null "http://127.0.0.1:$port/" && break
+      curl -sf --http2-prior-knowledge -o /dev/null "${HEADERS[@]}" "http://127.0.0.1:$port/" && break
     else
-      curl -sf -o /dev/null "http://127.0.0.1:$port/" && break
+      curl -sf -o /dev/null "${HEADERS[@]}" "http://127.0.0.1:$port/" && break
     fi
     sleep 0.2
   done
@@ -63,19 +79,26 @@ measure() {
   drive "$REQUESTS" 8 "http://127.0.0.1:$port/" > "$WORK/ab.txt"
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
-  local failed total
+  local failed total non2xx
   failed=$(awk '/Failed requests/ {print $3} /^requests:/ {print $10}' "$WORK/ab.txt")
+  # Refusals (a 401 to a bad token) would be cheap requests: show them.
+  non2xx=$(awk '/Non-2xx responses/ {print $3} /^status codes:/ {print $6 + $8 + $10}' "$WORK/ab.txt")
   # The first explicit dump holds exactly the measured requests.
   total=$(awk '/^summary:|^totals:/ {print $2; exit}' "$WORK/out.$pid.1")
   kill -INT "$pid"; sleep 0.5; kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   rm -f "$WORK"/out.*
-  echo "$label: $((total / REQUESTS)) instructions/request over $REQUESTS requests, $failed failed"
+  echo "$label: $((total / REQUESTS)) instructions/request over $REQUESTS requests, $failed failed, ${non2xx:-0} non-2xx"
 }
 
 for name in $POLICIES; do
+  token=$(token_for "$name")
+  HEADERS=()
+  [ -n "$token" ] && HEADERS=(-H "Authorization: Bearer $token")
   measure "meshgate, $name" 18080 target/release/meshgate run -c "$WORK/$name.toml" \
     --upgrade-sock "$WORK/u.sock" --pid-file "$WORK/p"
 done
+
+HEADERS=()
 
 # The same load through the other proxies, one worker each, as in bench.sh.
 if [ "${PEERS:-1}" = 1 ]; then

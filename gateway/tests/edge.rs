@@ -576,3 +576,38 @@ mirror = [{ upstream = "nowhere", percent = 150, max_in_flight = 0 }]
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compressed_response_cut_short_by_its_upstream_is_never_completed() {
+    // The upstream promises 20,000 bytes of text, sends 6,000 and closes. Compressed, the
+    // answer is chunked: the client must see it broken (no last chunk, connection closed),
+    // never a well-formed shorter body.
+    let (upstream, _) = common::raw::scripted_upstream(|_, _| {
+        let mut bytes =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 20000\r\n\r\n"
+                .to_vec();
+        bytes.extend(std::iter::repeat_n(b'a', 6000));
+        common::raw::Reply::close(bytes)
+    })
+    .await;
+    let gateway = Gateway::start(&route_to(upstream, r#"compress = { types = ["text/*"] }"#));
+    for encoding in ["gzip", "br", "zstd"] {
+        let request =
+            format!("GET /text HTTP/1.1\r\nhost: app\r\naccept-encoding: {encoding}\r\n\r\n");
+        let answer =
+            common::raw::raw_exchange(gateway.listen, request.as_bytes(), Duration::from_secs(10))
+                .await;
+        assert!(answer.closed, "{encoding}: the connection must close");
+        match answer.statuses().first() {
+            Some(200) => {
+                assert_eq!(answer.header("content-encoding").as_deref(), Some(encoding));
+                assert!(
+                    !answer.body().ends_with(b"0\r\n\r\n"),
+                    "{encoding}: a cut response must not end with the last chunk"
+                );
+            }
+            Some(502) => {}
+            other => panic!("{encoding}: unexpected {other:?}: {}", answer.text()),
+        }
+    }
+}

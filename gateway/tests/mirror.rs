@@ -225,3 +225,43 @@ async fn a_hanging_mirror_neither_slows_nor_fails_the_main_request() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirror_that_resets_or_answers_garbage_changes_nothing() {
+    // The mirror's first connections are closed at once, the next ones get bytes that are
+    // not HTTP: neither reaches the main request, which must stay 200 with its own body.
+    let (mirror, counts) = common::raw::scripted_upstream(|n, _| {
+        if n % 2 == 0 {
+            common::raw::Reply::close(Vec::new())
+        } else {
+            common::raw::Reply::close(b"\x00\x01garbage\r\n\r\n".to_vec())
+        }
+    })
+    .await;
+    let main = start_echo("main").await;
+    let gateway = Gateway::start(&policy(
+        main,
+        mirror,
+        r#"mirror = [{ upstream = "shadow", percent = 100 }]"#,
+    ));
+    let client = client();
+    for i in 0..40 {
+        let response = client
+            .post(gateway.url("/orders"))
+            .body(format!("order {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.headers()["x-echo-server"], "main");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while counts.requests() < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} copies",
+            counts.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
