@@ -64,6 +64,30 @@ pub enum ApplyError {
     Io(String),
 }
 
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Invalid(errors) => {
+                write!(f, "the policy is invalid ({} errors)", errors.len())
+            }
+            ApplyError::Stale { current_hash } => write!(
+                f,
+                "If-Match names another policy than the active one ({current_hash})"
+            ),
+            ApplyError::NoPrevious => f.write_str("there is no previous policy to roll back to"),
+            ApplyError::UnknownVersion { version, kept } => {
+                let kept: Vec<String> = kept.iter().map(u64::to_string).collect();
+                write!(
+                    f,
+                    "the history holds no version {version} (it holds {})",
+                    kept.join(", ")
+                )
+            }
+            ApplyError::Io(message) => f.write_str(message),
+        }
+    }
+}
+
 /// `GET /policy/history`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryBody {

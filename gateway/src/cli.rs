@@ -8,9 +8,32 @@ use clap::{Parser, Subcommand};
 use crate::reload::base_dir_of;
 use crate::server::{run, RunOptions};
 
+/// The default policy file of `run` and `check`.
+const DEFAULT_POLICY: &str = "/etc/meshgate/meshgate.toml";
+
+/// Examples shown under `meshgate --help`, one per subcommand.
+const EXAMPLES: &str = "Examples:
+  meshgate run -c /etc/meshgate/meshgate.toml       serve the policy in the foreground
+  meshgate run --upgrade -d -c meshgate.toml        take over from a running instance
+  meshgate check -c meshgate.toml                   validate a policy like `nginx -t`
+  meshgate fleet push -c meshgate.toml fleet.toml   push a shared policy to every node
+  meshgate version                                  print the version and TLS backend";
+
+/// `<version> (TLS: <backend>)`, as both `--version` and `version` print it.
+fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{} (TLS: {})",
+            env!("CARGO_PKG_VERSION"),
+            crate::tls::BACKEND
+        )
+    })
+}
+
 /// meshgate: a mesh gateway on Pingora.
 #[derive(Debug, Parser)]
-#[command(name = "meshgate", version, about)]
+#[command(name = "meshgate", version = version_text(), about, after_help = EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,14 +41,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway on a policy file.
+    /// Run the gateway on a policy file: meshgate run -c /etc/meshgate/meshgate.toml
     Run {
         /// The policy file.
-        #[arg(
-            short = 'c',
-            long = "config",
-            default_value = "/etc/meshgate/meshgate.toml"
-        )]
+        #[arg(short = 'c', long = "config", default_value = DEFAULT_POLICY)]
         config: PathBuf,
         /// Detach into the background (Pingora's daemon mode).
         #[arg(short, long)]
@@ -33,24 +52,28 @@ enum Command {
         /// Take over the listening sockets of a running instance (zero-downtime upgrade).
         #[arg(short, long)]
         upgrade: bool,
-        /// Socket used to hand listening sockets over during an upgrade.
-        #[arg(long, default_value = "/tmp/meshgate_upgrade.sock")]
+        /// Socket used to hand listening sockets over during an upgrade (its folder is
+        /// created when missing).
+        #[arg(long, default_value = "/run/meshgate/upgrade.sock")]
         upgrade_sock: String,
-        /// PID file written in daemon mode.
-        #[arg(long, default_value = "/tmp/meshgate.pid")]
+        /// The PID file (its folder is created when missing).
+        #[arg(long, default_value = "/run/meshgate/meshgate.pid")]
         pid_file: String,
     },
-    /// Validate a policy file like `nginx -t`: exit 0, or 1 with every error.
+    /// Validate a policy file like `nginx -t`: meshgate check -c meshgate.toml
     Check {
-        /// The policy file.
-        file: PathBuf,
+        /// The policy file (the same default as `run`).
+        #[arg(short = 'c', long = "config", conflicts_with = "file")]
+        config: Option<PathBuf>,
+        /// The policy file, as a plain argument.
+        file: Option<PathBuf>,
     },
-    /// The fleet's shared policy in etcd: push, status, history, rollback.
+    /// The fleet's shared policy in etcd: meshgate fleet push -c meshgate.toml fleet.toml
     Fleet {
         #[command(subcommand)]
         command: crate::fleet::cli::FleetCommand,
     },
-    /// Print the version.
+    /// Print the version and TLS backend: meshgate version
     Version,
 }
 
@@ -81,14 +104,14 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { file } => check(&file),
+        Command::Check { config, file } => check(
+            &config
+                .or(file)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY)),
+        ),
         Command::Fleet { command } => crate::fleet::cli::main(command),
         Command::Version => {
-            println!(
-                "meshgate {} (TLS: {})",
-                env!("CARGO_PKG_VERSION"),
-                crate::tls::BACKEND
-            );
+            println!("meshgate {}", version_text());
             ExitCode::SUCCESS
         }
     }

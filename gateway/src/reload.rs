@@ -37,6 +37,18 @@ pub enum Origin {
     Fleet,
 }
 
+impl Origin {
+    /// Where a policy came from, as logs say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Api => "PUT /policy",
+            Origin::Rollback => "POST /policy/rollback",
+            Origin::File => "file",
+            Origin::Fleet => "fleet",
+        }
+    }
+}
+
 struct PolicyText {
     source: String,
     hash: String,
@@ -307,6 +319,7 @@ impl PolicyStore {
             Ok(applied) if applied.changed => "applied",
             Ok(_) => "unchanged",
             Err(ApplyError::Invalid(_)) => "invalid",
+            Err(ApplyError::Stale { .. }) => "conflict",
             Err(_) => "error",
         };
         self.telemetry
@@ -318,16 +331,20 @@ impl PolicyStore {
             Ok(applied) if applied.changed => tracing::info!(
                 version = applied.version,
                 hash = %applied.hash,
-                ?origin,
-                restart_required = ?applied.restart_required,
+                origin = origin.name(),
+                restart_required = applied.restart_required.join(", ").as_str(),
                 "policy applied"
             ),
             Ok(_) => {}
             Err(ApplyError::Invalid(errors)) => {
+                // Where the text came from: the file, or the body of the call that sent it.
+                let place = match origin {
+                    Origin::File => self.path.display().to_string(),
+                    other => other.name().to_owned(),
+                };
                 for e in errors {
                     tracing::warn!(
-                        "policy refused ({origin:?}): {}:{}:{}: {}: {}",
-                        self.path.display(),
+                        "policy refused: {place}:{}:{}: {}: {}",
                         e.line,
                         e.column,
                         e.path,
@@ -335,7 +352,7 @@ impl PolicyStore {
                     );
                 }
             }
-            Err(other) => tracing::warn!(?origin, "policy not applied: {other:?}"),
+            Err(other) => tracing::warn!(origin = origin.name(), "policy not applied: {other}"),
         }
         result
     }

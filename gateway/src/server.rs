@@ -105,6 +105,8 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     let store = Arc::new(PolicyStore::open(&options.policy, telemetry.clone())?);
     let snapshot = store.snapshot();
     let policy = &snapshot.policy;
+    // Before the first line about this policy: its lines in its format.
+    crate::telemetry::set_log_format(policy.telemetry.log_format);
 
     let token = load_admin_token(&policy.admin)?;
     // Outside an upgrade every address must be free. Pingora would otherwise panic in its
@@ -146,6 +148,18 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         .transpose()?;
     let lifecycle = Arc::new(Lifecycle::new(policy.server.drain_delay));
 
+    for file in [&options.upgrade_sock, &options.pid_file] {
+        // The defaults live under /run/meshgate, which exists only under systemd
+        // (RuntimeDirectory): make it, or say which option moves the file elsewhere.
+        if let Some(folder) = std::path::Path::new(file).parent() {
+            std::fs::create_dir_all(folder).map_err(|e| {
+                format!(
+                    "cannot create {} for {file}: {e}; choose another place with --upgrade-sock and --pid-file",
+                    folder.display()
+                )
+            })?;
+        }
+    }
     let conf = ServerConf {
         threads: policy.server.threads,
         grace_period_seconds: Some(policy.server.grace_period.as_secs()),
@@ -242,11 +256,25 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             lifecycle: lifecycle.clone(),
         },
     ));
+    let (_, hash, version) = store.active();
+    let addresses: Vec<String> = policy
+        .listeners
+        .iter()
+        .map(|l| l.addr.to_string())
+        .collect();
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        tls_backend = crate::tls::BACKEND,
         policy = %options.policy.display(),
-        listeners = ?policy.listeners.iter().map(|l| l.addr).collect::<Vec<_>>(),
+        policy_version = version,
+        policy_hash = hash.get(..12).unwrap_or(&hash),
+        listeners = policy.listeners.len(),
+        routes = policy.routes.len(),
+        upstreams = policy.upstreams.len(),
+        addresses = addresses.join(" ").as_str(),
         admin = %policy.admin.listen,
-        "meshgate starting"
+        "meshgate {} starting",
+        env!("CARGO_PKG_VERSION")
     );
     drop(snapshot);
     server.run(RunArgs {

@@ -174,8 +174,21 @@ pub struct TelemetrySettings {
     pub tracing: Option<TraceSettings>,
     /// The gateway's log filter (`info`, `debug`, `meshgate=debug,pingora=warn`, ...).
     pub log_level: String,
+    /// How the gateway's log lines are written.
+    pub log_format: LogFormat,
     /// The metrics-only listener (static).
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How the gateway's own log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text: time, level, target, message and fields.
+    #[default]
+    Text,
+    /// One JSON object a line: `ts`, `level`, `target`, `msg` and the fields.
+    Json,
 }
 
 /// Where and how spans are exported.

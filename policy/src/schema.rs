@@ -119,6 +119,8 @@ pub struct TelemetrySection {
     pub service_name: Option<String>,
     /// The gateway's own log level or `tracing` filter (default `"info"`).
     pub log_level: Option<String>,
+    /// The gateway's own log lines: `"text"` (the default) or `"json"` (one object a line).
+    pub log_format: Option<crate::compiled::LogFormat>,
     /// A separate listener serving only `GET /metrics` (static; default: none, metrics are
     /// on the admin listener).
     pub metrics_listen: Option<String>,

@@ -35,6 +35,8 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub struct RemoteKeys {
     url: JwksUrl,
     keys: ArcSwapOption<KeySet>,
+    /// Bumped after each store into `keys`.
+    generation: std::sync::atomic::AtomicUsize,
     tls: Option<Arc<UpstreamTlsState>>,
     fetched_ok: IntCounter,
     fetch_failed: IntCounter,
@@ -44,6 +46,11 @@ impl RemoteKeys {
     /// The keys of the last good fetch; `None` before the first.
     pub fn keys(&self) -> Option<Arc<KeySet>> {
         self.keys.load_full()
+    }
+
+    /// Counts the key sets stored: tokens verified with older keys are verified again.
+    pub fn generation(&self) -> usize {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -95,6 +102,7 @@ impl JwksRegistry {
         let source = Arc::new(RemoteKeys {
             url: url.clone(),
             keys: ArcSwapOption::new(seed),
+            generation: std::sync::atomic::AtomicUsize::new(0),
             tls,
             fetched_ok: counter("ok"),
             fetch_failed: counter("error"),
@@ -135,6 +143,8 @@ async fn keep_fetching(source: Weak<RemoteKeys>, connector: Arc<Connector>) {
                 keys.fetched_ok.inc();
                 let count = set.len();
                 let before = keys.keys.swap(Some(Arc::new(set)));
+                keys.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 if before.is_none_or(|b| b.len() != count) {
                     tracing::info!("jwks {}: {count} signing key(s)", url.url);
                 }

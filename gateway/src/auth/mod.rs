@@ -4,6 +4,7 @@
 //! why is counted and returned; the request path never waits on a fetch.
 
 pub mod jwks;
+mod token_cache;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use prometheus::IntCounter;
 use crate::telemetry::Metrics;
 pub use jwks::JwksRegistry;
 use jwks::RemoteKeys;
+use token_cache::TokenCache;
 
 /// Claims of a verified token.
 pub type Claims = serde_json::Map<String, serde_json::Value>;
@@ -79,7 +81,7 @@ enum Keys {
 /// What the check of a request's token decided.
 pub enum Verdict {
     /// A valid token, with its claims.
-    Valid(Box<Claims>),
+    Valid(Arc<Claims>),
     /// No token, and none is required.
     Anonymous,
     /// No token, and one is required.
@@ -95,6 +97,10 @@ pub struct JwtVerifier {
     /// family, so each accepted algorithm has its own.
     validations: Vec<(Algorithm, Validation)>,
     required: bool,
+    leeway: u64,
+    /// Tokens verified lately: a client sends the same token with many requests, and a
+    /// signature check costs hundreds of thousands of instructions.
+    verified: TokenCache,
     counters: [IntCounter; 4],
 }
 
@@ -136,6 +142,8 @@ impl JwtVerifier {
             keys,
             validations,
             required: jwt.required,
+            leeway: jwt.leeway.as_secs(),
+            verified: TokenCache::default(),
             counters: [
                 counter("valid"),
                 counter("anonymous"),
@@ -184,6 +192,13 @@ impl JwtVerifier {
                 Verdict::Anonymous
             };
         };
+        let generation = match &self.keys {
+            Keys::Fixed(_) => 0,
+            Keys::Fetched(remote) => remote.generation(),
+        };
+        if let Some(claims) = self.verified.get(token, generation) {
+            return Verdict::Valid(claims);
+        }
         let Ok(token_header) = jsonwebtoken::decode_header(token) else {
             return Verdict::Invalid("malformed token".into());
         };
@@ -225,7 +240,15 @@ impl JwtVerifier {
         let mut last = Cow::Borrowed("bad signature");
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
-                Ok(data) => return Verdict::Valid(Box::new(data.claims)),
+                Ok(data) => {
+                    let claims = Arc::new(data.claims);
+                    // `exp` is required, so every valid token has one.
+                    if let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_u64) {
+                        let until = exp.saturating_add(self.leeway);
+                        self.verified.insert(token, &claims, until, generation);
+                    }
+                    return Verdict::Valid(claims);
+                }
                 // Another key of the set may have signed it.
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {}
                 Err(e) => {

@@ -70,7 +70,7 @@ pub struct RequestCtx {
     /// Compresses the response body, when `compress` applies to it.
     pub(super) compressor: Option<super::compress::Compressor>,
     /// The claims of the request's verified bearer token.
-    pub(super) jwt_claims: Option<Box<crate::auth::Claims>>,
+    pub(super) jwt_claims: Option<Arc<crate::auth::Claims>>,
     /// Copies for the route's mirrors, waiting for the request body.
     pub(super) mirror_copies: Vec<super::mirror::PendingCopy>,
     /// The request's `x-request-id`, set in `early_request_filter`.

@@ -113,6 +113,46 @@ impl MeshProxy {
     }
 }
 
+impl MeshProxy {
+    /// Logs a request that failed with a gateway answer of 5xx (a client gone away is
+    /// logged at debug level only).
+    fn log_failure(&self, error: &Error, reason: Option<Reason>, status: u16, ctx: &RequestCtx) {
+        // The kind and the root cause (`ConnectRefused: Connection refused (os error 111)`);
+        // route, upstream and endpoint are fields of their own.
+        let cause = match &error.cause {
+            Some(_) => format!("{}: {}", error.etype().as_str(), error.root_cause()),
+            None => error.etype().as_str().to_owned(),
+        };
+        if status < 500 {
+            tracing::debug!(status, "request ended: {cause}");
+            return;
+        }
+        let snapshot = ctx.snapshot.as_deref();
+        let route = snapshot
+            .zip(ctx.route)
+            .map_or("", |(s, r)| s.policy.routes[r].name.as_str());
+        let upstream = snapshot
+            .zip(ctx.upstream)
+            .map_or("", |(s, u)| s.policy.upstreams[u].name.as_str());
+        let request_id = ctx
+            .request_id
+            .as_ref()
+            .and_then(|id| id.to_str().ok())
+            .unwrap_or("");
+        self.telemetry
+            .failures
+            .record(&crate::telemetry::failures::Failure {
+                route,
+                upstream,
+                endpoint: ctx.last_endpoint,
+                reason: reason.map_or("internal-error", Reason::token),
+                status,
+                request_id,
+                cause,
+            });
+    }
+}
+
 pub(super) fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .as_downstream()
@@ -617,6 +657,7 @@ impl ProxyHttp for MeshProxy {
         };
         ctx.reason = reason;
         ctx.error_status = status;
+        self.log_failure(error, reason, status, ctx);
         if status > 0 && session.response_written().is_none() {
             // The connection ends with this answer (`can_reuse_downstream: false` below): say
             // so, or Pingora writes `Connection: keep-alive` and then closes.
@@ -637,6 +678,22 @@ impl ProxyHttp for MeshProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // `fail_to_proxy` logs the failure in meshgate's words (`log_failure`).
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // A try that is retried is not a failure of the request; its metrics count it.
+        true
     }
 
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {

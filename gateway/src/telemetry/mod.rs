@@ -1,6 +1,7 @@
 //! Metrics, the access log, traces and the gateway's own log level.
 
 pub mod access_log;
+pub mod failures;
 mod logs;
 mod metrics;
 pub mod trace;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use meshgate_policy::compiled::{AccessLogTarget, TelemetrySettings};
 
 pub use access_log::AccessLog;
-pub use logs::init_logging;
+pub use logs::{init_logging, set_format as set_log_format};
 pub use metrics::Metrics;
 pub use trace::{RequestSpan, SpanEnd, Tracing};
 
@@ -22,6 +23,8 @@ pub use trace::{RequestSpan, SpanEnd, Tracing};
 pub struct Telemetry {
     /// Metric families.
     pub metrics: Metrics,
+    /// Lines for failed requests, at most one per route and reason per second.
+    pub failures: failures::FailureLog,
     access_log: ArcSwapOption<AccessLog>,
     tracing: ArcSwapOption<Tracing>,
 }
@@ -35,6 +38,7 @@ impl Telemetry {
         }
         self.configure_tracing(settings.tracing.as_ref());
         logs::set_level(&settings.log_level);
+        logs::set_format(settings.log_format);
     }
 
     /// Points the access log at `target`, restarting its writer only when the target changed.

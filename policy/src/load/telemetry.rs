@@ -108,6 +108,7 @@ impl Compiler<'_, '_> {
             access_log: access_log?,
             tracing,
             log_level,
+            log_format: telemetry.log_format.unwrap_or_default(),
             metrics_listen,
         })
     }

@@ -1,0 +1,233 @@
+//! End to end: what an operator reads and types (issue 18): the gateway's own log (text or
+//! JSON, no colour codes in files, one line per failing route and reason a second, no Rust
+//! debug text), a quiet upgrade, and the command line.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// The policy head with `[telemetry]` keys added.
+fn with_telemetry(keys: &str, body: &str) -> Gateway {
+    let listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let access_log = dir.path().join("access.log");
+    let head = policy_head(listen, admin, access_log.to_str().unwrap()).replacen(
+        "[telemetry]\n",
+        &format!("[telemetry]\n{keys}\n"),
+        1,
+    );
+    Gateway::start_with(dir, &(head + body), listen, admin)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_json_log_has_one_object_a_line_and_failures_are_logged_once_a_second() {
+    // Nothing listens on the upstream's port: every request fails to connect.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let gateway = with_telemetry(
+        r#"log_format = "json""#,
+        &route_to(dead.parse().unwrap(), ""),
+    );
+    let client = client();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let response = client.get(gateway.url("/x")).send().await.unwrap();
+        assert_eq!(response.status(), 502);
+        ids.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = client.get(gateway.url("/x")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+
+    let log = gateway.stderr();
+    assert!(!log.contains('\u{1b}'), "colour codes in a file: {log}");
+    assert!(!log.contains("Fail to proxy"), "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    for line in &lines {
+        for key in ["ts", "level", "msg", "target"] {
+            assert!(line.get(key).is_some(), "no {key}: {line}");
+        }
+        assert!(
+            line.get("file").is_none(),
+            "Pingora's source places: {line}"
+        );
+    }
+    let start = lines
+        .iter()
+        .find(|l| l["msg"].as_str().unwrap().starts_with("meshgate "))
+        .expect("a start-up line");
+    assert_eq!(start["tls_backend"], "rustls");
+    assert_eq!(start["policy_version"], 1);
+    assert_eq!(
+        (
+            start["listeners"].as_u64(),
+            start["routes"].as_u64(),
+            start["upstreams"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    assert!(
+        start["policy_hash"].as_str().unwrap().len() == 12,
+        "{start}"
+    );
+
+    let failures: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["msg"].as_str().unwrap().starts_with("request failed"))
+        .collect();
+    assert_eq!(
+        failures.len(),
+        2,
+        "one line in the first second, one after: {failures:?}"
+    );
+    let first = failures[0];
+    assert_eq!(first["level"], "warn");
+    assert_eq!(first["route"], "main");
+    assert_eq!(first["upstream"], "pool");
+    assert_eq!(first["endpoint"], dead.as_str());
+    assert_eq!(first["reason"], "connect-failure");
+    assert_eq!(first["status"], 502);
+    assert_eq!(first["request_id"], ids[0].as_str());
+    assert_eq!(first["suppressed"], 0);
+    assert_eq!(failures[1]["suppressed"], 19, "{:?}", failures[1]);
+    assert!(
+        first["msg"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{first}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_puts_are_logged_as_the_uploaded_body_without_debug_text() {
+    let upstream = start_echo("app").await;
+    let gateway = Gateway::start(&route_to(upstream, ""));
+    let bad = gateway.policy_with_body(&route_to(upstream, "timeouts = { request = \"soon\" }"));
+    let response = gateway.put_policy(bad).await;
+    assert_eq!(response.status(), 400);
+    // A stale If-Match is a conflict, counted as one.
+    let response = client()
+        .put(gateway.admin_url("/policy"))
+        .bearer_auth(TOKEN)
+        .header("if-match", "\"0000\"")
+        .body(gateway.policy_with_body(&route_to(upstream, "")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 412);
+    let log = gateway.stderr();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("policy refused"))
+        .expect("a refusal line");
+    assert!(
+        refused.contains("policy refused: PUT /policy:"),
+        "{refused}"
+    );
+    assert!(refused.contains("timeouts.request"), "{refused}");
+    for debug_text in ["(Api)", "Stale {", "Io(\"", "current_hash:"] {
+        assert!(!log.contains(debug_text), "{debug_text:?} in: {log}");
+    }
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            r#"meshgate_policy_reloads_total{result="conflict"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, r#"meshgate_policy_reloads_total{result="error"}"#),
+        0.0
+    );
+}
+
+#[test]
+fn an_upgrade_hand_over_logs_no_error() {
+    let _machine = load_test_lock();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut gateway = Gateway::start(&route_to(dead.parse().unwrap(), ""));
+    // As systemd's ExecReload does: the old process is told first, the new one started after.
+    gateway.signal("QUIT");
+    let mut new = gateway.spawn_upgrade();
+    assert!(
+        gateway.wait_exit(Duration::from_secs(20)),
+        "the old process did not exit"
+    );
+    wait_ready_at(gateway.admin);
+    let _ = Command::new("kill").arg(new.id().to_string()).status();
+    let _ = new.wait();
+    for file in ["stderr.log", "stderr-upgrade.log"] {
+        let log = std::fs::read_to_string(gateway.dir.path().join(file)).unwrap();
+        assert!(!log.contains(" ERROR "), "{file}: {log}");
+    }
+}
+
+fn meshgate(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_line_reads_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "version = 1\n").unwrap();
+    let path = policy.to_str().unwrap();
+    assert_eq!(meshgate(&["check", "-c", path]).0, 0);
+    assert_eq!(meshgate(&["check", "--config", path]).0, 0);
+    assert_eq!(meshgate(&["check", path]).0, 0);
+    // Without a file, check reads run's default.
+    let (code, _, stderr) = meshgate(&["check"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/etc/meshgate/meshgate.toml"), "{stderr}");
+
+    let (_, long, _) = meshgate(&["--version"]);
+    let (_, word, _) = meshgate(&["version"]);
+    assert_eq!(long, word);
+    assert!(
+        word.starts_with("meshgate ") && word.contains("(TLS: "),
+        "{word}"
+    );
+
+    let (code, help, _) = meshgate(&["--help"]);
+    assert_eq!(code, 0);
+    for example in [
+        "meshgate run -c",
+        "meshgate check -c",
+        "meshgate fleet push",
+        "meshgate version",
+    ] {
+        assert!(help.contains(example), "{example:?} not in:\n{help}");
+    }
+    let (_, run_help, _) = meshgate(&["run", "--help"]);
+    assert!(
+        run_help.contains("/run/meshgate/upgrade.sock"),
+        "{run_help}"
+    );
+    assert!(
+        run_help.contains("/run/meshgate/meshgate.pid"),
+        "{run_help}"
+    );
+}
