@@ -20,12 +20,13 @@ ECHO_PORT=18001; BARE_PORT=18079; MESHGATE_PORT=18080; RESILIENT_PORT=18083; RES
 LOCAL_LIMIT_PORT=18084; LOCAL_LIMIT_ADMIN_PORT=18903; GLOBAL_LIMIT_PORT=18085; GLOBAL_LIMIT_ADMIN_PORT=18904
 NGINX_LIMIT_PORT=18086; HAPROXY_LIMIT_PORT=18087; REDIS_PORT=18379
 TLS_PORT=18443; TLS_ADMIN_PORT=18905; NGINX_TLS_PORT=18444; HAPROXY_TLS_PORT=18445
+JWT_PORT=18091; JWT_ADMIN_PORT=18908
 LOG_PORT=18088; LOG_ADMIN_PORT=18906; TRACED_PORT=18089; TRACED_ADMIN_PORT=18907; NGINX_LOG_PORT=18090
 bench_workspace bench
 RESULTS=loadtest/results
 mkdir -p "$RESULTS"
 
-require_tools bench wrk nginx haproxy taskset redis-server openssl
+require_tools bench wrk nginx haproxy taskset redis-server openssl python3
 [ -x target/release/meshgate ] || { echo "bench: build first (make build)" >&2; exit 1; }
 
 # run NAME PORT PIDS... : drives wrk at the port and prints a table row. SCHEME (http or
@@ -101,6 +102,14 @@ LOG_PID=$!; PIDS+=($LOG_PID)
 meshgate_policy "$TRACED_PORT" "$TRACED_ADMIN_PORT" | sed "s|^access_log = \"off\"|access_log = \"$WORK/access-traced.log\"\notlp_endpoint = \"http://127.0.0.1:$ECHO_PORT\"\ntrace_sample_ratio = 0.01|" > "$WORK/traced.toml"
 start_meshgate traced "$WORK/traced.toml"
 TRACED_PID=$!; PIDS+=($TRACED_PID)
+
+# A route with `jwt` (keys from a file), driven with a valid ES256 token: against "meshgate",
+# the CPU a bearer-token check adds to each request (verified tokens are remembered).
+loadtest/make_jwt.py "$WORK" > "$WORK/tokens.env"
+JWT_TOKEN=$(grep '^ES256=' "$WORK/tokens.env" | cut -d= -f2)
+meshgate_policy "$JWT_PORT" "$JWT_ADMIN_PORT" "" "jwt = { issuer = \"https://idp.bench\", audiences = [\"bench\"], jwks_file = \"$WORK/jwks.json\" }" > "$WORK/jwt.toml"
+start_meshgate jwt "$WORK/jwt.toml"
+JWT_PID=$!; PIDS+=($JWT_PID)
 
 # One certificate (ECDSA P-256) for every TLS terminator.
 bench_certificate "$WORK"
@@ -211,6 +220,9 @@ NGINX_PIDS=($NGINX_MASTER $(pgrep -P "$NGINX_MASTER" || true))
   run "meshgate, JSON access log to a file" "$LOG_PORT" "$LOG_PID"
   run "meshgate, access log + traces (1% sampled, OTLP)" "$TRACED_PORT" "$TRACED_PID"
   run "nginx, access log to a file" "$NGINX_LOG_PORT" "${NGINX_PIDS[@]}"
+  WRK_ARGS=(-H "Authorization: Bearer $JWT_TOKEN")
+  run "meshgate, jwt with a valid ES256 token" "$JWT_PORT" "$JWT_PID"
+  WRK_ARGS=()
   SCHEME=https
   run "meshgate, TLS keepalive" "$TLS_PORT" "$TLS_PID"
   run "nginx, TLS keepalive" "$NGINX_TLS_PORT" "${NGINX_PIDS[@]}"

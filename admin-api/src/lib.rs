@@ -2,7 +2,8 @@
 //!
 //! The API knows nothing of Pingora: it talks to the gateway through [`AdminBackend`], which the
 //! gateway implements. Every endpoint but `/healthz`, `/readyz` and `/metrics` needs
-//! `Authorization: Bearer <token>`; errors are JSON objects with an `error` field.
+//! `Authorization: Bearer <token>` (the scheme in any case); every error is a JSON object with
+//! `error` (a sentence) and `errors` (the policy errors behind it, often none).
 
 mod model;
 
@@ -149,15 +150,17 @@ pub async fn serve(
         .await
 }
 
+/// Every error answer has one shape: `error`, a sentence, and `errors`, the policy errors
+/// behind it (empty when it is not about a policy's text).
 fn error_response(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+    (status, Json(json!({ "error": message, "errors": [] }))).into_response()
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .and_then(|v| bearer_token(v.as_bytes()));
     let authorized = presented.is_some_and(|token| bool::from(token.ct_eq(state.token.as_bytes())));
     if !authorized {
         let mut response = error_response(
@@ -170,6 +173,15 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         return response;
     }
     next.run(request).await
+}
+
+/// The token of an `Authorization` value whose scheme is `Bearer`, in any case (RFC 7235).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
+        .filter(|token| !token.is_empty())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -262,6 +274,7 @@ fn invalid_body(message: &str) -> Response {
     (
         StatusCode::BAD_REQUEST,
         Json(json!({
+            "error": "the body is not a policy",
             "errors": [{ "line": 1, "column": 1, "path": "(document)", "message": message }]
         })),
     )
@@ -270,13 +283,19 @@ fn invalid_body(message: &str) -> Response {
 
 fn apply_error_response(error: ApplyError) -> Response {
     match error {
-        ApplyError::Invalid(errors) => {
-            (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors }))).into_response()
-        }
+        ApplyError::Invalid(errors) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": format!("the policy is invalid: {} error(s)", errors.len()),
+                "errors": errors,
+            })),
+        )
+            .into_response(),
         ApplyError::Stale { current_hash } => (
             StatusCode::PRECONDITION_FAILED,
             Json(json!({
                 "error": "If-Match does not name the active policy's hash",
+                "errors": [],
                 "current_hash": current_hash,
             })),
         )
@@ -335,6 +354,15 @@ async fn validate_policy(State(state): State<AppState>, body: Body) -> Response 
     let backend = state.backend.clone();
     run_blocking(move || match backend.validate(&source) {
         Ok(validated) => (StatusCode::OK, Json(validated)).into_response(),
+        Err(ApplyError::Invalid(errors)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "valid": false,
+                "error": format!("the policy is invalid: {} error(s)", errors.len()),
+                "errors": errors,
+            })),
+        )
+            .into_response(),
         Err(error) => apply_error_response(error),
     })
     .await
@@ -410,6 +438,14 @@ async fn explain(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Resp
     }
 }
 
+/// Whether `text` is an RFC 9110 token: what a method or a header name is made of.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Parses `GET /explain`'s query string (`method=&host=&path=&query=&header=name:value&source=&listener=`).
 /// Public so that it can be fuzzed on its own.
 pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
@@ -420,7 +456,14 @@ pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
     };
     for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
         match key.as_ref() {
-            "method" => query.method = value.into_owned(),
+            "method" => {
+                if !is_token(&value) {
+                    return Err(format!(
+                        "method must be an HTTP method such as GET or POST; got {value:?}"
+                    ));
+                }
+                query.method = value.into_owned()
+            }
             "host" => query.host = Some(value.into_owned()),
             "path" => query.path = value.into_owned(),
             "listener" => query.listener = Some(value.into_owned()),
@@ -431,9 +474,17 @@ pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
                 })?)
             }
             "header" => match value.split_once(':') {
-                Some((name, header_value)) => query
-                    .headers
-                    .push((name.trim().to_ascii_lowercase(), header_value.trim().to_owned())),
+                Some((name, header_value)) if is_token(name.trim()) => {
+                    if header_value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                        return Err(format!("header {name:?}: a value must not hold CR, LF or NUL"));
+                    }
+                    query
+                        .headers
+                        .push((name.trim().to_ascii_lowercase(), header_value.trim().to_owned()))
+                }
+                Some((name, _)) => {
+                    return Err(format!("header must be written name:value with a header name before the colon; got name {name:?}"))
+                }
                 None => return Err("header must be written name:value".to_owned()),
             },
             other => {

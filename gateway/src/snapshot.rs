@@ -331,6 +331,7 @@ impl Snapshot {
         tls: &TlsRegistry,
         jwks: &crate::auth::JwksRegistry,
     ) -> Snapshot {
+        metrics.zero_policy(&policy);
         let requests_total = &metrics.requests_total;
         let rate_limit_store = policy.rate_limit_store.as_ref().map(|settings| {
             previous

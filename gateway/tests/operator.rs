@@ -231,3 +231,66 @@ fn the_command_line_reads_as_documented() {
         "{run_help}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_answers_errors_in_one_shape() {
+    let upstream = start_echo("app").await;
+    let gateway = Gateway::start(&route_to(upstream, r#"retry = { attempts = 2 }"#));
+    let client = client();
+    // The bearer scheme in any case (RFC 7235).
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let response = client
+            .get(gateway.admin_url("/routes"))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    let shape = |value: &serde_json::Value| {
+        assert!(value["error"].is_string(), "{value}");
+        assert!(value["errors"].is_array(), "{value}");
+    };
+    // Unauthorized, not found in history, invalid policy, validate, malformed explain input.
+    let response = client.get(gateway.admin_url("/routes")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    shape(&response.json().await.unwrap());
+    let bad = gateway.policy_with_body("[[routes]]\nname = 1\n");
+    let response = gateway.put_policy(bad.clone()).await;
+    assert_eq!(response.status(), 400);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    shape(&answer);
+    assert!(!answer["errors"].as_array().unwrap().is_empty());
+    let response = client
+        .post(gateway.admin_url("/policy/validate"))
+        .bearer_auth(TOKEN)
+        .body(bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    shape(&answer);
+    assert_eq!(answer["valid"], false);
+    for query in ["method=G%20ET", "header=:x", "header=x", "method="] {
+        let response = client
+            .get(gateway.admin_url(&format!("/explain?{query}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        shape(&response.json().await.unwrap());
+    }
+    // Counters are exported at 0 before their first event.
+    let metrics = gateway.metrics().await;
+    for series in [
+        r#"meshgate_policy_reloads_total{result="conflict"} 0"#,
+        r#"meshgate_policy_reloads_total{result="error"} 0"#,
+        r#"meshgate_tls_reloads_total{result="refused"} 0"#,
+        r#"meshgate_authz_denied_total{route="main"} 0"#,
+        r#"meshgate_retries_total{route="main"} 0"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing");
+    }
+}

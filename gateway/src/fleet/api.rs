@@ -20,12 +20,12 @@ async fn client(
     let Some(settings) = store.snapshot().policy.fleet.clone() else {
         return Err((
             409,
-            json!({ "error": "this gateway is not part of a fleet: its policy has no [fleet]" }),
+            json!({ "error": "this gateway is not part of a fleet: its policy has no [fleet]", "errors": [] }),
         ));
     };
     match super::connect(&settings).await {
         Ok(client) => Ok((client, settings)),
-        Err(message) => Err((503, json!({ "error": message }))),
+        Err(message) => Err((503, json!({ "error": message, "errors": [] }))),
     }
 }
 
@@ -37,7 +37,7 @@ pub async fn status(store: &PolicyStore) -> (u16, serde_json::Value) {
     };
     match push::status(&mut client, &Keys::new(&settings.prefix)).await {
         Ok(report) => (200, json!(report)),
-        Err(error) => (503, json!({ "error": error.to_string() })),
+        Err(error) => (503, json!({ "error": error.to_string(), "errors": [] })),
     }
 }
 
@@ -66,6 +66,7 @@ pub async fn push(store: &PolicyStore, document: String) -> (u16, serde_json::Va
             422,
             json!({
                 "error": "nodes refused the document; nothing was committed",
+                "errors": [],
                 "nodes": nodes
                     .into_iter()
                     .map(|(node, errors)| json!({ "node": node, "errors": errors }))
@@ -74,12 +75,12 @@ pub async fn push(store: &PolicyStore, document: String) -> (u16, serde_json::Va
         ),
         Err(PushError::NoAnswer(nodes)) => (
             504,
-            json!({ "error": "nodes did not answer in time; nothing was committed", "nodes": nodes }),
+            json!({ "error": "nodes did not answer in time; nothing was committed", "nodes": nodes, "errors": [] }),
         ),
         Err(PushError::Conflict) => (
             409,
-            json!({ "error": "another push committed first; nothing was committed" }),
+            json!({ "error": "another push committed first; nothing was committed", "errors": [] }),
         ),
-        Err(PushError::Etcd(message)) => (503, json!({ "error": message })),
+        Err(PushError::Etcd(message)) => (503, json!({ "error": message, "errors": [] })),
     }
 }

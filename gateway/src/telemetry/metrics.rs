@@ -110,7 +110,7 @@ impl Metrics {
         let policy_reloads = IntCounterVec::new(
             Opts::new(
                 "meshgate_policy_reloads_total",
-                "Policy applies by result (applied, unchanged, invalid, error).",
+                "Policy applies by result (applied, unchanged, invalid, conflict, error).",
             ),
             &["result"],
         )
@@ -435,6 +435,8 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        let metrics = Self::new();
+        metrics.zero_fixed();
+        metrics
     }
 }

@@ -16,6 +16,66 @@ use meshgate_policy::compiled::{AccessLogTarget, TelemetrySettings};
 pub use access_log::AccessLog;
 pub use logs::{init_logging, set_format as set_log_format};
 pub use metrics::Metrics;
+
+/// The values of every label set known from the start, so that each counter is exported at 0
+/// before its first event and an alert has a series to match.
+const RELOAD_RESULTS: [&str; 5] = ["applied", "unchanged", "invalid", "conflict", "error"];
+const TLS_RELOAD_RESULTS: [&str; 2] = ["applied", "refused"];
+const DISCOVERY_ERROR_KINDS: [&str; 7] = [
+    "timeout",
+    "servfail",
+    "refused",
+    "unreachable",
+    "nxdomain",
+    "empty",
+    "other",
+];
+
+impl Metrics {
+    /// Creates at 0 the counters whose labels need no policy.
+    pub fn zero_fixed(&self) {
+        for result in RELOAD_RESULTS {
+            self.policy_reloads.with_label_values(&[result]);
+        }
+        for result in TLS_RELOAD_RESULTS {
+            self.tls_reloads.with_label_values(&[result]);
+        }
+    }
+
+    /// Creates at 0 the counters of `policy`'s routes and upstreams.
+    pub fn zero_policy(&self, policy: &meshgate_policy::CompiledPolicy) {
+        for route in &policy.routes {
+            let name = route.name.as_str();
+            self.authz_denied.with_label_values(&[name]);
+            if route.retry.is_some() {
+                self.retries_total.with_label_values(&[name]);
+            }
+            if route.cors.is_some() {
+                for result in ["allowed", "refused"] {
+                    self.cors_preflights.with_label_values(&[name, result]);
+                }
+            }
+            if route.splits.len() > 1 {
+                for split in &route.splits {
+                    let upstream = policy.upstreams[split.upstream].name.as_str();
+                    self.split_fallbacks.with_label_values(&[name, upstream]);
+                }
+            }
+        }
+        for (index, upstream) in policy.upstreams.iter().enumerate() {
+            let name = upstream.name.as_str();
+            for &to in policy.failover.get(index).into_iter().flatten() {
+                self.failovers
+                    .with_label_values(&[name, policy.upstreams[to].name.as_str()]);
+            }
+            if !upstream.names.is_empty() {
+                for kind in DISCOVERY_ERROR_KINDS {
+                    self.discovery_errors.with_label_values(&[name, kind]);
+                }
+            }
+        }
+    }
+}
 pub use trace::{RequestSpan, SpanEnd, Tracing};
 
 /// The gateway's telemetry sinks.
