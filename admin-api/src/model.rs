@@ -26,6 +26,9 @@ pub struct Applied {
     pub restart_required: Vec<String>,
     /// False when the policy was identical to the active one, so nothing was swapped.
     pub changed: bool,
+    /// What is valid but probably not meant (a route never reached, an unused upstream…).
+    #[serde(default)]
+    pub warnings: Vec<ErrorItem>,
 }
 
 /// One policy error, with its position.
@@ -117,6 +120,9 @@ pub struct Validated {
     pub valid: bool,
     /// Static parts that would take effect only on restart.
     pub restart_required: Vec<String>,
+    /// What is valid but probably not meant (a route never reached, an unused upstream…).
+    #[serde(default)]
+    pub warnings: Vec<ErrorItem>,
 }
 
 /// `GET /upstreams`.

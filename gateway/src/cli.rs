@@ -67,6 +67,9 @@ enum Command {
         config: Option<PathBuf>,
         /// The policy file, as a plain argument.
         file: Option<PathBuf>,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// The fleet's shared policy in etcd: meshgate fleet push -c meshgate.toml fleet.toml
     Fleet {
@@ -104,10 +107,15 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config, file } => check(
+        Command::Check {
+            config,
+            file,
+            strict,
+        } => check(
             &config
                 .or(file)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY)),
+            strict,
         ),
         Command::Fleet { command } => crate::fleet::cli::main(command),
         Command::Version => {
@@ -117,7 +125,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn check(file: &std::path::Path) -> ExitCode {
+/// Validates `file`: its errors (exit 1), else its warnings after them (exit 0, or 1 when
+/// `strict`).
+fn check(file: &std::path::Path, strict: bool) -> ExitCode {
     let name = file.display().to_string();
     let source = match meshgate_policy::files::read_policy_file(file) {
         Ok(source) => source,
@@ -126,10 +136,28 @@ fn check(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match meshgate_policy::load(&source, &base_dir_of(file)) {
-        Ok(_) => {
+    match meshgate_policy::load_with_warnings(&source, &base_dir_of(file)) {
+        Ok((_, warnings)) if warnings.is_empty() => {
             println!("{name}: ok");
             ExitCode::SUCCESS
+        }
+        Ok((_, warnings)) => {
+            for warning in &warnings {
+                let text = warning.display_with_file(&name);
+                // `FILE:L:C: path: message` → `FILE:L:C: warning: path: message`
+                let shown = match text.split_once(": ") {
+                    Some((place, rest)) => format!("{place}: warning: {rest}"),
+                    None => text,
+                };
+                eprintln!("{shown}");
+            }
+            if strict {
+                eprintln!("{name}: {} warning(s), refused by --strict", warnings.len());
+                ExitCode::FAILURE
+            } else {
+                println!("{name}: ok, {} warning(s)", warnings.len());
+                ExitCode::SUCCESS
+            }
         }
         Err(errors) => {
             for error in &errors {

@@ -104,6 +104,15 @@ fn to_items(errors: Vec<PolicyError>) -> Vec<ErrorItem> {
         .collect()
 }
 
+/// The warnings of a policy compiled from `source` (none for a fleet merge, whose keys are
+/// not all in `source`).
+fn warnings(source: &str, compiled: &CompiledPolicy, merged: bool) -> Vec<ErrorItem> {
+    if merged {
+        return Vec::new();
+    }
+    to_items(meshgate_policy::warnings_of(source, compiled))
+}
+
 /// The folder relative paths in a policy file are resolved against.
 pub fn base_dir_of(path: &Path) -> PathBuf {
     match path.parent() {
@@ -293,6 +302,7 @@ impl PolicyStore {
         Ok(Validated {
             valid: true,
             restart_required,
+            warnings: warnings(source, &compiled, fleet.is_some()),
         })
     }
 
@@ -389,9 +399,11 @@ impl PolicyStore {
                 hash,
                 restart_required: owned(&old.listeners.restart_required),
                 changed: false,
+                warnings: Vec::new(),
             });
         }
         let mut compiled = self.compile(&source, fleet.as_ref())?;
+        let warnings = warnings(&source, &compiled, fleet.is_some());
         let plan = ListenerPlan::adopt(&mut compiled, &self.running, &self.started);
         let restart_required = owned(&plan.restart_required);
         if origin != Origin::File && origin != Origin::Fleet {
@@ -446,6 +458,7 @@ impl PolicyStore {
             hash,
             restart_required,
             changed: true,
+            warnings,
         })
     }
 

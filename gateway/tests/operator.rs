@@ -252,7 +252,11 @@ async fn the_admin_api_answers_errors_in_one_shape() {
         assert!(value["errors"].is_array(), "{value}");
     };
     // Unauthorized, not found in history, invalid policy, validate, malformed explain input.
-    let response = client.get(gateway.admin_url("/routes")).send().await.unwrap();
+    let response = client
+        .get(gateway.admin_url("/routes"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     shape(&response.json().await.unwrap());
     let bad = gateway.policy_with_body("[[routes]]\nname = 1\n");
@@ -293,4 +297,67 @@ async fn the_admin_api_answers_errors_in_one_shape() {
     ] {
         assert!(metrics.contains(series), "{series} missing");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_and_the_api_list_warnings_after_errors() {
+    let upstream = start_echo("app").await;
+    let body = format!(
+        r#"
+[[upstreams]]
+name = "app"
+endpoints = ["{upstream}"]
+
+[[upstreams]]
+name = "old"
+endpoints = ["{upstream}"]
+
+[[routes]]
+name = "everything"
+split = [{{ upstream = "app" }}]
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api" }}
+split = [{{ upstream = "app" }}]
+allow = ["spiffe://prod.example/ns/shop/sa/checkout"]
+"#
+    );
+    let gateway = Gateway::start(&body);
+    let path = gateway.policy_path.to_str().unwrap().to_owned();
+    let (code, _, stderr) = meshgate(&["check", &path]);
+    assert_eq!(code, 0, "{stderr}");
+    for expected in [
+        "warning: upstreams[1].name: upstream \"old\" is not used",
+        "warning: routes[1].name: route \"api\" is never reached: route \"everything\" (routes[0])",
+        "warning: routes[1].allow: route \"api\" allows certificate identities",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
+    }
+    assert_eq!(meshgate(&["check", "--strict", &path]).0, 1);
+
+    // The same warnings come back from validate and PUT; the policy is applied all the same.
+    let policy = std::fs::read_to_string(&gateway.policy_path).unwrap() + "\n# changed\n";
+    let response = client()
+        .post(gateway.admin_url("/policy/validate"))
+        .bearer_auth(TOKEN)
+        .body(policy.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let validated: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        validated["warnings"].as_array().unwrap().len(),
+        3,
+        "{validated}"
+    );
+    let applied = gateway.apply_policy(policy).await;
+    assert_eq!(applied["changed"], true);
+    let warnings = applied["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 3, "{applied}");
+    assert!(
+        warnings.iter().all(|w| w["line"].as_u64().unwrap() > 0),
+        "{applied}"
+    );
 }

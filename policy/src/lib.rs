@@ -25,4 +25,7 @@ pub mod size;
 
 pub use compiled::{CompiledPolicy, RequestView};
 pub use error::PolicyError;
-pub use load::{check_admin_token, check_fleet_document, load, load_with_fleet, FleetError};
+pub use load::{
+    check_admin_token, check_fleet_document, load, load_with_fleet, load_with_warnings,
+    warnings_of, FleetError,
+};

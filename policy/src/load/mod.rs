@@ -33,6 +33,7 @@ mod server;
 mod telemetry;
 mod tls;
 mod upstreams;
+mod warnings;
 
 use checks::*;
 use compress::*;
@@ -110,6 +111,28 @@ pub fn load(source: &str, base_dir: &Path) -> Result<CompiledPolicy, Vec<PolicyE
     errors.sort_by_key(|e| (e.line, e.column));
     errors.dedup();
     Err(errors)
+}
+
+/// [`load`], and for a valid policy its warnings: what is valid but probably not meant (a
+/// route no request reaches, an unused upstream, a listener no route applies to, no
+/// listeners, `allow` where no caller can have an identity), sorted by position.
+pub fn load_with_warnings(
+    source: &str,
+    base_dir: &Path,
+) -> Result<(CompiledPolicy, Vec<PolicyError>), Vec<PolicyError>> {
+    let compiled = load(source, base_dir)?;
+    let warnings = warnings_of(source, &compiled);
+    Ok((compiled, warnings))
+}
+
+/// The warnings of `policy`, compiled from `source`, placed in `source`.
+pub fn warnings_of(source: &str, policy: &CompiledPolicy) -> Vec<PolicyError> {
+    let (document, _) = DeTable::parse_recoverable(source);
+    let mut sink = ErrorSink::new(source, &document);
+    warnings::collect(policy, &mut sink);
+    let mut warnings = sink.errors;
+    warnings.sort_by_key(|w| (w.line, w.column));
+    warnings
 }
 
 /// TOML syntax errors, with their positions in `source`.
