@@ -33,6 +33,8 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn apply(&self, source: String, if_match: Option<&str>) -> Result<Applied, ApplyError>;
     /// Validates a policy without applying it.
     fn validate(&self, source: &str) -> Result<Validated, ApplyError>;
+    /// Validates a policy and says what applying it would change, without applying it.
+    fn dry_run(&self, source: &str) -> Result<DryRun, ApplyError>;
     /// Re-reads the policy file and applies it.
     fn reload(&self) -> Result<Applied, ApplyError>;
     /// Goes back to the previously applied policy.
@@ -332,11 +334,43 @@ fn applied_response(result: Result<Applied, ApplyError>) -> Response {
     }
 }
 
-async fn put_policy(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn put_policy(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut dry_run = false;
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match (key.as_ref(), value.as_ref()) {
+            ("dry_run", "true" | "1") => dry_run = true,
+            ("dry_run", "false" | "0") => dry_run = false,
+            ("dry_run", other) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("dry_run must be true or false, not {other:?}"),
+                )
+            }
+            (other, _) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown query parameter {other:?}; expected dry_run"),
+                )
+            }
+        }
+    }
     let source = match read_text(body).await {
         Ok(source) => source,
         Err(response) => return response,
     };
+    if dry_run {
+        let backend = state.backend.clone();
+        return run_blocking(move || match backend.dry_run(&source) {
+            Ok(answer) => (StatusCode::OK, Json(answer)).into_response(),
+            Err(error) => apply_error_response(error),
+        })
+        .await;
+    }
 
     let if_match = headers
         .get(header::IF_MATCH)

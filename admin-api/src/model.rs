@@ -125,6 +125,24 @@ pub struct Validated {
     pub warnings: Vec<ErrorItem>,
 }
 
+/// `PUT /policy?dry_run=true`: what applying the policy would change; nothing changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DryRun {
+    /// Always true.
+    pub dry_run: bool,
+    /// Always true (an invalid policy is answered with its errors).
+    pub valid: bool,
+    /// Routes and upstreams added, removed and changed (with their keys), the upstreams that
+    /// would start fresh, and the other sections changed.
+    pub changes: serde_json::Value,
+    /// The same, one line each (`+ route api`, `~ upstream app: endpoints`…).
+    pub lines: Vec<String>,
+    /// Static parts that would take effect only on restart.
+    pub restart_required: Vec<String>,
+    /// What is valid but probably not meant.
+    pub warnings: Vec<ErrorItem>,
+}
+
 /// `GET /upstreams`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpstreamsBody {

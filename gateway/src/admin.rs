@@ -163,6 +163,10 @@ impl AdminBackend for GatewayAdmin {
         self.store.validate(source)
     }
 
+    fn dry_run(&self, source: &str) -> Result<meshgate_admin::DryRun, ApplyError> {
+        self.store.dry_run(source)
+    }
+
     fn reload(&self) -> Result<Applied, ApplyError> {
         self.store.reload_from_file()
     }

@@ -16,6 +16,7 @@ const EXAMPLES: &str = "Examples:
   meshgate run -c /etc/meshgate/meshgate.toml       serve the policy in the foreground
   meshgate run --upgrade -d -c meshgate.toml        take over from a running instance
   meshgate check -c meshgate.toml                   validate a policy like `nginx -t`
+  meshgate diff old.toml new.toml                   what applying new.toml would change
   meshgate fleet push -c meshgate.toml fleet.toml   push a shared policy to every node
   meshgate version                                  print the version and TLS backend";
 
@@ -71,6 +72,13 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// What applying NEW over OLD would change: meshgate diff old.toml new.toml
+    Diff {
+        /// The policy in use.
+        old: PathBuf,
+        /// The policy to compare with it.
+        new: PathBuf,
+    },
     /// The fleet's shared policy in etcd: meshgate fleet push -c meshgate.toml fleet.toml
     Fleet {
         #[command(subcommand)]
@@ -117,6 +125,7 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY)),
             strict,
         ),
+        Command::Diff { old, new } => diff(&old, &new),
         Command::Fleet { command } => crate::fleet::cli::main(command),
         Command::Version => {
             println!("meshgate {}", version_text());
@@ -164,6 +173,40 @@ fn check(file: &std::path::Path, strict: bool) -> ExitCode {
                 eprintln!("{}", error.display_with_file(&name));
             }
             eprintln!("{name}: {} error(s)", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints what applying `new` over `old` would change, one line each; exit 1 when either is
+/// invalid (with its errors).
+fn diff(old: &std::path::Path, new: &std::path::Path) -> ExitCode {
+    let load = |file: &std::path::Path| {
+        let name = file.display().to_string();
+        let source = meshgate_policy::files::read_policy_file(file)
+            .map_err(|e| vec![format!("{name}: cannot read: {e}")])?;
+        meshgate_policy::load(&source, &base_dir_of(file)).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| e.display_with_file(&name))
+                .collect::<Vec<_>>()
+        })
+    };
+    match (load(old), load(new)) {
+        (Ok(old), Ok(new)) => {
+            let changes = meshgate_policy::diff::diff(&old, &new);
+            if changes.is_empty() {
+                println!("no change");
+            }
+            for line in changes.lines() {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        (old, new) => {
+            for line in [old.err(), new.err()].into_iter().flatten().flatten() {
+                eprintln!("{line}");
+            }
             ExitCode::FAILURE
         }
     }

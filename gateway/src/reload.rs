@@ -306,6 +306,25 @@ impl PolicyStore {
         })
     }
 
+    /// What applying `source` would change against the running policy; nothing changes.
+    pub fn dry_run(&self, source: &str) -> Result<meshgate_admin::DryRun, ApplyError> {
+        let fleet = self.lock().fleet.clone();
+        let mut compiled = self.compile(source, fleet.as_ref())?;
+        let warnings = warnings(source, &compiled, fleet.is_some());
+        // As `apply` would run it: the listeners bound at start serve on.
+        let plan = ListenerPlan::adopt(&mut compiled, &self.running, &self.started);
+        let current = self.current.load_full();
+        let changes = meshgate_policy::diff::diff(&current.policy, &compiled);
+        Ok(meshgate_admin::DryRun {
+            dry_run: true,
+            valid: true,
+            lines: changes.lines(),
+            changes: serde_json::to_value(&changes).unwrap_or_default(),
+            restart_required: owned(&plan.restart_required),
+            warnings,
+        })
+    }
+
     /// Validates, compiles, persists (for API changes) and swaps in a policy.
     pub fn apply(
         &self,

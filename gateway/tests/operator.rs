@@ -361,3 +361,131 @@ allow = ["spiffe://prod.example/ns/shop/sa/checkout"]
         "{applied}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_lists_what_would_change_and_changes_nothing() {
+    let app = start_echo("app").await;
+    let other = start_echo("other").await;
+    let before = format!(
+        r#"
+[[upstreams]]
+name = "app"
+endpoints = ["{app}"]
+
+[[upstreams]]
+name = "legacy"
+endpoints = ["{app}"]
+
+[[routes]]
+name = "main"
+match = {{ path_prefix = "/" }}
+split = [{{ upstream = "app" }}]
+
+[[routes]]
+name = "old"
+match = {{ path_prefix = "/old" }}
+split = [{{ upstream = "legacy" }}]
+"#
+    );
+    let after = format!(
+        r#"
+[[upstreams]]
+name = "app"
+endpoints = ["{other}"]
+
+[[upstreams]]
+name = "new"
+endpoints = ["{app}"]
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api" }}
+split = [{{ upstream = "new" }}]
+
+[[routes]]
+name = "main"
+match = {{ path_prefix = "/" }}
+split = [{{ upstream = "app" }}]
+timeouts = {{ request = "5s" }}
+"#
+    );
+    let gateway = Gateway::start(&before);
+    let version = gateway.admin_json("/policy/history").await.to_string();
+    let response = client()
+        .put(gateway.admin_url("/policy?dry_run=true"))
+        .bearer_auth(TOKEN)
+        .body(gateway.policy_with_body(&after))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let changes = &answer["changes"];
+    assert_eq!(
+        changes["routes"]["added"],
+        serde_json::json!(["api"]),
+        "{answer}"
+    );
+    assert_eq!(changes["routes"]["removed"], serde_json::json!(["old"]));
+    assert_eq!(
+        changes["routes"]["changed"],
+        serde_json::json!([{"name": "main", "keys": ["timeouts"]}])
+    );
+    assert_eq!(changes["upstreams"]["added"], serde_json::json!(["new"]));
+    assert_eq!(
+        changes["upstreams"]["removed"],
+        serde_json::json!(["legacy"])
+    );
+    assert_eq!(
+        changes["upstreams"]["changed"],
+        serde_json::json!([{"name": "app", "keys": ["endpoints"]}])
+    );
+    assert_eq!(changes["fresh_upstreams"], serde_json::json!(["app"]));
+    let lines = answer["lines"].to_string();
+    assert!(lines.contains("! upstream app starts fresh"), "{lines}");
+    // Nothing was applied: the old route still serves, the history is the same.
+    let response = client().get(gateway.url("/old")).send().await.unwrap();
+    assert_eq!(response.headers()["x-echo-server"], "app");
+    assert_eq!(
+        gateway.admin_json("/policy/history").await.to_string(),
+        version
+    );
+    let response = client()
+        .put(gateway.admin_url("/policy?dry_run=maybe"))
+        .bearer_auth(TOKEN)
+        .body(gateway.policy_with_body(&after))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // meshgate diff OLD NEW says the same.
+    let new_file = gateway.dir.path().join("new.toml");
+    std::fs::write(&new_file, gateway.policy_with_body(&after)).unwrap();
+    let (code, stdout, stderr) = meshgate(&[
+        "diff",
+        gateway.policy_path.to_str().unwrap(),
+        new_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "+ route api",
+        "- route old",
+        "~ route main: timeouts",
+        "+ upstream new",
+        "- upstream legacy",
+        "~ upstream app: endpoints",
+        "! upstream app starts fresh (runtime state reset)",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} not in:\n{stdout}"
+        );
+    }
+    let (_, same, _) = meshgate(&[
+        "diff",
+        gateway.policy_path.to_str().unwrap(),
+        gateway.policy_path.to_str().unwrap(),
+    ]);
+    assert_eq!(same.trim(), "no change");
+}

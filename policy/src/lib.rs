@@ -7,6 +7,7 @@
 pub mod compiled;
 pub mod compress;
 pub mod cors;
+pub mod diff;
 pub mod direct;
 pub mod discovery;
 pub mod duration;
