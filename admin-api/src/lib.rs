@@ -35,6 +35,15 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn validate(&self, source: &str) -> Result<Validated, ApplyError>;
     /// Validates a policy and says what applying it would change, without applying it.
     fn dry_run(&self, source: &str) -> Result<DryRun, ApplyError>;
+    /// Sets an endpoint's runtime state (`enabled`, `draining`, `disabled`); `by` says who
+    /// asked, for the log. An error when the upstream or the endpoint does not exist.
+    fn set_endpoint_state(
+        &self,
+        upstream: &str,
+        address: &str,
+        state: &str,
+        by: &str,
+    ) -> Result<(), String>;
     /// Re-reads the policy file and applies it.
     fn reload(&self) -> Result<Applied, ApplyError>;
     /// Goes back to the previously applied policy.
@@ -88,6 +97,10 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
         .route("/reload", post(reload_policy))
         .route("/drain", post(drain))
         .route("/upstreams", get(upstreams))
+        .route(
+            "/upstreams/{upstream}/endpoints/{address}/{action}",
+            post(endpoint_action),
+        )
         .route("/routes", get(routes))
         .route("/explain", get(explain))
         .route("/fleet", get(fleet_status))
@@ -455,6 +468,40 @@ async fn run_blocking(work: impl FnOnce() -> Response + Send + 'static) -> Respo
 
 async fn upstreams(State(state): State<AppState>) -> Response {
     Json(state.backend.upstreams()).into_response()
+}
+
+/// `POST /upstreams/{upstream}/endpoints/{address}/{drain|disable|enable}`.
+async fn endpoint_action(
+    State(state): State<AppState>,
+    axum::extract::Path((upstream, address, action)): axum::extract::Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let target = match action.as_str() {
+        "drain" => "draining",
+        "disable" => "disabled",
+        "enable" => "enabled",
+        other => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &format!("unknown endpoint action {other:?}; expected drain, disable or enable"),
+            )
+        }
+    };
+    // Who asked, for the log: the operator's own word when given.
+    let by = headers
+        .get("x-meshgate-operator")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .unwrap_or("admin API")
+        .to_owned();
+    match state
+        .backend
+        .set_endpoint_state(&upstream, &address, target, &by)
+    {
+        Ok(()) => Json(json!({ "upstream": upstream, "endpoint": address, "state": target }))
+            .into_response(),
+        Err(message) => error_response(StatusCode::NOT_FOUND, &message),
+    }
 }
 
 async fn routes(State(state): State<AppState>) -> Response {

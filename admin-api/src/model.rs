@@ -238,6 +238,10 @@ pub struct EndpointStatus {
     pub consecutive_failures: u32,
     /// Times outlier detection ejected it.
     pub ejections: u32,
+    /// What an operator set: `enabled` (the default), `draining` or `disabled` (no new
+    /// request either way); runtime state, kept across reloads while the endpoint exists.
+    #[serde(default)]
+    pub state: String,
 }
 
 /// `GET /explain` query: the request to explain.

@@ -167,6 +167,26 @@ impl AdminBackend for GatewayAdmin {
         self.store.dry_run(source)
     }
 
+    fn set_endpoint_state(
+        &self,
+        upstream: &str,
+        address: &str,
+        state: &str,
+        by: &str,
+    ) -> Result<(), String> {
+        let address: std::net::SocketAddr = address
+            .parse()
+            .map_err(|_| format!("{address:?} is not an endpoint address (IP:port)"))?;
+        let code = match state {
+            "draining" => crate::upstream::ADMIN_DRAINING,
+            "disabled" => crate::upstream::ADMIN_DISABLED,
+            _ => crate::upstream::ADMIN_ENABLED,
+        };
+        self.store.set_endpoint_state(upstream, address, code)?;
+        tracing::info!(upstream, endpoint = %address, state, by, "endpoint state set");
+        Ok(())
+    }
+
     fn reload(&self) -> Result<Applied, ApplyError> {
         self.store.reload_from_file()
     }
@@ -245,6 +265,10 @@ impl AdminBackend for GatewayAdmin {
                             requests_total: e.requests_total.load(Ordering::Relaxed),
                             consecutive_failures: e.consecutive_failures.load(Ordering::Relaxed),
                             ejections: e.ejections.load(Ordering::Relaxed),
+                            state: crate::upstream::admin_state_name(
+                                e.admin_state.load(Ordering::Relaxed),
+                            )
+                            .to_owned(),
                         })
                         .collect()
                 },

@@ -489,3 +489,100 @@ timeouts = {{ request = "5s" }}
     ]);
     assert_eq!(same.trim(), "no change");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_are_drained_disabled_and_enabled_at_runtime_across_reloads() {
+    let a = start_echo("a").await;
+    let b = start_echo("b").await;
+    let body = |extra: &str| {
+        format!(
+            r#"
+[[upstreams]]
+name = "pool"
+endpoints = ["{a}", "{b}"]
+
+[[routes]]
+name = "main"
+split = [{{ upstream = "pool" }}]
+{extra}
+"#
+        )
+    };
+    let gateway = Gateway::start(&body(""));
+    let client = client();
+    let served = |gateway: &Gateway| {
+        let client = client.clone();
+        let url = gateway.url("/");
+        async move {
+            let mut names = std::collections::BTreeMap::new();
+            for _ in 0..20 {
+                let response = client.get(&url).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                let name = response.headers()["x-echo-server"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                *names.entry(name).or_insert(0) += 1;
+            }
+            names
+        }
+    };
+    let act = |path: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(path)
+                .bearer_auth(TOKEN)
+                .header("x-meshgate-operator", "alice")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = act(gateway.admin_url(&format!("/upstreams/pool/endpoints/{a}/drain"))).await;
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["state"], "draining");
+    assert_eq!(
+        served(&gateway).await.get("a"),
+        None,
+        "a drained endpoint takes no request"
+    );
+    let upstreams = gateway.admin_json("/upstreams").await;
+    let endpoint = &upstreams["upstreams"][0]["endpoints"][0];
+    assert_eq!(
+        (endpoint["address"].as_str(), endpoint["state"].as_str()),
+        (Some(a.to_string().as_str()), Some("draining"))
+    );
+    assert!(
+        gateway.stderr().contains("by=\"alice\""),
+        "{}",
+        gateway.stderr()
+    );
+
+    // A reload that keeps the endpoint keeps its state.
+    gateway
+        .apply_policy(gateway.policy_with_body(&body("timeouts = { request = \"5s\" }")))
+        .await;
+    assert_eq!(served(&gateway).await.get("a"), None);
+    let response = act(gateway.admin_url(&format!("/upstreams/pool/endpoints/{b}/disable"))).await;
+    assert_eq!(response.status(), 200);
+    let response = act(gateway.admin_url(&format!("/upstreams/pool/endpoints/{a}/enable"))).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(served(&gateway).await.get("b"), None, "b is disabled");
+    act(gateway.admin_url(&format!("/upstreams/pool/endpoints/{b}/enable"))).await;
+    let both = served(&gateway).await;
+    assert_eq!((both.get("a"), both.get("b")), (Some(&10), Some(&10)));
+
+    // Unknown upstream, endpoint or action: 404 with the one error shape.
+    for path in [
+        format!("/upstreams/nope/endpoints/{a}/drain"),
+        "/upstreams/pool/endpoints/127.0.0.1:1/drain".to_owned(),
+        format!("/upstreams/pool/endpoints/{a}/explode"),
+    ] {
+        let response = act(gateway.admin_url(&path)).await;
+        assert_eq!(response.status(), 404, "{path}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert!(answer["error"].is_string() && answer["errors"].is_array());
+    }
+}

@@ -10,7 +10,10 @@ pub mod health;
 mod outlier;
 mod set;
 pub use outlier::now_ms;
-pub use set::{EndpointEntry, EndpointSet, EndpointState};
+pub use set::{
+    admin_state_name, EndpointEntry, EndpointSet, EndpointState, ADMIN_DISABLED, ADMIN_DRAINING,
+    ADMIN_ENABLED,
+};
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -119,7 +122,9 @@ impl UpstreamState {
     /// time is up ends here, and the endpoint comes back on probation).
     #[inline]
     pub fn eligible(&self, endpoint: &EndpointState) -> bool {
-        if !endpoint.healthy.load(Ordering::Relaxed) {
+        if !endpoint.healthy.load(Ordering::Relaxed)
+            || endpoint.admin_state.load(Ordering::Relaxed) != set::ADMIN_ENABLED
+        {
             return false;
         }
         !endpoint.ejected.load(Ordering::Relaxed) || self.end_ejection_if_due(endpoint)

@@ -38,6 +38,25 @@ pub struct EndpointState {
     pub ejections: AtomicU32,
     /// When the current ejection ends, in ms since the process started.
     pub(super) ejected_until_ms: AtomicU64,
+    /// What an operator set through the admin API: [`ADMIN_ENABLED`], [`ADMIN_DRAINING`] or
+    /// [`ADMIN_DISABLED`]. Anything but enabled takes no new request.
+    pub admin_state: std::sync::atomic::AtomicU8,
+}
+
+/// An endpoint taking requests (the default).
+pub const ADMIN_ENABLED: u8 = 0;
+/// An endpoint taking no new request while those in flight finish.
+pub const ADMIN_DRAINING: u8 = 1;
+/// An endpoint out of service.
+pub const ADMIN_DISABLED: u8 = 2;
+
+/// The name of an admin state, as `/upstreams` shows it and the API takes it.
+pub fn admin_state_name(state: u8) -> &'static str {
+    match state {
+        ADMIN_DRAINING => "draining",
+        ADMIN_DISABLED => "disabled",
+        _ => "enabled",
+    }
 }
 
 impl EndpointState {
@@ -70,6 +89,7 @@ impl EndpointState {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            admin_state: std::sync::atomic::AtomicU8::new(ADMIN_ENABLED),
         }
     }
 
