@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # as the DNS server of the discovery tests; etcd (etcd-server, etcd-client) for the fleet tests. To benchmark, also: NGINX and HAProxy to compare
 # with, procps and util-linux (taskset) for pinning, ab (apache2-utils) and valgrind for the
 # instruction counts.
-PACKAGES := cmake clang libclang-dev protobuf-compiler wrk nghttp2-client curl redis-server openssl testssl.sh nginx-light \
+PACKAGES := cmake clang libclang-dev protobuf-compiler wrk nghttp2-client curl redis-server openssl testssl.sh nginx-light chromium \
 	prometheus systemd docker-compose dnsmasq-base etcd-server etcd-client
 BENCH_PACKAGES := haproxy procps util-linux apache2-utils valgrind
 

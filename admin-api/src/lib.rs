@@ -108,6 +108,7 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/status", get(status_page))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(protected)
@@ -131,6 +132,7 @@ pub fn metrics_router(backend: Arc<dyn AdminBackend>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/status", get(status_page))
         .fallback(|| async {
             error_response(StatusCode::NOT_FOUND, "this listener serves only /metrics")
         })
@@ -197,6 +199,24 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
         .eq_ignore_ascii_case(b"bearer")
         .then(|| token.trim_ascii())
         .filter(|token| !token.is_empty())
+}
+
+/// `GET /status`: a read-only page that asks for the token and reads the API with it. It
+/// holds no secret, so it is served without the token.
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        include_str!("status.html"),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

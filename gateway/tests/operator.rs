@@ -586,3 +586,108 @@ split = [{{ upstream = "pool" }}]
         assert!(answer["error"].is_string() && answer["errors"].is_array());
     }
 }
+
+/// The DOM of `url` after its scripts ran, as headless Chromium (from `make deps`) renders it.
+fn rendered_dom(url: &str) -> String {
+    let output = bounded(60, "chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed by `make deps`");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_shows_in_a_browser_what_the_api_says() {
+    let _machine = load_test_lock();
+    let a = start_echo("a").await;
+    let b = start_echo("b").await;
+    let gateway = Gateway::start(&format!(
+        r#"
+[[upstreams]]
+name = "pool"
+endpoints = ["{a}", "{b}"]
+
+[[routes]]
+name = "main"
+split = [{{ upstream = "pool" }}]
+"#
+    ));
+    for _ in 0..6 {
+        assert_eq!(
+            client()
+                .get(gateway.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let response = client()
+        .post(gateway.admin_url(&format!("/upstreams/pool/endpoints/{b}/drain")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // The page needs no token to load and holds none.
+    let response = client()
+        .get(gateway.admin_url("/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(!response.text().await.unwrap().contains(TOKEN));
+
+    // In the browser, with the token entered (through the URL fragment, never sent to the
+    // server): each endpoint's row says what /upstreams says.
+    let url = gateway.admin_url(&format!("/status#token={TOKEN}"));
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&url))
+        .await
+        .unwrap();
+    assert!(dom.contains("data-loaded=\"true\""), "{dom}");
+    let upstreams = gateway.admin_json("/upstreams").await;
+    for endpoint in upstreams["upstreams"][0]["endpoints"].as_array().unwrap() {
+        let address = endpoint["address"].as_str().unwrap();
+        let start = dom
+            .find(&format!("data-endpoint=\"pool/{address}\""))
+            .unwrap_or_else(|| panic!("no row for {address}: {dom}"));
+        let row = &dom[start..start + dom[start..].find("</tr>").unwrap()];
+        let cells: Vec<&str> = row
+            .split("<td")
+            .skip(1)
+            .map(|c| c[c.find('>').unwrap() + 1..c.find("</td>").unwrap()].trim())
+            .collect();
+        let health = if endpoint["healthy"] == true {
+            "healthy"
+        } else {
+            "unhealthy"
+        };
+        assert_eq!(cells[2], endpoint["state"].as_str().unwrap(), "{row}");
+        assert_eq!(cells[3], health, "{row}");
+        assert_eq!(cells[6], endpoint["requests_total"].to_string(), "{row}");
+    }
+    assert!(dom.contains(">draining<"), "{dom}");
+    assert!(dom.contains("policy version 1"), "{dom}");
+
+    // A wrong token shows the API's refusal, and no data.
+    let url = gateway.admin_url("/status#token=wrong");
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&url))
+        .await
+        .unwrap();
+    assert!(dom.contains("missing or wrong bearer token"), "{dom}");
+    assert!(!dom.contains("data-loaded"), "{dom}");
+}
