@@ -490,13 +490,10 @@ timeouts = {{ request = "5s" }}
     assert_eq!(same.trim(), "no change");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn endpoints_are_drained_disabled_and_enabled_at_runtime_across_reloads() {
-    let a = start_echo("a").await;
-    let b = start_echo("b").await;
-    let body = |extra: &str| {
-        format!(
-            r#"
+/// An upstream `pool` of two endpoints and a route `main` to it, with `route_extra`.
+fn pool_of_two(a: std::net::SocketAddr, b: std::net::SocketAddr, route_extra: &str) -> String {
+    format!(
+        r#"
 [[upstreams]]
 name = "pool"
 endpoints = ["{a}", "{b}"]
@@ -504,10 +501,16 @@ endpoints = ["{a}", "{b}"]
 [[routes]]
 name = "main"
 split = [{{ upstream = "pool" }}]
-{extra}
+{route_extra}
 "#
-        )
-    };
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_are_drained_disabled_and_enabled_at_runtime_across_reloads() {
+    let a = start_echo("a").await;
+    let b = start_echo("b").await;
+    let body = |extra: &str| pool_of_two(a, b, extra);
     let gateway = Gateway::start(&body(""));
     let client = client();
     let served = |gateway: &Gateway| {
@@ -609,17 +612,7 @@ async fn the_status_page_shows_in_a_browser_what_the_api_says() {
     let _machine = load_test_lock();
     let a = start_echo("a").await;
     let b = start_echo("b").await;
-    let gateway = Gateway::start(&format!(
-        r#"
-[[upstreams]]
-name = "pool"
-endpoints = ["{a}", "{b}"]
-
-[[routes]]
-name = "main"
-split = [{{ upstream = "pool" }}]
-"#
-    ));
+    let gateway = Gateway::start(&pool_of_two(a, b, ""));
     for _ in 0..6 {
         assert_eq!(
             client()
