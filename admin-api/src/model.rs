@@ -242,6 +242,13 @@ pub struct EndpointStatus {
     /// request either way); runtime state, kept across reloads while the endpoint exists.
     #[serde(default)]
     pub state: String,
+    /// The last active health check: `passed` or why it failed (`/health answered 503`,
+    /// `connect failed: …`, `no answer within 1s`); absent without health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
+    /// When that check ran (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_at: Option<String>,
 }
 
 /// `GET /explain` query: the request to explain.

@@ -125,6 +125,20 @@ fn admission_checks(route: &meshgate_policy::compiled::Route) -> Vec<String> {
     checks
 }
 
+/// An endpoint's last health check and its time (RFC 3339), if it had one.
+fn last_check(endpoint: &crate::upstream::EndpointState) -> Option<(String, String)> {
+    let last = endpoint
+        .last_check
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    last.as_ref().map(|(result, at)| {
+        (
+            result.clone(),
+            humantime::format_rfc3339_seconds(*at).to_string(),
+        )
+    })
+}
+
 /// An `allow` entry as written.
 fn describe_identity_pattern(pattern: &meshgate_policy::compiled::IdentityPattern) -> String {
     use meshgate_policy::compiled::IdentityPattern;
@@ -269,6 +283,8 @@ impl AdminBackend for GatewayAdmin {
                                 e.admin_state.load(Ordering::Relaxed),
                             )
                             .to_owned(),
+                            last_check: last_check(e).map(|(result, _)| result),
+                            last_check_at: last_check(e).map(|(_, at)| at),
                         })
                         .collect()
                 },

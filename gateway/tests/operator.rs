@@ -684,3 +684,58 @@ async fn the_status_page_shows_in_a_browser_what_the_api_says() {
     assert!(dom.contains("missing or wrong bearer token"), "{dom}");
     assert!(!dom.contains("data-loaded"), "{dom}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unhealthy_endpoint_says_why_in_upstreams() {
+    let (failing, _, _task) = start_upstream("failing", 503, Duration::ZERO).await;
+    let good = start_echo("good").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let gateway = Gateway::start(&format!(
+        r#"
+[[upstreams]]
+name = "pool"
+endpoints = ["{failing}", "{good}", "{dead}"]
+health_check = {{ path = "/health", interval = "100ms", timeout = "100ms", unhealthy_threshold = 1 }}
+
+[[routes]]
+name = "main"
+split = [{{ upstream = "pool" }}]
+"#
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let endpoints = loop {
+        let upstreams = gateway.admin_json("/upstreams").await;
+        let endpoints = upstreams["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if endpoints.iter().all(|e| e.get("last_check").is_some()) {
+            break endpoints;
+        }
+        assert!(std::time::Instant::now() < deadline, "{upstreams}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let by_address = |address: &str| {
+        endpoints
+            .iter()
+            .find(|e| e["address"] == address)
+            .unwrap()
+            .clone()
+    };
+    let failing = by_address(&failing.to_string());
+    assert_eq!(failing["healthy"], false);
+    assert_eq!(failing["last_check"], "/health answered 503", "{failing}");
+    assert!(
+        failing["last_check_at"].as_str().unwrap().ends_with('Z'),
+        "{failing}"
+    );
+    let dead = by_address(&dead);
+    assert!(
+        dead["last_check"]
+            .as_str()
+            .unwrap()
+            .starts_with("connect failed:"),
+        "{dead}"
+    );
+    assert_eq!(by_address(&good.to_string())["last_check"], "passed");
+}

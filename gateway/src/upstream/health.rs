@@ -13,34 +13,51 @@ use tokio::net::TcpStream;
 
 use super::UpstreamState;
 
-/// One probe: true when the endpoint answered in time (HTTP: with a 2xx or 3xx status).
-async fn probe(addr: SocketAddr, spec: &HealthCheckSpec) -> bool {
+/// One probe: `Ok` when the endpoint answered in time (HTTP: with a 2xx or 3xx status), else
+/// what went wrong, in a few words.
+async fn probe(addr: SocketAddr, spec: &HealthCheckSpec) -> Result<(), String> {
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect failed: {e}"))?;
         let Some(path) = &spec.path else {
-            return Some(true);
+            return Ok(());
         };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: meshgate-health-check\r\nConnection: close\r\n\r\n"
         );
-        stream.write_all(request.as_bytes()).await.ok()?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("request not sent: {e}"))?;
         let mut head = [0u8; 16];
         let mut read = 0;
         while read < 12 {
-            let n = stream.read(&mut head[read..]).await.ok()?;
+            let n = stream
+                .read(&mut head[read..])
+                .await
+                .map_err(|e| format!("answer not read: {e}"))?;
             if n == 0 {
                 break;
             }
             read += n;
         }
-        let status = std::str::from_utf8(&head[..read.min(12)]).ok()?;
-        let code: u16 = status.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
-        Some((200..400).contains(&code))
+        let code: Option<u16> = std::str::from_utf8(&head[..read.min(12)])
+            .ok()
+            .and_then(|status| status.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok());
+        match code {
+            Some(code) if (200..400).contains(&code) => Ok(()),
+            Some(code) => Err(format!("{path} answered {code}")),
+            None => Err(format!("{path} did not answer HTTP")),
+        }
     };
-    matches!(
-        tokio::time::timeout(spec.timeout, attempt).await,
-        Ok(Some(true))
-    )
+    match tokio::time::timeout(spec.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(spec.timeout)
+        )),
+    }
 }
 
 /// Runs the checks of one upstream until it is dropped. Each round probes the endpoints the
@@ -75,8 +92,16 @@ pub async fn run(upstream: Weak<UpstreamState>) {
         if upstream.strong_count() == 0 {
             return;
         }
-        for (index, ok) in results {
+        for (index, result) in results {
             let endpoint = &endpoints[index];
+            let ok = result.is_ok();
+            *endpoint
+                .last_check
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((
+                result.err().unwrap_or_else(|| "passed".to_owned()),
+                std::time::SystemTime::now(),
+            ));
             let (passes, failures) = streaks.entry(endpoint.addr).or_default();
             if ok {
                 *passes += 1;

@@ -41,6 +41,8 @@ pub struct EndpointState {
     /// What an operator set through the admin API: [`ADMIN_ENABLED`], [`ADMIN_DRAINING`] or
     /// [`ADMIN_DISABLED`]. Anything but enabled takes no new request.
     pub admin_state: std::sync::atomic::AtomicU8,
+    /// The last active health check: `passed` or what failed, and when.
+    pub last_check: std::sync::Mutex<Option<(String, std::time::SystemTime)>>,
 }
 
 /// An endpoint taking requests (the default).
@@ -90,6 +92,7 @@ impl EndpointState {
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             admin_state: std::sync::atomic::AtomicU8::new(ADMIN_ENABLED),
+            last_check: std::sync::Mutex::new(None),
         }
     }
 
