@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 /// How often one route and reason may log.
 const INTERVAL: Duration = Duration::from_secs(1);
 
-/// A route's name and a reason token.
-type RouteReason = (String, &'static str);
+/// By route, then by reason token: when the last line was written and the lines held back
+/// since. Looked up by the route's `&str`, so a held-back line allocates nothing.
+type Recent = HashMap<String, HashMap<&'static str, (Instant, u64)>>;
 
 /// Routes and reasons with their last line and the lines held back since.
 #[derive(Default)]
 pub struct FailureLog {
-    recent: Mutex<HashMap<RouteReason, (Instant, u64)>>,
+    recent: Mutex<Recent>,
 }
 
 /// A failed request, as logged.
@@ -46,10 +47,16 @@ impl FailureLog {
             if recent.len() > 10_000 {
                 // Routes come from the policy, reasons from a fixed list: this only bounds a
                 // pathological policy.
-                recent.retain(|_, (at, _)| now.duration_since(*at) < INTERVAL);
+                recent.retain(|_, reasons| {
+                    reasons.retain(|_, (at, _)| now.duration_since(*at) < INTERVAL);
+                    !reasons.is_empty()
+                });
             }
-            let key = (failure.route.to_owned(), failure.reason);
-            match recent.get_mut(&key) {
+            if !recent.contains_key(failure.route) {
+                recent.insert(failure.route.to_owned(), HashMap::new());
+            }
+            let reasons = recent.get_mut(failure.route).expect("inserted above");
+            match reasons.get_mut(failure.reason) {
                 Some((at, held)) if now.duration_since(*at) < INTERVAL => {
                     *held += 1;
                     return;
@@ -59,7 +66,7 @@ impl FailureLog {
                     std::mem::take(held)
                 }
                 None => {
-                    recent.insert(key, (now, 0));
+                    reasons.insert(failure.reason, (now, 0));
                     0
                 }
             }
@@ -99,6 +106,6 @@ mod tests {
             log.record(&failure);
         }
         let recent = log.recent.lock().unwrap();
-        assert_eq!(recent[&("r".to_owned(), "connect-failure")].1, 4);
+        assert_eq!(recent["r"]["connect-failure"].1, 4);
     }
 }
