@@ -5,6 +5,9 @@
 //! `Authorization: Bearer <token>` (the scheme in any case); every error is a JSON object with
 //! `error` (a sentence) and `errors` (the policy errors behind it, often none).
 
+mod config;
+mod endpoints;
+mod explain;
 mod model;
 
 use std::future::Future;
@@ -20,6 +23,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+pub use explain::parse_explain_query;
 pub use model::*;
 
 /// Largest request body the API reads: policies are text files of a few KiB.
@@ -44,6 +48,17 @@ pub trait AdminBackend: Send + Sync + 'static {
         state: &str,
         by: &str,
     ) -> Result<(), String>;
+    /// Sets or (with `None`) clears an endpoint's weight override; `by` says who asked. An
+    /// error when the upstream or the endpoint does not exist.
+    fn set_endpoint_weight(
+        &self,
+        upstream: &str,
+        address: &str,
+        weight: Option<u32>,
+        by: &str,
+    ) -> Result<(), String>;
+    /// The active policy with every default filled in, shaped like the policy file.
+    fn config(&self) -> serde_json::Value;
     /// Re-reads the policy file and applies it.
     fn reload(&self) -> Result<Applied, ApplyError>;
     /// Goes back to the previously applied policy.
@@ -99,10 +114,11 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
         .route("/upstreams", get(upstreams))
         .route(
             "/upstreams/{upstream}/endpoints/{address}/{action}",
-            post(endpoint_action),
+            post(endpoints::endpoint_action),
         )
         .route("/routes", get(routes))
-        .route("/explain", get(explain))
+        .route("/explain", get(explain::explain))
+        .route("/config", get(config::effective_config))
         .route("/fleet", get(fleet_status))
         .route("/fleet/policy", axum::routing::put(push_fleet))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -268,20 +284,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn get_policy(State(state): State<AppState>) -> Response {
-    let active = state.backend.policy();
+    let mut active = state.backend.policy();
     let mut response = (
         [(header::CONTENT_TYPE, "application/toml; charset=utf-8")],
-        active.source,
+        std::mem::take(&mut active.source),
     )
         .into_response();
     let headers = response.headers_mut();
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", active.hash)) {
-        headers.insert(header::ETAG, etag);
-    }
-    headers.insert(
-        "x-meshgate-policy-version",
-        HeaderValue::from(active.version),
-    );
+    insert_policy_headers(headers, &active);
     if let Ok(pending) = HeaderValue::from_str(&active.restart_required.join(", ")) {
         headers.insert("x-meshgate-restart-required", pending);
     }
@@ -453,26 +463,45 @@ async fn drain(State(state): State<AppState>) -> Response {
 }
 
 async fn rollback_policy(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let mut version = None;
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        match (key.as_ref(), value.parse::<u64>()) {
-            ("version", Ok(number)) => version = Some(number),
-            ("version", Err(_)) => {
+    let version = match single_query_parameter(raw.as_deref(), "version") {
+        Ok(None) => None,
+        Ok(Some(value)) => match value.parse::<u64>() {
+            Ok(number) => Some(number),
+            Err(_) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     &format!("version must be a policy version number, not {value:?}"),
                 )
             }
-            (other, _) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown query parameter {other:?}; expected version"),
-                )
-            }
-        }
-    }
+        },
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
+    };
     let backend = state.backend.clone();
     run_blocking(move || applied_response(backend.rollback(version))).await
+}
+
+/// The value of the query's one parameter `name` (the last, when repeated); any other
+/// parameter is an error, answered with 400.
+fn single_query_parameter(raw: Option<&str>, name: &str) -> Result<Option<String>, String> {
+    let mut found = None;
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if key != name {
+            return Err(format!("unknown query parameter {key:?}; expected {name}"));
+        }
+        found = Some(value.into_owned());
+    }
+    Ok(found)
+}
+
+/// Adds the active policy's `ETag` (its hash) and `X-Meshgate-Policy-Version`.
+fn insert_policy_headers(headers: &mut HeaderMap, active: &ActivePolicy) {
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", active.hash)) {
+        headers.insert(header::ETAG, etag);
+    }
+    headers.insert(
+        "x-meshgate-policy-version",
+        HeaderValue::from(active.version),
+    );
 }
 
 async fn policy_history(State(state): State<AppState>) -> Response {
@@ -490,110 +519,6 @@ async fn upstreams(State(state): State<AppState>) -> Response {
     Json(state.backend.upstreams()).into_response()
 }
 
-/// `POST /upstreams/{upstream}/endpoints/{address}/{drain|disable|enable}`.
-async fn endpoint_action(
-    State(state): State<AppState>,
-    axum::extract::Path((upstream, address, action)): axum::extract::Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let target = match action.as_str() {
-        "drain" => "draining",
-        "disable" => "disabled",
-        "enable" => "enabled",
-        other => {
-            return error_response(
-                StatusCode::NOT_FOUND,
-                &format!("unknown endpoint action {other:?}; expected drain, disable or enable"),
-            )
-        }
-    };
-    // Who asked, for the log: the operator's own word when given.
-    let by = headers
-        .get("x-meshgate-operator")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64)
-        .unwrap_or("admin API")
-        .to_owned();
-    match state
-        .backend
-        .set_endpoint_state(&upstream, &address, target, &by)
-    {
-        Ok(()) => Json(json!({ "upstream": upstream, "endpoint": address, "state": target }))
-            .into_response(),
-        Err(message) => error_response(StatusCode::NOT_FOUND, &message),
-    }
-}
-
 async fn routes(State(state): State<AppState>) -> Response {
     Json(state.backend.routes()).into_response()
-}
-
-async fn explain(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let query = match parse_explain_query(raw.as_deref().unwrap_or_default()) {
-        Ok(query) => query,
-        Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
-    };
-    match state.backend.explain(&query) {
-        Ok(explanation) => Json(explanation).into_response(),
-        Err(message) => error_response(StatusCode::BAD_REQUEST, &message),
-    }
-}
-
-/// Whether `text` is an RFC 9110 token: what a method or a header name is made of.
-fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Parses `GET /explain`'s query string (`method=&host=&path=&query=&header=name:value&source=&listener=`).
-/// Public so that it can be fuzzed on its own.
-pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
-    let mut query = ExplainQuery {
-        method: "GET".into(),
-        path: "/".into(),
-        ..ExplainQuery::default()
-    };
-    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
-        match key.as_ref() {
-            "method" => {
-                if !is_token(&value) {
-                    return Err(format!(
-                        "method must be an HTTP method such as GET or POST; got {value:?}"
-                    ));
-                }
-                query.method = value.into_owned()
-            }
-            "host" => query.host = Some(value.into_owned()),
-            "path" => query.path = value.into_owned(),
-            "listener" => query.listener = Some(value.into_owned()),
-            "query" => query.query = Some(value.into_owned()),
-            "source" => {
-                query.source = Some(value.trim().parse().map_err(|_| {
-                    format!("source must be an IP address, such as 10.1.2.3 or ::1; got {value:?}")
-                })?)
-            }
-            "header" => match value.split_once(':') {
-                Some((name, header_value)) if is_token(name.trim()) => {
-                    if header_value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                        return Err(format!("header {name:?}: a value must not hold CR, LF or NUL"));
-                    }
-                    query
-                        .headers
-                        .push((name.trim().to_ascii_lowercase(), header_value.trim().to_owned()))
-                }
-                Some((name, _)) => {
-                    return Err(format!("header must be written name:value with a header name before the colon; got name {name:?}"))
-                }
-                None => return Err("header must be written name:value".to_owned()),
-            },
-            other => {
-                return Err(format!(
-                    "unknown query parameter {other:?}; expected method, host, path, query, header, source or listener"
-                ))
-            }
-        }
-    }
-    Ok(query)
 }

@@ -169,6 +169,11 @@ pub struct UpstreamStatus {
     pub failover: Vec<String>,
     /// The names its endpoints are resolved from, and what they answered.
     pub discovery: Vec<NameStatus>,
+    /// Every setting of the upstream as an `[[upstreams]]` table with the defaults filled in
+    /// (`connect_timeout`, `health_check`, `outlier_detection`, `tls`…), as `GET /config`
+    /// shows it.
+    #[serde(default)]
+    pub settings: serde_json::Value,
 }
 
 /// One name an upstream's endpoints come from.
@@ -220,8 +225,12 @@ pub struct BreakerStatus {
 pub struct EndpointStatus {
     /// `IP:port`.
     pub address: String,
-    /// Relative weight.
+    /// Relative weight in use: the override when one is set, else the policy's (or DNS's).
     pub weight: u32,
+    /// The weight an operator set through the admin API, when one is set; runtime state,
+    /// kept across reloads while the endpoint exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_override: Option<u32>,
     /// Priority tier: the lowest tier with an eligible endpoint takes the traffic.
     pub priority: u32,
     /// The zone it runs in, when known.
@@ -391,6 +400,10 @@ pub struct RouteInfo {
     pub split: Vec<SplitInfo>,
     /// Sticky split key.
     pub split_key: Option<String>,
+    /// Every setting of the route as a `[[routes]]` table with the defaults filled in
+    /// (`timeouts`, `retry`, `rate_limit`, `headers`, `fault`…), as `GET /config` shows it.
+    #[serde(default)]
+    pub settings: serde_json::Value,
 }
 
 /// One split of a route.

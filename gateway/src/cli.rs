@@ -16,6 +16,7 @@ const EXAMPLES: &str = "Examples:
   meshgate run -c /etc/meshgate/meshgate.toml       serve the policy in the foreground
   meshgate run --upgrade -d -c meshgate.toml        take over from a running instance
   meshgate check -c meshgate.toml                   validate a policy like `nginx -t`
+  meshgate check --print meshgate.toml              the policy with every default, like `nginx -T`
   meshgate diff old.toml new.toml                   what applying new.toml would change
   meshgate fleet push -c meshgate.toml fleet.toml   push a shared policy to every node
   meshgate version                                  print the version and TLS backend";
@@ -71,6 +72,13 @@ enum Command {
         /// Fail (exit 1) on warnings too.
         #[arg(long)]
         strict: bool,
+        /// Print the effective policy, every default filled in, on standard output (the
+        /// verdict goes to standard error), like `nginx -T`.
+        #[arg(long)]
+        print: bool,
+        /// The form `--print` writes.
+        #[arg(long, value_enum, default_value_t = PrintFormat::Toml, requires = "print")]
+        format: PrintFormat,
     },
     /// What applying NEW over OLD would change: meshgate diff old.toml new.toml
     Diff {
@@ -86,6 +94,15 @@ enum Command {
     },
     /// Print the version and TLS backend: meshgate version
     Version,
+}
+
+/// What `check --print` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PrintFormat {
+    /// A policy file.
+    Toml,
+    /// The same content as JSON, as `GET /config?format=json` gives it.
+    Json,
 }
 
 /// Parses the command line and runs the command.
@@ -119,11 +136,14 @@ pub fn main() -> ExitCode {
             config,
             file,
             strict,
+            print,
+            format,
         } => check(
             &config
                 .or(file)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY)),
             strict,
+            print.then_some(format),
         ),
         Command::Diff { old, new } => diff(&old, &new),
         Command::Fleet { command } => crate::fleet::cli::main(command),
@@ -135,8 +155,8 @@ pub fn main() -> ExitCode {
 }
 
 /// Validates `file`: its errors (exit 1), else its warnings after them (exit 0, or 1 when
-/// `strict`).
-fn check(file: &std::path::Path, strict: bool) -> ExitCode {
+/// `strict`); with `print`, a valid policy's effective form on standard output.
+fn check(file: &std::path::Path, strict: bool, print: Option<PrintFormat>) -> ExitCode {
     let name = file.display().to_string();
     let source = match meshgate_policy::files::read_policy_file(file) {
         Ok(source) => source,
@@ -145,12 +165,31 @@ fn check(file: &std::path::Path, strict: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // With `--print`, standard output holds only the policy, so that it can be redirected.
+    let verdict = |line: String| match print {
+        Some(_) => eprintln!("{line}"),
+        None => println!("{line}"),
+    };
+    let print_policy = |policy: &meshgate_policy::CompiledPolicy| {
+        let effective = meshgate_policy::effective::effective(policy);
+        match print {
+            Some(PrintFormat::Toml) => {
+                print!("{}", meshgate_policy::effective::to_toml(&effective))
+            }
+            Some(PrintFormat::Json) => println!(
+                "{}",
+                serde_json::to_string_pretty(&effective).unwrap_or_default()
+            ),
+            None => {}
+        }
+    };
     match meshgate_policy::load_with_warnings(&source, &base_dir_of(file)) {
-        Ok((_, warnings)) if warnings.is_empty() => {
-            println!("{name}: ok");
+        Ok((policy, warnings)) if warnings.is_empty() => {
+            print_policy(&policy);
+            verdict(format!("{name}: ok"));
             ExitCode::SUCCESS
         }
-        Ok((_, warnings)) => {
+        Ok((policy, warnings)) => {
             for warning in &warnings {
                 let text = warning.display_with_file(&name);
                 // `FILE:L:C: path: message` → `FILE:L:C: warning: path: message`
@@ -164,7 +203,8 @@ fn check(file: &std::path::Path, strict: bool) -> ExitCode {
                 eprintln!("{name}: {} warning(s), refused by --strict", warnings.len());
                 ExitCode::FAILURE
             } else {
-                println!("{name}: ok, {} warning(s)", warnings.len());
+                print_policy(&policy);
+                verdict(format!("{name}: ok, {} warning(s)", warnings.len()));
                 ExitCode::SUCCESS
             }
         }

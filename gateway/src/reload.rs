@@ -80,9 +80,9 @@ pub struct PolicyStore {
     pub tls: Arc<TlsRegistry>,
     /// The keys of every `jwks_url` in use.
     pub jwks: Arc<JwksRegistry>,
-    /// Endpoint states an operator set (drain, disable) by upstream and address: runtime
-    /// state, never written to the policy, applied again to every snapshot built.
-    endpoint_states: Mutex<std::collections::HashMap<(String, std::net::SocketAddr), u8>>,
+    /// What operators set on endpoints (drain, disable, weight): runtime state, never
+    /// written to the policy, applied again to every snapshot built.
+    pub endpoint_controls: crate::upstream::EndpointControls,
     /// The listeners bound at start, which serve until the process ends.
     running: Vec<Listener>,
     /// What of the start-up policy takes effect only at start: `restart_required` is
@@ -118,10 +118,13 @@ fn warnings(source: &str, compiled: &CompiledPolicy, merged: bool) -> Vec<ErrorI
 
 /// The folder relative paths in a policy file are resolved against.
 pub fn base_dir_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    // Absolute, so that the files a policy names stay the same files whatever the working
+    // directory later is, and `/config` shows where they are.
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 impl PolicyStore {
@@ -201,7 +204,7 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(snapshot),
             tls,
             jwks,
-            endpoint_states: Mutex::new(std::collections::HashMap::new()),
+            endpoint_controls: Default::default(),
             state: Mutex::new(StoreState {
                 active: PolicyText { source, hash },
                 fleet,
@@ -308,63 +311,6 @@ impl PolicyStore {
             restart_required,
             warnings: warnings(source, &compiled, fleet.is_some()),
         })
-    }
-
-    /// Sets the admin state (`ADMIN_*`) of `upstream`'s endpoint at `address`; kept across
-    /// reloads while the endpoint exists. An error names what was not found.
-    pub fn set_endpoint_state(
-        &self,
-        upstream: &str,
-        address: std::net::SocketAddr,
-        state: u8,
-    ) -> Result<(), String> {
-        let snapshot = self.snapshot();
-        let pool = snapshot
-            .upstreams
-            .iter()
-            .find(|u| u.spec.name == upstream)
-            .ok_or_else(|| format!("no upstream named {upstream:?}"))?;
-        let set = pool.endpoints();
-        let endpoint = set
-            .endpoints
-            .iter()
-            .find(|e| e.addr == address)
-            .ok_or_else(|| format!("upstream {upstream:?} has no endpoint {address}"))?;
-        let mut states = self
-            .endpoint_states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if state == crate::upstream::ADMIN_ENABLED {
-            states.remove(&(upstream.to_owned(), address));
-        } else {
-            states.insert((upstream.to_owned(), address), state);
-        }
-        endpoint
-            .admin_state
-            .store(state, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Applies the operator-set endpoint states to `snapshot`'s endpoints, and forgets those
-    /// of endpoints that no longer exist.
-    fn apply_endpoint_states(&self, snapshot: &Snapshot) {
-        let mut states = self
-            .endpoint_states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        states.retain(|(upstream, address), state| {
-            let Some(pool) = snapshot.upstreams.iter().find(|u| u.spec.name == *upstream) else {
-                return false;
-            };
-            let set = pool.endpoints();
-            let Some(endpoint) = set.endpoints.iter().find(|e| e.addr == *address) else {
-                return false;
-            };
-            endpoint
-                .admin_state
-                .store(*state, std::sync::atomic::Ordering::Relaxed);
-            true
-        });
     }
 
     /// What applying `source` would change against the running policy; nothing changes.
@@ -522,7 +468,7 @@ impl PolicyStore {
                 }
             }
         }
-        self.apply_endpoint_states(&snapshot);
+        self.endpoint_controls.apply(&snapshot.upstreams);
         self.current.store(Arc::new(snapshot));
         state.next_version += 1;
         state

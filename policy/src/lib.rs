@@ -11,6 +11,7 @@ pub mod diff;
 pub mod direct;
 pub mod discovery;
 pub mod duration;
+pub mod effective;
 mod error;
 pub mod files;
 pub mod fleet;

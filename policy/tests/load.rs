@@ -382,23 +382,6 @@ fn odd_input_is_refused_with_its_line_and_path() {
     assert!(load("\u{feff}version = 1", Path::new(".")).is_ok());
 }
 
-/// Writes a self-signed certificate for `name` and its key into `dir`.
-fn write_pair(dir: &Path, name: &str) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![format!("{name}.test")])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let cert_path = dir.join(format!("{name}.crt"));
-    let key_path = dir.join(format!("{name}.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-    )
-}
-
 #[test]
 fn tls_settings_and_files_are_checked() {
     let dir = tempfile::tempdir().unwrap();

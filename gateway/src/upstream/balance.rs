@@ -210,6 +210,16 @@ mod tests {
         )
     }
 
+    /// An endpoint that a DNS answer brings.
+    fn new_endpoint() -> super::super::EndpointEntry {
+        super::super::EndpointEntry {
+            addr: "127.0.0.1:20000".parse().unwrap(),
+            weight: 1,
+            priority: 0,
+            zone: None,
+        }
+    }
+
     fn pick(pool: &UpstreamState, key: Option<&[u8]>) -> Option<usize> {
         pool.select(&pool.endpoints(), key)
     }
@@ -283,17 +293,46 @@ mod tests {
         before.ejections.store(3, Ordering::Relaxed);
         let mut entries = pool.endpoints().entries();
         entries.remove(0);
-        entries.push(super::super::EndpointEntry {
-            addr: "127.0.0.1:20000".parse().unwrap(),
-            weight: 1,
-            priority: 0,
-            zone: None,
-        });
+        entries.push(new_endpoint());
         assert!(pool.set_endpoints(&entries));
         assert!(!pool.set_endpoints(&entries));
         let after = pool.endpoints();
         assert!(std::sync::Arc::ptr_eq(&after.endpoints[0], &before));
         assert_eq!(after.endpoints[1].ejections.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_weight_override_holds_through_new_endpoint_sets() {
+        for balance in [
+            Balance::RoundRobin,
+            Balance::Random,
+            Balance::ConsistentHash,
+        ] {
+            let pool = pool(balance, &[1, 1]);
+            let endpoint = pool.endpoints().endpoints[0].clone();
+            assert!(pool.set_weight_override(endpoint.addr, Some(9)));
+            let count_first = |pool: &UpstreamState| {
+                (0..1000)
+                    .map(|i: u32| pick(pool, Some(&i.to_be_bytes())))
+                    .filter(|&p| p == Some(0))
+                    .count()
+            };
+            // 9 to 1: about 900 of 1000 (exactly for round robin).
+            assert!(count_first(&pool) > 800, "{balance:?}");
+            // A DNS answer with one more endpoint: the override stays (the same endpoint),
+            // and the entries still say the source's weight.
+            let mut entries = pool.endpoints().entries();
+            assert_eq!(entries[0].weight, 1);
+            entries.push(new_endpoint());
+            assert!(pool.set_endpoints(&entries));
+            assert!(std::sync::Arc::ptr_eq(
+                &pool.endpoints().endpoints[0],
+                &endpoint
+            ));
+            assert!(count_first(&pool) > 700, "{balance:?}");
+            assert!(pool.set_weight_override(endpoint.addr, None));
+            assert!(count_first(&pool) < 500, "{balance:?}");
+        }
     }
 
     #[test]

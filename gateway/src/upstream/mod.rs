@@ -6,9 +6,11 @@
 
 mod balance;
 mod breaker;
+mod control;
 pub mod health;
 mod outlier;
 mod set;
+pub use control::EndpointControls;
 pub use outlier::now_ms;
 pub use set::{
     admin_state_name, EndpointEntry, EndpointSet, EndpointState, ADMIN_DISABLED, ADMIN_DRAINING,
@@ -32,6 +34,9 @@ pub struct UpstreamState {
     pub breaker: breaker::BreakerState,
     /// Endpoints ejected now.
     ejected_count: AtomicU32,
+    /// Held while a new set is built and swapped in, so that a weight override and a DNS
+    /// answer arriving together do not build from the same set and lose one of the two.
+    rebuilding: std::sync::Mutex<()>,
     /// Certificates for TLS to the endpoints, rotated live.
     pub tls: Option<Arc<crate::tls::UpstreamTlsState>>,
     /// `meshgate_upstream_connect_duration_seconds` of this upstream.
@@ -73,6 +78,7 @@ impl UpstreamState {
             cursor: AtomicU64::new(0),
             breaker: breaker::BreakerState::default(),
             ejected_count: AtomicU32::new(0),
+            rebuilding: std::sync::Mutex::new(()),
             tls,
             connect_duration,
             connections,
@@ -102,11 +108,39 @@ impl UpstreamState {
     /// gone ones get no new request (those in flight finish). Returns whether anything
     /// changed.
     pub fn set_endpoints(&self, entries: &[EndpointEntry]) -> bool {
+        let _rebuilding = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.set.load_full();
         if current.entries() == entries {
             return false;
         }
-        let next = EndpointSet::build(&self.spec, entries, Some(&current));
+        self.swap_in(EndpointSet::build(&self.spec, entries, Some(&current)));
+        true
+    }
+
+    /// Sets (or with `None` clears) the weight override of the endpoint at `addr` and
+    /// rebuilds the schedules and hash rings with it; the endpoints keep their state.
+    /// Returns whether the endpoint is in the set.
+    pub fn set_weight_override(&self, addr: std::net::SocketAddr, weight: Option<u32>) -> bool {
+        let _rebuilding = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.set.load_full();
+        let Some(endpoint) = current.endpoints.iter().find(|e| e.addr == addr) else {
+            return false;
+        };
+        if endpoint.weight_override() == weight {
+            return true;
+        }
+        endpoint
+            .weight_override
+            .store(weight.unwrap_or(0), Ordering::Relaxed);
+        self.swap_in(EndpointSet::build(
+            &self.spec,
+            &current.entries(),
+            Some(&current),
+        ));
+        true
+    }
+
+    fn swap_in(&self, next: EndpointSet) {
         // Ejected endpoints that left no longer count against the ejection cap.
         let ejected = next
             .endpoints
@@ -115,7 +149,6 @@ impl UpstreamState {
             .count() as u32;
         self.set.store(Arc::new(next));
         self.ejected_count.store(ejected, Ordering::Relaxed);
-        true
     }
 
     /// Whether `endpoint` may take requests now: healthy, and not ejected (an ejection whose

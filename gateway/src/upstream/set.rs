@@ -20,8 +20,11 @@ use pingora::upstreams::peer::HttpPeer;
 pub struct EndpointState {
     /// Its address.
     pub addr: SocketAddr,
-    /// Its relative weight (an SRV record's weight may change it).
+    /// The relative weight its source gives: the policy, or an SRV record's weight.
     pub weight: AtomicU32,
+    /// The weight an operator set through the admin API, taking the place of `weight`;
+    /// 0 when none is set. The set's schedules are rebuilt when it changes.
+    pub weight_override: AtomicU32,
     /// The peer handed to Pingora, built once.
     pub peer: HttpPeer,
     /// Requests in flight to it now.
@@ -83,6 +86,7 @@ impl EndpointState {
         EndpointState {
             addr,
             weight: AtomicU32::new(weight),
+            weight_override: AtomicU32::new(0),
             peer,
             in_flight: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
@@ -96,10 +100,21 @@ impl EndpointState {
         }
     }
 
-    /// Its weight now.
+    /// Its weight now: the operator's override when one is set, else its source's.
     #[inline]
     pub fn weight(&self) -> u32 {
-        self.weight.load(Ordering::Relaxed)
+        match self.weight_override.load(Ordering::Relaxed) {
+            0 => self.weight.load(Ordering::Relaxed),
+            weight => weight,
+        }
+    }
+
+    /// The operator's weight override, if one is set.
+    pub fn weight_override(&self) -> Option<u32> {
+        match self.weight_override.load(Ordering::Relaxed) {
+            0 => None,
+            weight => Some(weight),
+        }
     }
 }
 
@@ -253,7 +268,8 @@ impl EndpointSet {
         }
     }
 
-    /// The addresses, weights and tiers of the set, as entries.
+    /// The addresses, weights and tiers of the set, as their sources gave them (without
+    /// operator overrides), as entries.
     pub fn entries(&self) -> Vec<EndpointEntry> {
         self.endpoints
             .iter()
@@ -261,7 +277,7 @@ impl EndpointSet {
             .zip(&self.zones)
             .map(|((e, &priority), zone)| EndpointEntry {
                 addr: e.addr,
-                weight: e.weight(),
+                weight: e.weight.load(Ordering::Relaxed),
                 priority,
                 zone: zone.clone(),
             })

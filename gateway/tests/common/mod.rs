@@ -692,3 +692,19 @@ pub async fn metrics_at(admin: SocketAddr) -> String {
         .await
         .unwrap()
 }
+
+/// An upstream `pool` of `a` and `b` and a route `main` to it, with `route_extra` keys.
+pub fn pool_of_two(a: std::net::SocketAddr, b: std::net::SocketAddr, route_extra: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "pool"
+endpoints = ["{a}", "{b}"]
+
+[[routes]]
+name = "main"
+split = [{{ upstream = "pool" }}]
+{route_extra}
+"#
+    )
+}

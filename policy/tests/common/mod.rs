@@ -27,3 +27,20 @@ pub fn assert_errors(errors: &[PolicyError], expected: &[(usize, &str, &str)]) {
         );
     }
 }
+
+/// Writes a self-signed certificate for `name` and its key into `dir`.
+pub fn write_pair(dir: &Path, name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![format!("{name}.test")])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
