@@ -25,9 +25,19 @@ pub(crate) async fn endpoint_action(
         .unwrap_or("admin API")
         .to_owned();
     let target = match action.as_str() {
-        "drain" => "draining",
-        "disable" => "disabled",
-        "enable" => "enabled",
+        "drain" | "disable" | "enable" => {
+            // A body here is a mistake (a weight sent to the wrong action, say): refuse it
+            // rather than act as if it were not there.
+            match to_bytes(body, 1).await {
+                Ok(bytes) if bytes.is_empty() => {}
+                _ => return bad_request(&format!("{action} takes no body")),
+            }
+            match action.as_str() {
+                "drain" => "draining",
+                "disable" => "disabled",
+                _ => "enabled",
+            }
+        }
         "weight" => {
             let weight = match read_weight(body).await {
                 Ok(weight) => weight,
@@ -67,26 +77,28 @@ pub(crate) async fn endpoint_action(
 /// or `{"weight": null}` to go back to the weight the policy (or DNS) gives.
 async fn read_weight(body: Body) -> Result<Option<u32>, Response> {
     const WANTED: &str = "the body must be {\"weight\": N} with N from 1 to 256, or {\"weight\": null} to clear the override";
-    let bytes = to_bytes(body, 4096).await.map_err(|_| bad_weight(WANTED))?;
+    let bytes = to_bytes(body, 4096)
+        .await
+        .map_err(|_| bad_request(WANTED))?;
     let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|_| bad_weight(WANTED))?;
-    let object = value.as_object().ok_or_else(|| bad_weight(WANTED))?;
+        serde_json::from_slice(&bytes).map_err(|_| bad_request(WANTED))?;
+    let object = value.as_object().ok_or_else(|| bad_request(WANTED))?;
     if object.len() != 1 {
-        return Err(bad_weight(WANTED));
+        return Err(bad_request(WANTED));
     }
     match object.get("weight") {
         Some(serde_json::Value::Null) => Ok(None),
         Some(weight) => match weight.as_u64() {
             Some(n @ 1..=256) => Ok(Some(n as u32)),
-            Some(0) => Err(bad_weight(
+            Some(0) => Err(bad_request(
                 "weight 0 is not a weight: drain or disable the endpoint to stop its traffic",
             )),
-            _ => Err(bad_weight(WANTED)),
+            _ => Err(bad_request(WANTED)),
         },
-        None => Err(bad_weight(WANTED)),
+        None => Err(bad_request(WANTED)),
     }
 }
 
-fn bad_weight(message: &str) -> Response {
+fn bad_request(message: &str) -> Response {
     error_response(StatusCode::BAD_REQUEST, message)
 }

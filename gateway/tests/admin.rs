@@ -110,6 +110,9 @@ async fn every_documented_operation_answers_as_described() {
                 "/upstreams/{upstream}/endpoints/{address}/{action}" => {
                     gateway.admin_url(&format!("/upstreams/v1/endpoints/{v1}/enable"))
                 }
+                "/upstreams/{upstream}/endpoints/{address}/weight" => {
+                    gateway.admin_url(&format!("/upstreams/v1/endpoints/{v1}/weight"))
+                }
                 _ => gateway.admin_url(path),
             };
             let build = |authorized: bool| {
@@ -118,6 +121,9 @@ async fn every_documented_operation_answers_as_described() {
                     // A changed policy, so that the rollback after it has somewhere to go.
                     "put" => client.put(&url).body(changed.clone()),
                     "post" if path == "/policy/validate" => client.post(&url).body(policy.clone()),
+                    "post" if path.ends_with("/weight") => {
+                        client.post(&url).body(r#"{"weight": null}"#)
+                    }
                     "post" => client.post(&url),
                     other => panic!("undocumented method {other}"),
                 };
@@ -190,7 +196,7 @@ async fn every_documented_operation_answers_as_described() {
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
-    assert_eq!(checked, 16, "every operation was exercised");
+    assert_eq!(checked, 17, "every operation was exercised");
 }
 
 #[tokio::test(flavor = "multi_thread")]
