@@ -47,6 +47,22 @@ pub struct CompiledPolicy {
     /// Each upstream's `failover` (by index, parallel to `upstreams`). Kept out of
     /// [`UpstreamSpec`] so that changing the chain does not reset the pool.
     pub failover: Vec<Vec<usize>>,
+    /// `[[tcp_routes]]` in file order.
+    pub tcp_routes: Vec<crate::tcp::TcpRoute>,
+    /// For each listener (by index), the TCP routes that apply to it, in file order.
+    pub tcp_routes_by_listener: Vec<Vec<usize>>,
+}
+
+impl CompiledPolicy {
+    /// The TCP route a connection on `listener` with server name `sni` takes: the first that
+    /// applies to the listener and matches the name.
+    pub fn tcp_route_for(&self, listener: usize, sni: Option<&str>) -> Option<usize> {
+        self.tcp_routes_by_listener
+            .get(listener)?
+            .iter()
+            .copied()
+            .find(|&i| self.tcp_routes[i].matches_sni(sni))
+    }
 }
 
 /// `[rate_limit_store]`: the Redis that `scope = "global"` limits share.
@@ -223,6 +239,8 @@ pub struct Listener {
     pub trust_request_id: bool,
     /// Response compression for routes without their own.
     pub compress: Option<crate::compress::Compress>,
+    /// What it speaks (static).
+    pub protocol: crate::tcp::ListenerProtocol,
 }
 
 /// A certificate chain and its key, as files.
@@ -583,6 +601,20 @@ pub enum HostMatch {
     Suffix(String),
 }
 
+impl HostMatch {
+    /// Whether `host` (without a port) matches, ignoring case.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(expected) => host.eq_ignore_ascii_case(expected),
+            HostMatch::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host.is_char_boundary(host.len() - suffix.len())
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
 /// How a route matches the path.
 #[derive(Debug, Clone)]
 pub enum PathMatch {
@@ -690,15 +722,7 @@ impl RouteMatcher {
         }
         if let Some(host_match) = &self.host {
             let host = request.host().map(host_without_port).unwrap_or("");
-            let ok = match host_match {
-                HostMatch::Exact(expected) => host.eq_ignore_ascii_case(expected),
-                HostMatch::Suffix(suffix) => {
-                    host.len() > suffix.len()
-                        && host.is_char_boundary(host.len() - suffix.len())
-                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                }
-            };
-            if !ok {
+            if !host_match.matches(host) {
                 return Err(Mismatch::Host);
             }
         }

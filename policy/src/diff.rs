@@ -114,6 +114,10 @@ pub fn diff(old: &CompiledPolicy, new: &CompiledPolicy) -> PolicyDiff {
         ),
         ("discovery", differs(&old.discovery, &new.discovery)),
         ("fleet", differs(&old.fleet, &new.fleet)),
+        (
+            "tcp_routes",
+            differs(&tcp_routes_of(old), &tcp_routes_of(new)),
+        ),
     ] {
         if changed {
             sections.push(name);
@@ -271,4 +275,29 @@ fn upstream_keys(
         keys.push("spec");
     }
     keys
+}
+
+/// The TCP routes with their listeners and upstreams by name (they are held by index).
+fn tcp_routes_of(policy: &CompiledPolicy) -> Vec<String> {
+    policy
+        .tcp_routes
+        .iter()
+        .map(|route| {
+            let listeners = route.listeners.as_ref().map(|indexes| {
+                indexes
+                    .iter()
+                    .map(|&i| policy.listeners[i].name.as_str())
+                    .collect::<Vec<_>>()
+            });
+            let splits: Vec<(&str, u32)> = route
+                .splits
+                .iter()
+                .map(|s| (policy.upstreams[s.upstream].name.as_str(), s.weight))
+                .collect();
+            format!(
+                "{} {listeners:?} {:?} {splits:?} {:?} {:?} {:?}",
+                route.name, route.sni, route.allow, route.idle_timeout, route.rate_limit
+            )
+        })
+        .collect()
 }

@@ -24,6 +24,7 @@ pub mod pem;
 pub mod rewrite;
 pub mod schema;
 pub mod size;
+pub mod tcp;
 
 pub use compiled::{CompiledPolicy, RequestView};
 pub use error::PolicyError;

@@ -43,6 +43,9 @@ pub struct PolicyFile {
     pub discovery: Option<crate::discovery::DiscoverySection>,
     /// The fleet this node belongs to.
     pub fleet: Option<crate::fleet::FleetSection>,
+    /// Routes of `tcp` and `tls_passthrough` listeners, tried in file order.
+    #[serde(default)]
+    pub tcp_routes: Vec<crate::tcp::TcpRouteSection>,
 }
 
 /// `[server]`.
@@ -143,6 +146,9 @@ pub struct ListenerSpec {
     pub trust_request_id: Option<bool>,
     /// Response compression for every route on this listener without its own `compress`.
     pub compress: Option<crate::compress::CompressSection>,
+    /// `"http"` (the default), `"tcp"` or `"tls_passthrough"` (static).
+    #[serde(default)]
+    pub protocol: crate::tcp::ListenerProtocol,
 }
 
 /// `[listeners.tls]`.
@@ -261,6 +267,9 @@ pub struct UpstreamTlsSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSection {
+    /// `"http"` (a GET of `path`) or `"tcp"` (a connect); `http` when `path` is given.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
     /// HTTP GET path; a TCP connect check when absent.
     pub path: Option<String>,
     /// Time between checks (default 5s).

@@ -79,6 +79,31 @@ key = "other.key"
 name = "plain"
 listen = "127.0.0.1:18080"
 
+[[listeners]]
+name = "pg"
+listen = "127.0.0.1:15432"
+protocol = "tcp"
+max_connections = 50
+tls = { cert = "server.crt", key = "server.key", client_ca = "ca.crt", client_auth = "require" }
+
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:10443"
+protocol = "tls_passthrough"
+
+[[tcp_routes]]
+name = "postgres"
+listeners = ["pg"]
+match = { sni = ["pg.internal", "*.pg.internal"] }
+split = [{ upstream = "shadow", weight = 3 }, { upstream = "app", weight = 1 }]
+allow = ["spiffe://prod/ns/shop/*"]
+idle_timeout = "15m"
+rate_limit = { connections_per_second = 5.5, burst = 9, key = "route" }
+
+[[tcp_routes]]
+name = "passthrough"
+split = [{ upstream = "shadow" }]
+
 [[upstreams]]
 name = "app"
 endpoints = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3, priority = 1, zone = "eu-1b" }, "localhost:9003"]
@@ -186,6 +211,9 @@ respond = { status = 418, body = "short and stout", content_type = "text/plain" 
         "path_regex = \"/old/([a-z]+)\"",
         "\"jwt:claim:team=payments\"",
         "on = [\"connect-failure\", \"reset\", \"gateway-error\", 409]",
+        "protocol = \"tls_passthrough\"",
+        "[[tcp_routes]]",
+        "idle_timeout = \"1h\"",
     ] {
         assert!(printed.contains(line), "{line} missing from\n{printed}");
     }

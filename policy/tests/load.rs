@@ -363,7 +363,7 @@ fn odd_input_is_refused_with_its_line_and_path() {
             "version = 1\n[[routes]]\nname = \"r\"\nmatch = { host = \"*\" }\nsplit = []",
             4,
             "routes[0].match.host",
-            "a wildcard host must look like",
+            "a wildcard host name must look like",
         ),
         (
             "version = 1\n[[routes]]\nname = \"r\"\nmatch = { host = \"*\" }\nsplit = []",

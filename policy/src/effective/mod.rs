@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::compiled::{AccessLogTarget, LimitKey, RequestKey};
 use crate::CompiledPolicy;
 
-pub use routes::route_table;
+pub use routes::{route_table, tcp_route_table};
 pub use upstreams::upstream_table;
 
 /// The whole effective policy, as a JSON object shaped like the policy file.
@@ -43,6 +43,14 @@ pub fn effective(policy: &CompiledPolicy) -> Value {
             .routes
             .iter()
             .map(|route| Value::Object(route_table(policy, route)))
+            .collect::<Vec<_>>(),
+    );
+    file.put(
+        "tcp_routes",
+        policy
+            .tcp_routes
+            .iter()
+            .map(|route| Value::Object(tcp_route_table(policy, route)))
             .collect::<Vec<_>>(),
     );
     if let Some(store) = &policy.rate_limit_store {
@@ -174,9 +182,12 @@ fn listener(listener: &crate::compiled::Listener) -> Value {
     let mut entry = Table::new();
     entry.put("name", listener.name.as_str());
     entry.put("listen", listener.addr.to_string());
+    entry.put("protocol", listener.protocol.as_str());
     entry.put("max_connections", listener.max_connections);
-    entry.put("trust_request_id", listener.trust_request_id);
-    entry.opt("compress", listener.compress.as_ref().map(compress));
+    if listener.protocol == crate::tcp::ListenerProtocol::Http {
+        entry.put("trust_request_id", listener.trust_request_id);
+        entry.opt("compress", listener.compress.as_ref().map(compress));
+    }
     if let Some(tls) = &listener.tls {
         let mut section = Table::new();
         section.put("cert", path(&tls.default_cert.cert));

@@ -40,19 +40,7 @@ pub fn route_table(policy: &CompiledPolicy, route: &Route) -> Map<String, Value>
             entry.put("respond", section);
         }
         None => {
-            entry.put(
-                "split",
-                route
-                    .splits
-                    .iter()
-                    .map(|split| {
-                        let mut side = Table::new();
-                        side.put("upstream", policy.upstreams[split.upstream].name.as_str());
-                        side.put("weight", split.weight);
-                        Value::from(side)
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            entry.put("split", splits(policy, &route.splits));
             entry.opt("split_key", route.split_key.as_ref().map(request_key));
             entry.put("split_fallback", route.split_fallback);
         }
@@ -207,11 +195,7 @@ pub fn route_table(policy: &CompiledPolicy, route: &Route) -> Map<String, Value>
 fn matcher(route: &Route) -> Table {
     let matcher = &route.matcher;
     let mut section = Table::new();
-    match &matcher.host {
-        Some(HostMatch::Exact(host)) => section.put("host", host.as_str()),
-        Some(HostMatch::Suffix(suffix)) => section.put("host", format!("*{suffix}")),
-        None => {}
-    }
+    section.opt("host", matcher.host.as_ref().map(host_pattern));
     match &matcher.path {
         Some(PathMatch::Prefix(prefix)) => section.put("path_prefix", prefix.as_str()),
         Some(PathMatch::Exact(exact)) => section.put("path_exact", exact.as_str()),
@@ -295,4 +279,71 @@ fn jwt_table(jwt: &crate::jwt::Jwt) -> Table {
             .collect::<Vec<_>>(),
     );
     section
+}
+
+/// One TCP route as a `[[tcp_routes]]` table with every default filled in.
+pub fn tcp_route_table(
+    policy: &CompiledPolicy,
+    route: &crate::tcp::TcpRoute,
+) -> Map<String, Value> {
+    let mut entry = Table::new();
+    entry.put("name", route.name.as_str());
+    if let Some(indexes) = &route.listeners {
+        entry.put(
+            "listeners",
+            indexes
+                .iter()
+                .map(|&i| policy.listeners[i].name.clone())
+                .collect::<Vec<_>>(),
+        );
+    }
+    if !route.sni.is_empty() {
+        let mut matcher = Table::new();
+        matcher.put(
+            "sni",
+            route.sni.iter().map(host_pattern).collect::<Vec<_>>(),
+        );
+        entry.put("match", matcher);
+    }
+    entry.put("split", splits(policy, &route.splits));
+    if let Some(allow) = &route.allow {
+        entry.put("allow", allow.iter().map(identity).collect::<Vec<_>>());
+    }
+    entry.put("idle_timeout", duration(route.idle_timeout));
+    if let Some(limit) = &route.rate_limit {
+        let mut section = Table::new();
+        section.put("connections_per_second", limit.connections_per_second);
+        section.put("burst", limit.burst);
+        section.put(
+            "key",
+            if limit.per_client {
+                "client_ip"
+            } else {
+                "route"
+            },
+        );
+        entry.put("rate_limit", section);
+    }
+    entry.0
+}
+
+/// A host or server name condition as written.
+fn host_pattern(host: &HostMatch) -> String {
+    match host {
+        HostMatch::Exact(host) => host.clone(),
+        HostMatch::Suffix(suffix) => format!("*{suffix}"),
+    }
+}
+
+/// A route's `split` as written.
+fn splits(policy: &CompiledPolicy, splits: &[crate::compiled::Split]) -> Vec<Value> {
+    splits
+        .iter()
+        .map(|split| {
+            let mut side = Table::new();
+            side.put("upstream", policy.upstreams[split.upstream].name.as_str());
+            side.put("weight", split.weight);
+            Value::from(side)
+        })
+        .collect()
 }

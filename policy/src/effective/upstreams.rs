@@ -76,6 +76,7 @@ pub fn upstream_table(policy: &CompiledPolicy, index: usize) -> Map<String, Valu
     entry.put("idle_timeout", duration(spec.idle_timeout));
     if let Some(check) = &spec.health_check {
         let mut section = Table::new();
+        section.put("type", if check.path.is_some() { "http" } else { "tcp" });
         section.opt("path", check.path.as_deref());
         section.put("interval", duration(check.interval));
         section.put("timeout", duration(check.timeout));

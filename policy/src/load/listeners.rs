@@ -37,6 +37,26 @@ impl Compiler<'_, '_> {
                     );
                 }
                 let errors_before = sink.errors.len();
+                if spec.protocol != ListenerProtocol::Http {
+                    let protocol = spec.protocol.as_str();
+                    if spec.protocol == ListenerProtocol::TlsPassthrough && spec.tls.is_some() {
+                        sink.at(
+                            &path.key("tls"),
+                            "a tls_passthrough listener never decrypts, so it has no certificates: leave out [listeners.tls], or terminate TLS with protocol = \"tcp\"",
+                        );
+                    }
+                    for (key, given) in [
+                        ("compress", spec.compress.is_some()),
+                        ("trust_request_id", spec.trust_request_id.is_some()),
+                    ] {
+                        if given {
+                            sink.at(
+                                &path.key(key),
+                                format!("{key} applies to HTTP listeners; this one has protocol = {protocol:?}"),
+                            );
+                        }
+                    }
+                }
                 let tls = spec
                     .tls
                     .as_ref()
@@ -63,6 +83,7 @@ impl Compiler<'_, '_> {
                         .compress
                         .as_ref()
                         .and_then(|c| compile_compress(c, &path.key("compress"), sink)),
+                    protocol: spec.protocol,
                 })
             })
             .collect()

@@ -16,6 +16,7 @@ use toml::Spanned;
 use crate::compiled::*;
 use crate::error::{ErrorSink, KeyPath, LineIndex, PathSegment, PolicyError};
 use crate::schema::*;
+use crate::tcp::ListenerProtocol;
 
 mod checks;
 mod compress;
@@ -30,6 +31,7 @@ mod rate_limit;
 mod rewrite;
 mod routes;
 mod server;
+mod tcp;
 mod telemetry;
 mod tls;
 mod upstreams;
@@ -82,6 +84,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "rate_limit_store",
     "discovery",
     "fleet",
+    "tcp_routes",
 ];
 const DEFAULT_MAX_LIMIT_KEYS: u32 = 100_000;
 const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -200,6 +203,7 @@ impl Compiler<'_, '_> {
         let listeners = self.array::<ListenerSpec>("listeners", sink);
         let upstreams = self.array::<UpstreamSection>("upstreams", sink);
         let routes = self.array::<RouteSection>("routes", sink);
+        let tcp_routes = self.array::<crate::tcp::TcpRouteSection>("tcp_routes", sink);
 
         let rate_limit_store = match table.get("rate_limit_store") {
             None => None,
@@ -229,31 +233,25 @@ impl Compiler<'_, '_> {
             .section::<crate::discovery::DiscoverySection>("discovery", sink)
             .map(|section| compile_discovery(Some(section), sink));
         let upstreams = self.compile_upstreams(&upstreams, zone.as_deref(), sink);
-        let routes = self.compile_routes(
-            &routes,
-            &RouteContext {
-                listener_names: &listener_names,
-                upstream_names: &upstream_names,
-                listeners: &listeners,
-                upstreams: &upstreams,
-                store_declared,
-            },
-            sink,
-        );
+        let context = RouteContext {
+            listener_names: &listener_names,
+            upstream_names: &upstream_names,
+            listeners: &listeners,
+            upstreams: &upstreams,
+            store_declared,
+        };
+        let routes = self.compile_routes(&routes, &context, sink);
+        let tcp_routes = self.compile_tcp_routes(&tcp_routes, &context, sink);
 
         let listeners: Vec<Listener> = listeners.into_iter().collect::<Option<_>>()?;
         let upstreams: Vec<UpstreamSpec> = upstreams.into_iter().collect::<Option<_>>()?;
         let routes: Vec<Route> = routes.into_iter().collect::<Option<_>>()?;
-        let routes_by_listener = (0..listeners.len())
-            .map(|listener| {
-                routes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.listeners.as_ref().is_none_or(|l| l.contains(&listener)))
-                    .map(|(i, _)| i)
-                    .collect()
-            })
-            .collect();
+        let tcp_routes: Vec<crate::tcp::TcpRoute> =
+            tcp_routes.into_iter().collect::<Option<_>>()?;
+        let routes_by_listener =
+            tcp::routes_by_listener(&listeners, true, routes.iter().map(|r| &r.listeners));
+        let tcp_routes_by_listener =
+            tcp::routes_by_listener(&listeners, false, tcp_routes.iter().map(|r| &r.listeners));
         Some(CompiledPolicy {
             server: server?,
             admin: admin?,
@@ -271,6 +269,8 @@ impl Compiler<'_, '_> {
             failover,
             zone,
             fleet: fleet?,
+            tcp_routes,
+            tcp_routes_by_listener,
         })
     }
 

@@ -28,82 +28,61 @@ impl Compiler<'_, '_> {
                 if let Some(first) = names.insert(spec.name.clone(), i) {
                     sink.at(
                         &path.key("name"),
-                        format!("duplicate route name {:?} (first at routes[{first}])", spec.name),
+                        format!(
+                            "duplicate route name {:?} (first at routes[{first}])",
+                            spec.name
+                        ),
                     );
                 }
                 let errors_before = sink.errors.len();
 
                 let route_listeners = spec.listeners.as_ref().map(|wanted| {
-                    if wanted.is_empty() {
-                        sink.at(&path.key("listeners"), "listeners must not be empty; leave it out to mean every listener");
-                    }
-                    wanted
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(j, name)| {
-                            let found = listeners
-                                .iter()
-                                .position(|l| l.as_ref().is_some_and(|l| &l.name == name));
-                            if found.is_none() && !listener_names.contains(name) {
-                                sink.at(
-                                    &path.key("listeners").index(j),
-                                    format!("unknown listener {name:?}"),
-                                );
-                            }
-                            found
-                        })
-                        .collect::<Vec<_>>()
+                    compile_route_listeners(
+                        wanted,
+                        ListenerProtocol::Http,
+                        listeners,
+                        listener_names,
+                        &path.key("listeners"),
+                        sink,
+                    )
                 });
 
                 let matcher = compile_matcher(&spec.matcher, &path.key("match"), sink);
 
                 let direct = compile_direct(spec, &path, sink);
-                if spec.split.is_empty() && direct.is_none() && spec.redirect.is_none() && spec.respond.is_none() {
-                    sink.at(&path.key("split"), "a route needs at least one split, or redirect or respond");
-                }
-                let mut splits = Vec::with_capacity(spec.split.len());
-                let mut total_weight = 0u32;
-                for (j, split) in spec.split.iter().enumerate() {
-                    let split_path = path.key("split").index(j);
-                    if split.weight > MAX_ROUTE_WEIGHT {
-                        sink.at(
-                            &split_path.key("weight"),
-                            format!("split weight must be between 0 and {MAX_ROUTE_WEIGHT}"),
-                        );
-                    }
-                    total_weight = total_weight.saturating_add(split.weight);
-                    let found = upstreams
-                        .iter()
-                        .position(|u| u.as_ref().is_some_and(|u| u.name == split.upstream));
-                    match found {
-                        Some(upstream) => splits.push(Split {
-                            upstream,
-                            weight: split.weight,
-                        }),
-                        None if upstream_names.contains(&split.upstream) => {}
-                        None => sink.at(
-                            &split_path.key("upstream"),
-                            format!("unknown upstream {:?}", split.upstream),
-                        ),
-                    }
-                }
-                if !spec.split.is_empty() && total_weight == 0 {
-                    sink.at(&path.key("split"), "the split weights add up to zero, so no request could be routed");
-                } else if total_weight > MAX_ROUTE_WEIGHT {
+                if spec.split.is_empty()
+                    && direct.is_none()
+                    && spec.redirect.is_none()
+                    && spec.respond.is_none()
+                {
                     sink.at(
                         &path.key("split"),
-                        format!("the split weights add up to {total_weight}; the most is {MAX_ROUTE_WEIGHT}"),
+                        "a route needs at least one split, or redirect or respond",
                     );
                 }
+                let splits = compile_splits(
+                    &spec.split,
+                    upstreams,
+                    upstream_names,
+                    &path.key("split"),
+                    sink,
+                );
                 let split_key = spec.split_key.as_ref().and_then(|key| {
                     RequestKey::parse(key)
                         .map_err(|message| sink.at(&path.key("split_key"), message))
                         .ok()
                 });
 
-                let timeout = spec.timeouts.as_ref().and_then(|t| t.request).map(|d| d.get());
+                let timeout = spec
+                    .timeouts
+                    .as_ref()
+                    .and_then(|t| t.request)
+                    .map(|d| d.get());
                 if timeout.is_some_and(|t| t.is_zero()) {
-                    sink.at(&path.key("timeouts").key("request"), "the request timeout must be more than zero");
+                    sink.at(
+                        &path.key("timeouts").key("request"),
+                        "the request timeout must be more than zero",
+                    );
                 }
                 let retry = spec
                     .retry
@@ -126,7 +105,12 @@ impl Compiler<'_, '_> {
                     compile_allow(entries, spec.jwt.is_some(), &path.key("allow"), sink)
                 });
                 let rewrite = spec.rewrite.as_ref().and_then(|r| {
-                    compile_rewrite(r, spec.matcher.path_prefix.as_deref(), &path.key("rewrite"), sink)
+                    compile_rewrite(
+                        r,
+                        spec.matcher.path_prefix.as_deref(),
+                        &path.key("rewrite"),
+                        sink,
+                    )
                 });
                 let cors = spec
                     .cors
@@ -143,13 +127,15 @@ impl Compiler<'_, '_> {
                     &path.key("mirror"),
                     sink,
                 );
-                let rate_limit = spec.rate_limit.as_ref().map(|r| {
-                    compile_rate_limit(r, store_declared, &path.key("rate_limit"), sink)
-                });
+                let rate_limit = spec
+                    .rate_limit
+                    .as_ref()
+                    .map(|r| compile_rate_limit(r, store_declared, &path.key("rate_limit"), sink));
 
-                if sink.errors.len() != errors_before || splits.len() != spec.split.len() {
+                if sink.errors.len() != errors_before {
                     return None;
                 }
+                let splits = splits?;
                 let weights: Vec<u32> = splits.iter().map(|s| s.weight).collect();
                 Some(Route {
                     name: spec.name.clone(),
@@ -278,34 +264,10 @@ pub(super) fn compile_matcher(
     sink: &mut ErrorSink<'_>,
 ) -> Option<RouteMatcher> {
     let errors_before = sink.errors.len();
-    let host = spec.host.as_deref().and_then(|host| {
-        let lower = host.to_ascii_lowercase();
-        let (check, result) = match lower.strip_prefix('*') {
-            Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
-                (&suffix[1..], HostMatch::Suffix(suffix.to_owned()))
-            }
-            Some(_) => {
-                sink.at(
-                    &path.key("host"),
-                    "a wildcard host must look like \"*.example.com\"",
-                );
-                return None;
-            }
-            None => (lower.as_str(), HostMatch::Exact(lower.clone())),
-        };
-        let valid = !check.is_empty()
-            && check
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-        if !valid {
-            sink.at(
-                &path.key("host"),
-                format!("{host:?} is not a valid host name (leave the port out)"),
-            );
-            return None;
-        }
-        Some(result)
-    });
+    let host = spec
+        .host
+        .as_deref()
+        .and_then(|host| compile_host_pattern(host, &path.key("host"), sink));
 
     let given: Vec<&str> = [
         ("path_prefix", spec.path_prefix.is_some()),
@@ -599,4 +561,131 @@ pub(super) fn compile_fault(
         delay: spec.delay.map(|d| (d.get(), delay_percent)),
         abort: spec.abort_status.map(|status| (status, abort_percent)),
     }
+}
+
+/// A host or server name condition: exact, or `*.suffix`; case is ignored.
+pub(super) fn compile_host_pattern(
+    host: &str,
+    at: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Option<HostMatch> {
+    let lower = host.to_ascii_lowercase();
+    let (check, result) = match lower.strip_prefix('*') {
+        Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
+            (&suffix[1..], HostMatch::Suffix(suffix.to_owned()))
+        }
+        Some(_) => {
+            sink.at(at, "a wildcard host name must look like \"*.example.com\"");
+            return None;
+        }
+        None => (lower.as_str(), HostMatch::Exact(lower.clone())),
+    };
+    let valid = !check.is_empty()
+        && check
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !valid {
+        sink.at(
+            at,
+            format!("{host:?} is not a valid host name (leave the port out)"),
+        );
+        return None;
+    }
+    Some(result)
+}
+
+/// A route's `split`: each upstream found, weights in range; `None` when any entry is wrong.
+pub(super) fn compile_splits(
+    entries: &[SplitEntry],
+    upstreams: &[Option<UpstreamSpec>],
+    upstream_names: &HashSet<String>,
+    at: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Option<Vec<Split>> {
+    let mut splits = Vec::with_capacity(entries.len());
+    let mut total_weight = 0u32;
+    for (j, split) in entries.iter().enumerate() {
+        let split_path = at.index(j);
+        if split.weight > MAX_ROUTE_WEIGHT {
+            sink.at(
+                &split_path.key("weight"),
+                format!("split weight must be between 0 and {MAX_ROUTE_WEIGHT}"),
+            );
+        }
+        total_weight = total_weight.saturating_add(split.weight);
+        let found = upstreams
+            .iter()
+            .position(|u| u.as_ref().is_some_and(|u| u.name == split.upstream));
+        match found {
+            Some(upstream) => splits.push(Split {
+                upstream,
+                weight: split.weight,
+            }),
+            None if upstream_names.contains(&split.upstream) => {}
+            None => sink.at(
+                &split_path.key("upstream"),
+                format!("unknown upstream {:?}", split.upstream),
+            ),
+        }
+    }
+    if !entries.is_empty() && total_weight == 0 {
+        sink.at(
+            at,
+            "the split weights add up to zero, so no request could be routed",
+        );
+    } else if total_weight > MAX_ROUTE_WEIGHT {
+        sink.at(
+            at,
+            format!("the split weights add up to {total_weight}; the most is {MAX_ROUTE_WEIGHT}"),
+        );
+    }
+    (splits.len() == entries.len()).then_some(splits)
+}
+
+/// A route's `listeners`: each found, and of the kind the route is for (`Http` for
+/// `[[routes]]`; `Tcp` for `[[tcp_routes]]`, which take `tls_passthrough` ones too).
+pub(super) fn compile_route_listeners(
+    wanted: &[String],
+    kind: ListenerProtocol,
+    listeners: &[Option<Listener>],
+    listener_names: &HashSet<String>,
+    at: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) -> Vec<usize> {
+    if wanted.is_empty() {
+        sink.at(
+            at,
+            "listeners must not be empty; leave it out to mean every listener",
+        );
+    }
+    wanted
+        .iter()
+        .enumerate()
+        .filter_map(|(j, name)| {
+            let found = listeners
+                .iter()
+                .position(|l| l.as_ref().is_some_and(|l| &l.name == name));
+            match found.and_then(|i| listeners[i].as_ref()) {
+                None if !listener_names.contains(name) => {
+                    sink.at(&at.index(j), format!("unknown listener {name:?}"))
+                }
+                Some(listener) if (listener.protocol == ListenerProtocol::Http) != (kind == ListenerProtocol::Http) => {
+                    let (what, wanted) = match kind {
+                        ListenerProtocol::Http => ("an HTTP route", "[[tcp_routes]] serve it"),
+                        _ => ("a TCP route", "[[routes]] serve it"),
+                    };
+                    sink.at(
+                        &at.index(j),
+                        format!(
+                            "listener {name:?} has protocol = {:?}, which {what} cannot serve: {wanted}",
+                            listener.protocol.as_str()
+                        ),
+                    );
+                    return None;
+                }
+                _ => {}
+            }
+            found
+        })
+        .collect()
 }

@@ -190,6 +190,21 @@ pub(super) fn compile_health_check(
     path: &KeyPath,
     sink: &mut ErrorSink<'_>,
 ) -> HealthCheckSpec {
+    match (spec.kind.as_deref(), &spec.path) {
+        (None, _) | (Some("http"), Some(_)) | (Some("tcp"), None) => {}
+        (Some("http"), None) => sink.at(
+            &path.key("type"),
+            "an http health check needs `path`; type = \"tcp\" checks that a connection opens",
+        ),
+        (Some("tcp"), Some(_)) => sink.at(
+            &path.key("path"),
+            "a tcp health check only connects: leave out `path`, or make it type = \"http\"",
+        ),
+        (Some(other), _) => sink.at(
+            &path.key("type"),
+            format!("unknown health check type {other:?}: expected \"http\" or \"tcp\""),
+        ),
+    }
     if let Some(check_path) = &spec.path {
         if !check_path.starts_with('/') || check_path.bytes().any(|b| b.is_ascii_whitespace()) {
             sink.at(

@@ -14,17 +14,26 @@ pub(super) fn collect(policy: &CompiledPolicy, sink: &mut ErrorSink<'_>) {
         );
     }
     for (i, listener) in policy.listeners.iter().enumerate() {
-        let used = policy
-            .routes
-            .iter()
-            .any(|route| route.listeners.as_ref().is_none_or(|l| l.contains(&i)));
+        let http = listener.protocol == crate::tcp::ListenerProtocol::Http;
+        let used = if http {
+            !policy.routes_by_listener[i].is_empty()
+        } else {
+            !policy.tcp_routes_by_listener[i].is_empty()
+        };
         if !used {
             sink.at(
                 &root.key("listeners").index(i).key("name"),
-                format!(
-                    "no route applies to listener {:?}: every request on it gets 404 no-route",
-                    listener.name
-                ),
+                if http {
+                    format!(
+                        "no route applies to listener {:?}: every request on it gets 404 no-route",
+                        listener.name
+                    )
+                } else {
+                    format!(
+                        "no TCP route applies to listener {:?}: every connection to it is closed",
+                        listener.name
+                    )
+                },
             );
         }
     }
@@ -59,6 +68,12 @@ fn unused_upstreams(policy: &CompiledPolicy, sink: &mut ErrorSink<'_>) {
                 .map(|s| s.upstream)
                 .chain(route.mirrors.iter().map(|m| m.upstream))
         })
+        .chain(
+            policy
+                .tcp_routes
+                .iter()
+                .flat_map(|route| route.splits.iter().map(|s| s.upstream)),
+        )
         .collect();
     while let Some(index) = pending.pop() {
         if std::mem::replace(&mut used[index], true) {
