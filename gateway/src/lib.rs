@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod snapshot;
+pub mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -47,6 +47,9 @@ pub struct Lifecycle {
     requests: AtomicUsize,
     /// `[server].drain_delay`.
     drain_delay: Duration,
+    /// Local addresses of the readiness probes' connections to the proxy listeners, so that
+    /// a TCP listener closes them instead of proxying them to an upstream.
+    probes: std::sync::Mutex<Vec<std::net::SocketAddr>>,
 }
 
 impl Lifecycle {
@@ -61,7 +64,45 @@ impl Lifecycle {
             open_connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             drain_delay,
+            probes: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Connects to `target` as a readiness probe: a TCP listener knows the connection by its
+    /// address and closes it unproxied.
+    pub async fn probe(&self, target: std::net::SocketAddr) -> std::io::Result<()> {
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(
+            if target.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            0,
+        ))?;
+        let local = socket.local_addr()?;
+        self.probes_mut().push(local);
+        let connected = socket.connect(target).await;
+        if connected.is_err() {
+            self.probes_mut().retain(|p| *p != local);
+        }
+        connected.map(drop)
+    }
+
+    /// Whether a connection from `peer` is a readiness probe (each is known once).
+    pub fn take_probe(&self, peer: std::net::SocketAddr) -> bool {
+        let mut probes = self.probes_mut();
+        let before = probes.len();
+        probes.retain(|p| *p != peer);
+        probes.len() != before
+    }
+
+    fn probes_mut(&self) -> std::sync::MutexGuard<'_, Vec<std::net::SocketAddr>> {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the gateway is draining or shutting down (readiness fails).

@@ -20,6 +20,7 @@ use crate::proxy::MeshProxy;
 use crate::reload::{watch_policy_file, PolicyStore};
 use crate::telemetry::Telemetry;
 use crate::upstream::UpstreamState;
+use meshgate_policy::tcp::ListenerProtocol;
 
 /// How `meshgate run` was asked to run.
 #[derive(Debug, Clone)]
@@ -205,6 +206,33 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 .listener_connections_waiting
                 .with_label_values(&[listener.name.as_str()]),
         );
+        if listener.protocol != ListenerProtocol::Http {
+            let mut service = pingora::services::listening::Service::new(
+                format!("meshgate tcp {}", listener.name),
+                crate::tcp::TcpApp::new(
+                    store.clone(),
+                    telemetry.clone(),
+                    lifecycle.clone(),
+                    limit.clone(),
+                    listener,
+                    policy.server.client_header_timeout,
+                ),
+            );
+            service.set_connection_filter(Arc::new(AcceptGate(limit)));
+            // No read buffer: bytes go from the socket straight into the splice's buffers.
+            let tcp = ListenerConfig::tcp(listener.addr.to_string())
+                .l4_buffer(L4BufferSettings::default().read(0));
+            match store.tls.listener(&listener.name) {
+                Some(state) if listener.protocol == ListenerProtocol::Tcp => {
+                    let settings = crate::tls::listener_settings(&state)
+                        .map_err(|e| format!("listener {}: TLS: {e}", listener.name))?;
+                    service.add_tls_with_settings(&listener.addr.to_string(), None, settings);
+                }
+                _ => service.add_listener(tcp),
+            }
+            server.add_service(service);
+            continue;
+        }
         let mut proxy = pingora::services::listening::Service::new(
             format!("meshgate proxy {}", listener.name),
             GuardedApp::new(

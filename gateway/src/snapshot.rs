@@ -224,6 +224,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<UpstreamState>>,
     /// Route state, parallel to `policy.routes`.
     pub routes: Vec<RouteState>,
+    /// TCP route state, parallel to `policy.tcp_routes`.
+    pub tcp_routes: Vec<crate::tcp::TcpRouteState>,
     /// The store of global rate limits, shared with the previous snapshot while its settings
     /// are unchanged.
     pub rate_limit_store: Option<Arc<RateLimitStore>>,
@@ -280,6 +282,9 @@ impl ListenerPlan {
                     }
                     .to_owned(),
                 ),
+                Some(l) if l.protocol != live.protocol => {
+                    Some(format!("speaks {}", l.protocol.as_str()))
+                }
                 Some(l) if l.max_connections != live.max_connections => {
                     Some(format!("max_connections = {}", l.max_connections))
                 }
@@ -433,10 +438,16 @@ impl Snapshot {
                     .collect(),
             })
             .collect();
+        let tcp_routes = policy
+            .tcp_routes
+            .iter()
+            .map(crate::tcp::TcpRouteState::new)
+            .collect();
         Snapshot {
             policy,
             upstreams,
             routes,
+            tcp_routes,
             rate_limit_store,
             version,
             listeners,

@@ -827,7 +827,15 @@ impl CompiledPolicy {
             listeners: self
                 .listeners
                 .iter()
-                .map(|l| (l.name.clone(), l.addr, l.tls.is_some(), l.max_connections))
+                .map(|l| {
+                    (
+                        l.name.clone(),
+                        l.addr,
+                        l.tls.is_some(),
+                        l.max_connections,
+                        l.protocol,
+                    )
+                })
                 .collect(),
             metrics_listen: self.telemetry.metrics_listen,
             fleet: self.fleet.clone(),
@@ -847,20 +855,26 @@ impl CompiledPolicy {
                 Some(listener) => {
                     listener.addr = live.addr;
                     listener.max_connections = live.max_connections;
+                    listener.protocol = live.protocol;
                     if listener.tls.is_some() != live.tls.is_some() {
                         listener.tls = live.tls.clone();
                         listener.default_authz = live.default_authz;
                     }
                 }
-                None => {
-                    self.listeners.push(live.clone());
-                    let unrestricted = (0..self.routes.len())
-                        .filter(|&r| self.routes[r].listeners.is_none())
-                        .collect();
-                    self.routes_by_listener.push(unrestricted);
-                }
+                None => self.listeners.push(live.clone()),
             }
         }
+        // What a running listener speaks decides which routes serve it.
+        self.routes_by_listener = crate::tcp::routes_by_listener(
+            &self.listeners,
+            true,
+            self.routes.iter().map(|r| &r.listeners),
+        );
+        self.tcp_routes_by_listener = crate::tcp::routes_by_listener(
+            &self.listeners,
+            false,
+            self.tcp_routes.iter().map(|r| &r.listeners),
+        );
     }
 }
 
@@ -870,7 +884,7 @@ impl CompiledPolicy {
 pub struct StaticParts {
     server: ServerSettings,
     admin: AdminSettings,
-    listeners: Vec<(String, SocketAddr, bool, u32)>,
+    listeners: Vec<(String, SocketAddr, bool, u32, crate::tcp::ListenerProtocol)>,
     metrics_listen: Option<SocketAddr>,
     fleet: Option<crate::fleet::FleetSettings>,
 }

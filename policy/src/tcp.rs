@@ -116,3 +116,28 @@ pub struct TcpRateLimit {
     /// One bucket per client address (`true`) or one for the route.
     pub per_client: bool,
 }
+
+/// For each listener, the routes (of the kind it speaks: `[[routes]]` for HTTP listeners when
+/// `http`, else `[[tcp_routes]]`) that apply to it, in file order; `route_listeners` gives each
+/// route's `listeners`.
+pub(crate) fn routes_by_listener<'r>(
+    listeners: &[crate::compiled::Listener],
+    http: bool,
+    route_listeners: impl Iterator<Item = &'r Option<Vec<usize>>> + Clone,
+) -> Vec<Vec<usize>> {
+    listeners
+        .iter()
+        .enumerate()
+        .map(|(index, listener)| {
+            if (listener.protocol == ListenerProtocol::Http) != http {
+                return Vec::new();
+            }
+            route_listeners
+                .clone()
+                .enumerate()
+                .filter(|(_, wanted)| wanted.as_ref().is_none_or(|l| l.contains(&index)))
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .collect()
+}

@@ -70,7 +70,12 @@ rate_limit = {{ connections_per_second = 100, burst = 200, key = "route" }}
     let limit = postgres.rate_limit.as_ref().unwrap();
     assert_eq!((limit.burst, limit.per_client), (3, true));
     assert_eq!(policy.tcp_routes[1].idle_timeout.as_secs(), 3600);
-    assert!(policy.upstreams[0].health_check.as_ref().unwrap().path.is_none());
+    assert!(policy.upstreams[0]
+        .health_check
+        .as_ref()
+        .unwrap()
+        .path
+        .is_none());
 }
 
 #[test]
@@ -122,21 +127,61 @@ split = []
     assert_errors(
         &errors,
         &[
-            (13, "listeners[2].compress", "compress applies to HTTP listeners"),
-            (14, "listeners[2].tls", "a tls_passthrough listener never decrypts"),
+            (
+                13,
+                "listeners[2].compress",
+                "compress applies to HTTP listeners",
+            ),
+            (
+                14,
+                "listeners[2].tls",
+                "a tls_passthrough listener never decrypts",
+            ),
             (18, "listeners[3].protocol", "unknown variant `udp`"),
-            (23, "upstreams[0].health_check.path", "a tcp health check only connects"),
-            (27, "routes[0].listeners[0]", "listener \"pg\" has protocol = \"tcp\""),
-            (32, "tcp_routes[0].listeners[0]", "listener \"http\" has protocol = \"http\""),
-            (32, "tcp_routes[0].listeners[2]", "unknown listener \"nope\""),
+            (
+                23,
+                "upstreams[0].health_check.path",
+                "a tcp health check only connects",
+            ),
+            (
+                27,
+                "routes[0].listeners[0]",
+                "listener \"pg\" has protocol = \"tcp\"",
+            ),
+            (
+                32,
+                "tcp_routes[0].listeners[0]",
+                "listener \"http\" has protocol = \"http\"",
+            ),
+            (
+                32,
+                "tcp_routes[0].listeners[2]",
+                "unknown listener \"nope\"",
+            ),
             (33, "tcp_routes[0].match.sni", "sees no TLS handshake"),
-            (33, "tcp_routes[0].match.sni[1]", "a wildcard host name must look like"),
-            (34, "tcp_routes[0].split[0].upstream", "unknown upstream \"missing\""),
+            (
+                33,
+                "tcp_routes[0].match.sni[1]",
+                "a wildcard host name must look like",
+            ),
+            (
+                34,
+                "tcp_routes[0].split[0].upstream",
+                "unknown upstream \"missing\"",
+            ),
             (35, "tcp_routes[0].allow", "has no client certificates"),
             (36, "tcp_routes[0].idle_timeout", "more than zero"),
-            (37, "tcp_routes[0].rate_limit.connections_per_second", "above 0"),
+            (
+                37,
+                "tcp_routes[0].rate_limit.connections_per_second",
+                "above 0",
+            ),
             (38, "tcp_routes[0].colour", "unknown field `colour`"),
-            (42, "tcp_routes[1].split", "a TCP route needs at least one split"),
+            (
+                42,
+                "tcp_routes[1].split",
+                "a TCP route needs at least one split",
+            ),
         ],
     );
 }

@@ -263,6 +263,7 @@ impl BackgroundService for AdminService {
         };
         let admin = self.admin.clone();
         let probes = self.proxy_listeners.clone();
+        let prober = self.admin.lifecycle.clone();
         tokio::spawn(async move {
             for addr in probes {
                 let target = if addr.ip().is_unspecified() {
@@ -277,7 +278,7 @@ impl BackgroundService for AdminService {
                 } else {
                     addr
                 };
-                while tokio::net::TcpStream::connect(target).await.is_err() {
+                while prober.probe(target).await.is_err() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

@@ -133,7 +133,7 @@ impl LocalBuckets {
 
     /// Buckets held now (1 for a single bucket).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match &self.storage {
             Storage::Single(_) => 1,
             Storage::Keyed(keyed) => keyed

@@ -18,7 +18,7 @@ use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 
 use crate::telemetry::Metrics;
-use local::LocalBuckets;
+pub use local::LocalBuckets;
 pub use retry_budget::RetryBudget;
 pub use store::RateLimitStore;
 

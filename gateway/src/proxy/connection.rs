@@ -69,7 +69,7 @@ impl ConnectionLimit {
     }
 
     /// Takes a place for a connection, waiting for one if there is none.
-    pub(super) async fn take_place(&self) -> Option<Place<'_>> {
+    pub(crate) async fn take_place(&self) -> Option<Place<'_>> {
         let permit = {
             let _waiting = GaugeHold::new(&self.waiting);
             self.places.acquire().await.ok()?
@@ -83,7 +83,7 @@ impl ConnectionLimit {
 }
 
 /// A served connection's place under its listener's limit; frees it when dropped.
-pub(super) struct Place<'a> {
+pub(crate) struct Place<'a> {
     limit: &'a ConnectionLimit,
     permit: Option<SemaphorePermit<'a>>,
     _served: GaugeHold<'a>,

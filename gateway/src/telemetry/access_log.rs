@@ -211,6 +211,28 @@ pub struct AccessRecord<'a> {
     pub rate_limit: Option<&'static str>,
 }
 
+/// One access log line for a TCP connection, written when it closes.
+#[derive(serde::Serialize)]
+pub struct TcpAccessRecord<'a> {
+    pub time: Shown<humantime::Rfc3339Timestamp>,
+    /// Always `tcp`, which tells these lines from requests'.
+    pub kind: &'static str,
+    pub listener: &'a str,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub endpoint: Option<Shown<std::net::SocketAddr>>,
+    pub client: Option<Shown<std::net::SocketAddr>>,
+    pub sni: Option<&'a str>,
+    pub identity: Option<&'a str>,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+    pub duration_ms: f64,
+    /// How it ended: `closed`, `idle_timeout`, `reset`, or why it was refused.
+    pub close: &'static str,
+    /// What failed, when something did.
+    pub detail: Option<&'a str>,
+}
+
 /// A value written into the JSON as its `Display` text, without an intermediate `String`.
 pub struct Shown<T>(pub T);
 

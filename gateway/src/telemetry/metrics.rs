@@ -88,6 +88,8 @@ pub struct Metrics {
     /// `meshgate_listener_connections_waiting{listener}`: accepted connections waiting in the gateway for a
     /// place under `max_connections`.
     pub listener_connections_waiting: IntGaugeVec,
+    /// `meshgate_tcp_*`: the TCP proxy's families.
+    pub tcp: crate::tcp::TcpMetrics,
 }
 
 impl Metrics {
@@ -334,8 +336,9 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::tls::BACKEND])
             .set(1);
+        let tcp = crate::tcp::TcpMetrics::new();
         let mut family_names = Vec::new();
-        for collector in [
+        for collector in tcp.collectors().into_iter().chain([
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(policy_version.clone()),
             Box::new(policy_reloads.clone()),
@@ -369,7 +372,7 @@ impl Metrics {
             Box::new(jwks_fetches.clone()),
             Box::new(fleet_connected.clone()),
             Box::new(build_info),
-        ] {
+        ]) {
             family_names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
             registry
                 .register(collector)
@@ -410,6 +413,7 @@ impl Metrics {
             restart_required,
             listener_connections,
             listener_connections_waiting,
+            tcp,
         }
     }
 

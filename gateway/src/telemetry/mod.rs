@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use meshgate_policy::compiled::{AccessLogTarget, TelemetrySettings};
 
-pub use access_log::AccessLog;
+pub use access_log::{millis, non_empty, AccessLog, Shown, TcpAccessRecord};
 pub use logs::{init_logging, set_format as set_log_format};
 pub use metrics::Metrics;
 

@@ -234,10 +234,13 @@ impl TlsAccept for Handshakes {
         ssl: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         self.state.handshake_completed();
-        let leaf = ssl.peer_certificate()?.to_der().ok()?;
+        let leaf = ssl.peer_certificate().and_then(|cert| cert.to_der().ok());
         Some(Arc::new(PeerTls {
-            identity: uri_san(&leaf),
-            cert_hash: Some(hex::encode(Sha256::digest(&leaf))),
+            identity: leaf.as_deref().and_then(uri_san),
+            cert_hash: leaf.map(|leaf| hex::encode(Sha256::digest(&leaf))),
+            server_name: ssl
+                .servername(NameType::HOST_NAME)
+                .map(str::to_ascii_lowercase),
         }))
     }
 }

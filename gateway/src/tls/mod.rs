@@ -45,6 +45,8 @@ pub struct PeerTls {
     pub identity: Option<String>,
     /// SHA-256 of the client's leaf certificate, hex, for `x-forwarded-client-cert`.
     pub cert_hash: Option<String>,
+    /// The server name the client asked for (SNI), lower-case, for TCP routes' `match.sni`.
+    pub server_name: Option<String>,
 }
 
 impl PeerTls {

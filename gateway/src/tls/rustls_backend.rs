@@ -294,10 +294,11 @@ impl TlsAccept for HandshakeObserver {
         tls: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         self.state.handshake_completed();
-        let leaf = tls.peer_certificate_der()?;
+        let leaf = tls.peer_certificate_der();
         Some(Arc::new(PeerTls {
-            identity: uri_san(leaf),
-            cert_hash: Some(hex::encode(Sha256::digest(leaf))),
+            identity: leaf.and_then(uri_san),
+            cert_hash: leaf.map(|leaf| hex::encode(Sha256::digest(leaf))),
+            server_name: tls.server_name().map(str::to_ascii_lowercase),
         }))
     }
 }

@@ -95,6 +95,20 @@ impl UpstreamState {
         }
     }
 
+    /// Admits a proxied TCP connection (`max_connections`); give it back with
+    /// [`give_back`] on `breaker.active_connections` when it closes.
+    pub fn admit_tcp_connection(&self) -> Result<(), Overflow> {
+        if take(
+            &self.breaker.active_connections,
+            self.spec.circuit_breaker.max_connections,
+        ) {
+            Ok(())
+        } else {
+            self.breaker.overflows.fetch_add(1, Ordering::Relaxed);
+            Err(Overflow::Connections)
+        }
+    }
+
     /// Admits a retry (`max_retries`). A retry over the limit is simply not made: the
     /// failure of the last try is the answer.
     pub fn admit_retry(&self) -> bool {

@@ -165,26 +165,3 @@ impl Compiler<'_, '_> {
             .collect()
     }
 }
-
-/// For each listener, the routes (of the kind it speaks) that apply to it, in file order.
-pub(super) fn routes_by_listener<'r>(
-    listeners: &[Listener],
-    http: bool,
-    route_listeners: impl Iterator<Item = &'r Option<Vec<usize>>> + Clone,
-) -> Vec<Vec<usize>> {
-    listeners
-        .iter()
-        .enumerate()
-        .map(|(index, listener)| {
-            if (listener.protocol == ListenerProtocol::Http) != http {
-                return Vec::new();
-            }
-            route_listeners
-                .clone()
-                .enumerate()
-                .filter(|(_, wanted)| wanted.as_ref().is_none_or(|l| l.contains(&index)))
-                .map(|(i, _)| i)
-                .collect()
-        })
-        .collect()
-}

@@ -1,0 +1,428 @@
+//! TCP proxying: `tcp` listeners (TLS terminated first when they have `[listeners.tls]`) and
+//! `tls_passthrough` listeners (routed by the ClientHello's server name, never decrypted),
+//! routed by `[[tcp_routes]]` to the same upstreams HTTP uses: their balancing, health,
+//! outlier ejection on connect failures, `circuit_breaker.max_connections`, TLS origination
+//! and discovery.
+//!
+//! Each connection reads the running snapshot once, when it opens: a reload never touches an
+//! open connection, and the next one follows the new policy.
+
+mod client_hello;
+mod metrics;
+mod splice;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use meshgate_policy::compiled::DefaultAuthz;
+use meshgate_policy::tcp::{ListenerProtocol, TcpRoute};
+use pingora::apps::ServerApp;
+use pingora::connectors::TransportConnector;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use client_hello::{read_server_name, HelloError};
+pub use metrics::TcpMetrics;
+pub use splice::{splice, Flow, SpliceEnd};
+
+use crate::lifecycle::Lifecycle;
+use crate::limit::{Gcra, LocalBuckets};
+use crate::proxy::connection::ConnectionLimit;
+use crate::reload::PolicyStore;
+use crate::snapshot::Snapshot;
+use crate::telemetry::Telemetry;
+use crate::tls::PeerTls;
+use crate::upstream::{breaker_give_back, EndpointState, UpstreamState};
+
+/// Tries to connect per connection: the first endpoint and two others when connecting fails.
+const CONNECT_TRIES: usize = 3;
+/// Most client addresses a per-client connection limit tracks.
+const LIMIT_KEYS: usize = 100_000;
+
+/// A TCP route's runtime state in a snapshot.
+pub struct TcpRouteState {
+    /// The next turn in the split schedule.
+    cursor: AtomicU64,
+    /// The route's connection buckets.
+    limiter: Option<(LocalBuckets, bool)>,
+}
+
+impl std::fmt::Debug for TcpRouteState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpRouteState")
+            .field("cursor", &self.cursor)
+            .field("limited", &self.limiter.is_some())
+            .finish()
+    }
+}
+
+impl TcpRouteState {
+    /// Fresh state for `route`.
+    pub fn new(route: &TcpRoute) -> Self {
+        TcpRouteState {
+            cursor: AtomicU64::new(0),
+            limiter: route.rate_limit.as_ref().map(|limit| {
+                let gcra = Gcra::new(limit.connections_per_second, limit.burst);
+                (
+                    LocalBuckets::new(gcra, !limit.per_client, LIMIT_KEYS),
+                    limit.per_client,
+                )
+            }),
+        }
+    }
+
+    /// Whether a new connection from `client` is under the route's limit.
+    fn admit(&self, client: Option<SocketAddr>) -> bool {
+        match &self.limiter {
+            None => true,
+            Some((buckets, true)) => buckets.take(client.map(|c| c.ip())).0.allowed,
+            Some((buckets, false)) => buckets.take(()).0.allowed,
+        }
+    }
+}
+
+/// How a connection ended, for its metrics and its access log record.
+#[derive(Default)]
+struct Outcome {
+    route: Option<usize>,
+    upstream: Option<usize>,
+    endpoint: Option<SocketAddr>,
+    sni: Option<String>,
+    identity: Option<String>,
+    result: &'static str,
+    detail: Option<String>,
+}
+
+/// One `tcp` or `tls_passthrough` listener's connections.
+pub struct TcpApp {
+    store: Arc<PolicyStore>,
+    telemetry: Arc<Telemetry>,
+    lifecycle: Arc<Lifecycle>,
+    limit: Arc<ConnectionLimit>,
+    listener: String,
+    protocol: ListenerProtocol,
+    /// How long a passthrough client has to send its ClientHello.
+    hello_timeout: Duration,
+    connector: TransportConnector,
+}
+
+impl TcpApp {
+    /// The application of listener `listener`, which speaks `protocol`.
+    pub fn new(
+        store: Arc<PolicyStore>,
+        telemetry: Arc<Telemetry>,
+        lifecycle: Arc<Lifecycle>,
+        limit: Arc<ConnectionLimit>,
+        listener: &meshgate_policy::compiled::Listener,
+        hello_timeout: Duration,
+    ) -> Self {
+        TcpApp {
+            store,
+            telemetry,
+            lifecycle,
+            limit,
+            listener: listener.name.clone(),
+            protocol: listener.protocol,
+            hello_timeout,
+            connector: TransportConnector::new(None),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for TcpApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _open = self.lifecycle.open_connection();
+        let _place = self.limit.take_place().await?;
+        self.serve(stream).await;
+        None
+    }
+
+    /// Open connections run on through a drain or an upgrade, until they end or the grace
+    /// period does.
+    async fn cleanup(&self) {}
+}
+
+impl TcpApp {
+    async fn serve(&self, mut stream: Stream) {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|s| s.peer_addr().and_then(|a| a.as_inet()).copied());
+        if peer.is_some_and(|peer| self.lifecycle.take_probe(peer)) {
+            return;
+        }
+        let started = Instant::now();
+        let metrics = &self.telemetry.metrics.tcp;
+        let active = metrics.active.with_label_values(&[self.listener.as_str()]);
+        active.inc();
+        let socket = stream.get_socket_digest();
+        let client = socket
+            .as_ref()
+            .and_then(|s| s.peer_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        let local = socket
+            .as_ref()
+            .and_then(|s| s.local_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        let snapshot = self.store.snapshot();
+        let flow = Flow::default();
+        let mut outcome = Outcome::default();
+        match local.and_then(|local| snapshot.listener_for(local)) {
+            Some(listener) => {
+                self.route(
+                    &snapshot,
+                    listener,
+                    &mut stream,
+                    client,
+                    &flow,
+                    &mut outcome,
+                )
+                .await
+            }
+            None => outcome.result = "no_route",
+        }
+        active.dec();
+        self.record(&snapshot, client, started, &flow, &outcome);
+    }
+
+    /// Routes the connection, connects it and splices it; fills `outcome`.
+    async fn route(
+        &self,
+        snapshot: &Snapshot,
+        listener: usize,
+        stream: &mut Stream,
+        client: Option<SocketAddr>,
+        flow: &Flow,
+        outcome: &mut Outcome,
+    ) {
+        let mut replay = Vec::new();
+        match self.protocol {
+            ListenerProtocol::TlsPassthrough => {
+                let read = tokio::time::timeout(self.hello_timeout, read_server_name(stream)).await;
+                match read {
+                    Ok((bytes, Ok(name))) => {
+                        replay = bytes;
+                        outcome.sni = Some(name);
+                    }
+                    Ok((bytes, Err(HelloError::NoServerName))) => replay = bytes,
+                    Ok((_, Err(HelloError::NotTls(why)))) => {
+                        outcome.result = "bad_handshake";
+                        outcome.detail = Some(why);
+                        return;
+                    }
+                    Err(_) => {
+                        outcome.result = "bad_handshake";
+                        outcome.detail = Some("no ClientHello in time".into());
+                        return;
+                    }
+                }
+            }
+            _ => {
+                if let Some(peer) = stream
+                    .get_ssl_digest()
+                    .and_then(|d| d.extension.get::<PeerTls>().cloned())
+                {
+                    outcome.sni = peer.server_name;
+                    outcome.identity = peer.identity;
+                }
+            }
+        }
+        let policy = &snapshot.policy;
+        let Some(route_index) = policy.tcp_route_for(listener, outcome.sni.as_deref()) else {
+            outcome.result = "no_route";
+            return;
+        };
+        outcome.route = Some(route_index);
+        let route = &policy.tcp_routes[route_index];
+        let allowed = match &route.allow {
+            Some(patterns) => outcome
+                .identity
+                .as_deref()
+                .is_some_and(|id| patterns.iter().any(|p| p.matches(id))),
+            None => policy.listeners[listener].default_authz == DefaultAuthz::Allow,
+        };
+        if !allowed {
+            outcome.result = "denied";
+            return;
+        }
+        let state = &snapshot.tcp_routes[route_index];
+        if !state.admit(client) {
+            outcome.result = "rate_limited";
+            return;
+        }
+        let slot = state.cursor.fetch_add(1, Ordering::Relaxed) as usize;
+        let planned =
+            route.splits[route.split_schedule[slot % route.split_schedule.len()] as usize].upstream;
+        let Some(upstream_index) = crate::proxy::split::target(snapshot, planned) else {
+            outcome.upstream = Some(planned);
+            outcome.result = "no_endpoint";
+            return;
+        };
+        outcome.upstream = Some(upstream_index);
+        let pool = &snapshot.upstreams[upstream_index];
+        if pool.admit_tcp_connection().is_err() {
+            outcome.result = "overflow";
+            return;
+        }
+        let connected = self.connect(pool, client, outcome).await;
+        if let Some((endpoint, upstream)) = connected {
+            if !replay.is_empty() {
+                // The ClientHello read for its server name goes first.
+                let mut upstream = upstream;
+                let written = tokio::io::AsyncWriteExt::write_all(&mut upstream, &replay).await;
+                flow.received
+                    .fetch_add(replay.len() as u64, Ordering::Relaxed);
+                outcome.result = match written {
+                    Ok(()) => splice(&mut *stream, upstream, route.idle_timeout, flow)
+                        .await
+                        .as_str(),
+                    Err(_) => SpliceEnd::Reset.as_str(),
+                };
+            } else {
+                outcome.result = splice(&mut *stream, upstream, route.idle_timeout, flow)
+                    .await
+                    .as_str();
+            }
+            pool.release(&endpoint);
+        }
+        breaker_give_back(&pool.breaker.active_connections);
+    }
+
+    /// Connects to an endpoint of `pool`, trying others when connecting fails; each failure
+    /// counts for outlier detection. `None` (with `outcome` saying why) when every try failed.
+    async fn connect(
+        &self,
+        pool: &UpstreamState,
+        client: Option<SocketAddr>,
+        outcome: &mut Outcome,
+    ) -> Option<(Arc<EndpointState>, Box<dyn Upstream>)> {
+        let hash_input = client.map(|c| c.ip().to_string());
+        for _ in 0..CONNECT_TRIES {
+            let Some(endpoint) = pool.acquire(hash_input.as_deref().map(str::as_bytes)) else {
+                outcome.result = "no_endpoint";
+                return None;
+            };
+            outcome.endpoint = Some(endpoint.addr);
+            let connect_started = Instant::now();
+            let connected: Result<Box<dyn Upstream>, String> = match &pool.tls {
+                None => tokio::time::timeout(
+                    pool.spec.connect_timeout,
+                    tokio::net::TcpStream::connect(endpoint.addr),
+                )
+                .await
+                .map_err(|_| format!("no connection within {:?}", pool.spec.connect_timeout))
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                    Box::new(tcp) as Box<dyn Upstream>
+                }),
+                Some(tls) => {
+                    let mut peer = endpoint.peer.clone();
+                    let material = tls.material();
+                    peer.options.ca = material.ca.clone();
+                    peer.client_cert_key = material.client_cert.clone();
+                    self.connector
+                        .new_stream(&peer)
+                        .await
+                        .map(|s| Box::new(s) as Box<dyn Upstream>)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            pool.connect_duration
+                .observe(connect_started.elapsed().as_secs_f64());
+            match connected {
+                Ok(upstream) => {
+                    pool.connections[0].inc();
+                    pool.report_outcome(&endpoint, true);
+                    return Some((endpoint, upstream));
+                }
+                Err(why) => {
+                    tracing::debug!(endpoint = %endpoint.addr, "TCP connect failed: {why}");
+                    pool.report_outcome(&endpoint, false);
+                    pool.release(&endpoint);
+                    outcome.detail = Some(why);
+                }
+            }
+        }
+        outcome.result = "connect_failed";
+        None
+    }
+
+    /// Counts the connection and writes its access log record.
+    fn record(
+        &self,
+        snapshot: &Snapshot,
+        client: Option<SocketAddr>,
+        started: Instant,
+        flow: &Flow,
+        outcome: &Outcome,
+    ) {
+        let metrics = &self.telemetry.metrics.tcp;
+        let policy = &snapshot.policy;
+        let route = outcome
+            .route
+            .map_or("", |i| policy.tcp_routes[i].name.as_str());
+        let upstream = outcome
+            .upstream
+            .map_or("", |i| policy.upstreams[i].name.as_str());
+        let listener = self.listener.as_str();
+        metrics
+            .connections
+            .with_label_values(&[listener, route, upstream, outcome.result])
+            .inc();
+        let received = flow.received.load(Ordering::Relaxed);
+        let sent = flow.sent.load(Ordering::Relaxed);
+        let duration = started.elapsed();
+        if outcome.route.is_some() {
+            metrics
+                .bytes
+                .with_label_values(&[listener, route, "received"])
+                .inc_by(received);
+            metrics
+                .bytes
+                .with_label_values(&[listener, route, "sent"])
+                .inc_by(sent);
+            metrics
+                .duration
+                .with_label_values(&[listener, route])
+                .observe(duration.as_secs_f64());
+        }
+        if let Some(log) = self.telemetry.access_log().as_ref() {
+            let record = crate::telemetry::TcpAccessRecord {
+                time: crate::telemetry::Shown(humantime::format_rfc3339_millis(
+                    std::time::SystemTime::now(),
+                )),
+                kind: "tcp",
+                listener,
+                route: crate::telemetry::non_empty(route),
+                upstream: crate::telemetry::non_empty(upstream),
+                endpoint: outcome.endpoint.map(crate::telemetry::Shown),
+                client: client.map(crate::telemetry::Shown),
+                sni: outcome.sni.as_deref(),
+                identity: outcome.identity.as_deref(),
+                received_bytes: received,
+                sent_bytes: sent,
+                duration_ms: crate::telemetry::millis(duration),
+                close: outcome.result,
+                detail: outcome.detail.as_deref(),
+            };
+            if let Ok(line) = serde_json::to_string(&record) {
+                log.log(line);
+            }
+        }
+    }
+}
+
+/// A connection to an upstream: a plain socket or Pingora's TLS stream.
+pub trait Upstream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Upstream for T {}

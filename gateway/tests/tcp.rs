@@ -1,0 +1,300 @@
+//! End to end: TCP proxying (issue 19) with real clients and servers: `redis-cli` against
+//! `redis-server`, a bulk transfer checked byte for byte, half-close, connect retries, the
+//! idle timeout, the connection rate limit, SNI passthrough to two `openssl s_server`s, TLS
+//! termination with mTLS identities and upstream mTLS, reloads and drains.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A TCP server that greets each connection with `greeting` (when not empty), then echoes
+/// every byte until the client's end of stream, then closes its side.
+async fn start_tcp_echo(greeting: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if !greeting.is_empty() {
+                    let _ = socket.write_all(greeting.as_bytes()).await;
+                }
+                let (mut read, mut write) = socket.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The sum of `name`'s samples whose labels include every `key="value"` of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A `tcp` listener named `name` on a free port, and its address.
+fn tcp_listener(name: &str, extra: &str) -> (String, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    (
+        format!("\n[[listeners]]\nname = \"{name}\"\nlisten = \"{addr}\"\nprotocol = \"tcp\"\n{extra}\n"),
+        addr,
+    )
+}
+
+/// Reads until the peer closes (or `limit` passes); what was read.
+async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut read = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut read)).await;
+    read
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_and_a_bulk_transfer_pass_through_byte_for_byte() {
+    let redis = Redis::start(None);
+    let echo = start_tcp_echo("").await;
+    let (redis_listener, redis_addr) = tcp_listener("redis", "");
+    let (bulk_listener, bulk_addr) = tcp_listener("bulk", "");
+    let gateway = Gateway::start(&format!(
+        r#"{redis_listener}{bulk_listener}
+[[upstreams]]
+name = "redis"
+endpoints = ["127.0.0.1:{}"]
+health_check = {{ type = "tcp", interval = "1s" }}
+
+[[upstreams]]
+name = "echo"
+endpoints = ["{echo}"]
+
+[[tcp_routes]]
+name = "redis"
+listeners = ["redis"]
+split = [{{ upstream = "redis" }}]
+
+[[tcp_routes]]
+name = "bulk"
+listeners = ["bulk"]
+split = [{{ upstream = "echo" }}]
+"#,
+        redis.port
+    ));
+
+    let cli = |args: &[&str]| {
+        let output = bounded(30, "redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &redis_addr.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli comes with redis-server (`make deps`)");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(cli(&["SET", "greeting", "hello through meshgate"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "hello through meshgate");
+    assert_eq!(cli(&["DBSIZE"]), "1");
+
+    // 32 MiB each way, written while it is read back, then a half-close: the echo server
+    // sees the end of stream only after every byte, and closes its side after echoing them.
+    let size = 32 << 20;
+    let payload: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let expected = Sha256::digest(&payload);
+    let stream = TcpStream::connect(bulk_addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        write.write_all(&payload).await.unwrap();
+        write.shutdown().await.unwrap();
+    });
+    let mut echoed = Vec::with_capacity(size);
+    tokio::time::timeout(Duration::from_secs(60), read.read_to_end(&mut echoed))
+        .await
+        .expect("the echo closes after the client's half-close")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(echoed.len(), size);
+    assert_eq!(Sha256::digest(&echoed), expected);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = gateway.metrics().await;
+    let bulk = [("listener", "bulk"), ("route", "bulk")];
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshgate_tcp_connections_total",
+            &[bulk[0], bulk[1], ("upstream", "echo"), ("result", "closed")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    for direction in ["received", "sent"] {
+        assert_eq!(
+            sample(
+                &metrics,
+                "meshgate_tcp_bytes_total",
+                &[bulk[0], bulk[1], ("direction", direction)]
+            ),
+            size as f64
+        );
+    }
+    assert!(
+        sample(
+            &metrics,
+            "meshgate_tcp_connections_total",
+            &[("route", "redis"), ("result", "closed")]
+        ) >= 3.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshgate_tcp_active_connections",
+            &[("listener", "bulk")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshgate_tcp_connection_duration_seconds_count",
+            &[bulk[0], bulk[1]]
+        ),
+        1.0
+    );
+    let log = std::fs::read_to_string(gateway.dir.path().join("access.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"kind\":\"tcp\"") && l.contains("\"route\":\"bulk\""))
+        .unwrap_or_else(|| panic!("no TCP record in {log}"));
+    let record: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(record["received_bytes"], size as u64);
+    assert_eq!(record["sent_bytes"], size as u64);
+    assert_eq!(record["upstream"], "echo");
+    assert_eq!(record["endpoint"], echo.to_string());
+    assert_eq!(record["close"], "closed");
+    assert!(record["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_failures_are_retried_and_idle_and_rate_limits_close() {
+    let echo = start_tcp_echo("hi\n").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (retry_listener, retry_addr) = tcp_listener("retry", "");
+    let (idle_listener, idle_addr) = tcp_listener("idle", "");
+    let (limited_listener, limited_addr) = tcp_listener("limited", "");
+    let gateway = Gateway::start(&format!(
+        r#"{retry_listener}{idle_listener}{limited_listener}
+[[upstreams]]
+name = "flaky"
+endpoints = ["{dead}", "{echo}"]
+
+[[upstreams]]
+name = "echo"
+endpoints = ["{echo}"]
+
+[[tcp_routes]]
+name = "retry"
+listeners = ["retry"]
+split = [{{ upstream = "flaky" }}]
+
+[[tcp_routes]]
+name = "idle"
+listeners = ["idle"]
+split = [{{ upstream = "echo" }}]
+idle_timeout = "300ms"
+
+[[tcp_routes]]
+name = "limited"
+listeners = ["limited"]
+split = [{{ upstream = "echo" }}]
+rate_limit = {{ connections_per_second = 0.1, burst = 2 }}
+"#
+    ));
+    // Half the first tries meet the dead endpoint; each is retried on the live one.
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(retry_addr).await.unwrap();
+        let mut greeting = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut greeting))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&greeting, b"hi\n");
+    }
+
+    // Idle: the greeting, then nothing either way, then the gateway closes.
+    let mut stream = TcpStream::connect(idle_addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let read = read_to_close(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(read, b"hi\n");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+
+    // Two connections in the bucket, the third is closed at once with nothing sent.
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(limited_addr).await.unwrap();
+        let mut greeting = [0u8; 3];
+        stream.read_exact(&mut greeting).await.unwrap();
+        kept.push(stream);
+    }
+    let mut refused = TcpStream::connect(limited_addr).await.unwrap();
+    assert!(read_to_close(&mut refused, Duration::from_secs(5))
+        .await
+        .is_empty());
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshgate_tcp_connections_total",
+            &[("route", "retry"), ("result", "closed")]
+        ),
+        6.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshgate_tcp_connections_total",
+            &[("route", "idle"), ("result", "idle_timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshgate_tcp_connections_total",
+            &[("route", "limited"), ("result", "rate_limited")]
+        ),
+        1.0
+    );
+    // The dead endpoint's connect failures counted for outlier detection and in /upstreams.
+    let upstreams = gateway.admin_json("/upstreams").await;
+    let dead_endpoint = upstreams["upstreams"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == dead)
+        .unwrap()
+        .clone();
+    assert!(
+        dead_endpoint["consecutive_failures"].as_u64().unwrap() >= 1,
+        "{dead_endpoint}"
+    );
+    drop(kept);
+}
