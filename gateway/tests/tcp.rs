@@ -8,6 +8,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::https::{self, served_subject};
+use common::pki;
 use common::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,4 +299,310 @@ rate_limit = {{ connections_per_second = 0.1, burst = 2 }}
         "{dead_endpoint}"
     );
     drop(kept);
+}
+
+/// An `openssl s_server` answering `-www` status pages with `leaf`'s certificate (asking for
+/// a client certificate from `client_ca` when given); killed on drop.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsServer {
+    fn start(leaf: &pki::Leaf, client_ca: Option<&std::path::Path>) -> TlsServer {
+        let port = free_port();
+        let mut command = bounded(300, "openssl");
+        command
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&leaf.cert)
+            .arg("-key")
+            .arg(&leaf.key);
+        if let Some(ca) = client_ca {
+            command.args(["-Verify", "1", "-CAfile"]).arg(ca);
+        }
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl is installed by `make deps`");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsServer { child, port }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `openssl s_client` prints after sending an HTTP/1.0 GET over TLS to `port` as
+/// `server_name`, trusting `ca`, with `leaf` as its client certificate when given.
+fn s_client_get(
+    port: u16,
+    server_name: &str,
+    ca: &std::path::Path,
+    leaf: Option<&pki::Leaf>,
+) -> String {
+    use std::io::Write;
+    let mut command = bounded(30, "openssl");
+    command
+        .args(["s_client", "-ign_eof", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-servername", server_name, "-CAfile"])
+        .arg(ca);
+    if let Some(leaf) = leaf {
+        command
+            .arg("-cert")
+            .arg(&leaf.cert)
+            .arg("-key")
+            .arg(&leaf.key);
+    }
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passthrough_routes_by_server_name_without_decrypting() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Authority::new(dir.path(), "ca");
+    let a = TlsServer::start(
+        &ca.server(dir.path(), "a", "server-a", &["a.example"]),
+        None,
+    );
+    let b = TlsServer::start(
+        &ca.server(dir.path(), "b", "server-b", &["*.b.example"]),
+        None,
+    );
+    let edge: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = Gateway::start(&format!(
+        r#"
+[[listeners]]
+name = "edge"
+listen = "{edge}"
+protocol = "tls_passthrough"
+
+[[upstreams]]
+name = "a"
+endpoints = ["127.0.0.1:{}"]
+
+[[upstreams]]
+name = "b"
+endpoints = ["127.0.0.1:{}"]
+
+[[tcp_routes]]
+name = "to-a"
+match = {{ sni = ["a.example"] }}
+split = [{{ upstream = "a" }}]
+
+[[tcp_routes]]
+name = "to-b"
+match = {{ sni = ["*.b.example"] }}
+split = [{{ upstream = "b" }}]
+"#,
+        a.port, b.port
+    ));
+    // The certificate seen through the gateway is the server's own: nothing was decrypted.
+    assert!(served_subject(edge.port(), "a.example").contains("server-a"));
+    assert!(served_subject(edge.port(), "shop.b.example").contains("server-b"));
+    assert!(served_subject(edge.port(), "A.EXAMPLE").contains("server-a"));
+    let page = s_client_get(edge.port(), "a.example", &ca.file, None);
+    assert!(page.contains("HTTP/1.0 200 ok"), "{page}");
+    // Unknown names and no name: closed.
+    assert_eq!(served_subject(edge.port(), "c.example"), "");
+    let output = bounded(30, "openssl")
+        .args(["s_client", "-noservername", "-connect"])
+        .arg(edge.to_string())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("subject="));
+    // Bytes that are not TLS: closed too.
+    let mut plain = TcpStream::connect(edge).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert!(read_to_close(&mut plain, Duration::from_secs(5))
+        .await
+        .is_empty());
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = gateway.metrics().await;
+    let count =
+        |labels: &[(&str, &str)]| sample(&metrics, "meshgate_tcp_connections_total", labels);
+    assert!(
+        count(&[("route", "to-a"), ("result", "closed")]) >= 3.0,
+        "{metrics}"
+    );
+    assert!(count(&[("route", "to-b"), ("result", "closed")]) >= 1.0);
+    assert_eq!(count(&[("listener", "edge"), ("result", "no_route")]), 2.0);
+    assert_eq!(
+        count(&[("listener", "edge"), ("result", "bad_handshake")]),
+        1.0
+    );
+    let log = std::fs::read_to_string(gateway.dir.path().join("access.log")).unwrap();
+    assert!(log.contains("\"sni\":\"shop.b.example\""), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminated_tls_checks_identities_and_originates_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Authority::new(dir.path(), "ca");
+    let upstream_leaf = ca.server(dir.path(), "upstream", "secure-upstream", &["up.internal"]);
+    let secure = TlsServer::start(&upstream_leaf, Some(&ca.file));
+    let gateway_server = ca.server(dir.path(), "gateway", "gateway", &["pg.internal"]);
+    let gateway_client = ca.client(dir.path(), "gateway-client", "spiffe://test/gateway", false);
+    let orders = ca.client(
+        dir.path(),
+        "orders",
+        "spiffe://test/ns/shop/sa/orders",
+        false,
+    );
+    let intruder = ca.client(dir.path(), "intruder", "spiffe://test/ns/other/sa/x", false);
+    let pg: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = Gateway::start(&format!(
+        r#"
+[[listeners]]
+name = "pg"
+listen = "{pg}"
+protocol = "tcp"
+[listeners.tls]
+{}
+[[upstreams]]
+name = "secure"
+endpoints = ["127.0.0.1:{}"]
+tls = {{ sni = "up.internal", ca = "{}", cert = "{}", key = "{}" }}
+
+[[tcp_routes]]
+name = "secure"
+match = {{ sni = ["pg.internal"] }}
+allow = ["spiffe://test/ns/shop/*"]
+split = [{{ upstream = "secure" }}]
+"#,
+        https::mtls_table(&gateway_server, &ca.file, "require"),
+        secure.port,
+        ca.file.display(),
+        gateway_client.cert.display(),
+        gateway_client.key.display(),
+    ));
+    // An allowed identity gets through the gateway's TLS and the gateway's own mTLS to the
+    // upstream (which refuses anyone without a certificate from the CA).
+    let page = s_client_get(pg.port(), "pg.internal", &ca.file, Some(&orders));
+    assert!(page.contains("HTTP/1.0 200 ok"), "{page}");
+    assert!(
+        page.contains("CN=gateway"),
+        "the gateway's certificate: {page}"
+    );
+    // Another identity, or another name: closed after the handshake.
+    let page = s_client_get(pg.port(), "pg.internal", &ca.file, Some(&intruder));
+    assert!(!page.contains("200 ok"), "{page}");
+    let page = s_client_get(pg.port(), "other.internal", &ca.file, Some(&orders));
+    assert!(!page.contains("200 ok"), "{page}");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = gateway.metrics().await;
+    let count =
+        |labels: &[(&str, &str)]| sample(&metrics, "meshgate_tcp_connections_total", labels);
+    assert_eq!(
+        count(&[("route", "secure"), ("result", "closed")]),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(count(&[("route", "secure"), ("result", "denied")]), 1.0);
+    assert_eq!(count(&[("listener", "pg"), ("result", "no_route")]), 1.0);
+    let log = std::fs::read_to_string(gateway.dir.path().join("access.log")).unwrap();
+    assert!(
+        log.contains("\"identity\":\"spiffe://test/ns/shop/sa/orders\""),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloads_leave_open_connections_alone_and_drains_let_them_finish() {
+    let a = start_tcp_echo("A\n").await;
+    let b = start_tcp_echo("B\n").await;
+    let (listener, addr) = tcp_listener("app", "");
+    let body = |upstream: SocketAddr| {
+        format!(
+            "{listener}\n[[upstreams]]\nname = \"app\"\nendpoints = [\"{upstream}\"]\n\n[[tcp_routes]]\nname = \"app\"\nsplit = [{{ upstream = \"app\" }}]\n"
+        )
+    };
+    let mut gateway = Gateway::start_with_server("drain_delay = \"300ms\"", &body(a));
+    async fn open(addr: SocketAddr) -> (TcpStream, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut greeting = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut greeting))
+            .await
+            .unwrap()
+            .unwrap();
+        (stream, String::from_utf8_lossy(&greeting).into_owned())
+    }
+    async fn echo(stream: &mut TcpStream, text: &[u8]) -> bool {
+        if stream.write_all(text).await.is_err() {
+            return false;
+        }
+        let mut back = vec![0u8; text.len()];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut back)).await,
+            Ok(Ok(_))
+        ) && back == text
+    }
+    let (mut first, greeting) = open(addr).await;
+    assert_eq!(greeting, "A\n");
+    assert!(echo(&mut first, b"one").await);
+
+    // The upstream changes: the open connection stays on A, a new one goes to B.
+    gateway
+        .apply_policy(gateway.policy_with_body(&body(b)))
+        .await;
+    assert!(echo(&mut first, b"two").await);
+    let (mut second, greeting) = open(addr).await;
+    assert_eq!(greeting, "B\n");
+
+    // A drain: accepting goes on for drain_delay, then stops; open connections keep
+    // working until the grace period (1s) ends, then the process exits.
+    let response = client()
+        .post(gateway.admin_url("/drain"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let (_third, greeting) = open(addr).await;
+    assert_eq!(greeting, "B\n", "still accepting during drain_delay");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting after drain_delay"
+    );
+    assert!(echo(&mut first, b"three").await, "open connections run on");
+    assert!(echo(&mut second, b"four").await);
+    assert!(
+        gateway.wait_exit(Duration::from_secs(10)),
+        "exits after the grace period"
+    );
+    assert!(read_to_close(&mut first, Duration::from_secs(2))
+        .await
+        .is_empty());
 }

@@ -248,11 +248,8 @@ impl Compiler<'_, '_> {
         let routes: Vec<Route> = routes.into_iter().collect::<Option<_>>()?;
         let tcp_routes: Vec<crate::tcp::TcpRoute> =
             tcp_routes.into_iter().collect::<Option<_>>()?;
-        let routes_by_listener = crate::tcp::routes_by_listener(
-            &listeners,
-            true,
-            routes.iter().map(|r| &r.listeners),
-        );
+        let routes_by_listener =
+            crate::tcp::routes_by_listener(&listeners, true, routes.iter().map(|r| &r.listeners));
         let tcp_routes_by_listener = crate::tcp::routes_by_listener(
             &listeners,
             false,
