@@ -47,6 +47,7 @@ pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
             "host" => query.host = Some(value.into_owned()),
             "path" => query.path = value.into_owned(),
             "listener" => query.listener = Some(value.into_owned()),
+            "sni" => query.sni = Some(value.to_ascii_lowercase()),
             "query" => query.query = Some(value.into_owned()),
             "source" => {
                 query.source = Some(value.trim().parse().map_err(|_| {
@@ -69,7 +70,7 @@ pub fn parse_explain_query(raw: &str) -> Result<ExplainQuery, String> {
             },
             other => {
                 return Err(format!(
-                    "unknown query parameter {other:?}; expected method, host, path, query, header, source or listener"
+                    "unknown query parameter {other:?}; expected method, host, path, query, header, source, listener or sni"
                 ))
             }
         }

@@ -277,6 +277,9 @@ pub struct ExplainQuery {
     pub query: Option<String>,
     /// The client's address.
     pub source: Option<std::net::IpAddr>,
+    /// A TLS server name: explains the TCP routes (of `listener`, when given) instead of
+    /// the HTTP ones; empty for a connection without one.
+    pub sni: Option<String>,
 }
 
 /// `GET /explain` answer.
@@ -302,6 +305,10 @@ pub struct Explanation {
     pub routes: Vec<RouteVerdict>,
     /// Where the matched route would send the request.
     pub candidates: Vec<Candidate>,
+    /// `tcp` when the TCP routes were explained (a `sni` query, or a `tcp` or
+    /// `tls_passthrough` listener); absent for HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 /// One route's verdict.
@@ -342,6 +349,28 @@ pub struct RoutesBody {
     pub routes: Vec<RouteInfo>,
     /// Every listener: those the process runs, and those pending until a restart.
     pub listeners: Vec<ListenerInfo>,
+    /// TCP routes in match order.
+    #[serde(default)]
+    pub tcp_routes: Vec<TcpRouteInfo>,
+}
+
+/// One compiled TCP route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TcpRouteInfo {
+    /// Its name.
+    pub name: String,
+    /// Listeners it applies to (every `tcp` and `tls_passthrough` listener when absent).
+    pub listeners: Option<Vec<String>>,
+    /// Server names it takes (any when empty).
+    pub sni: Vec<String>,
+    /// Weighted upstreams.
+    pub split: Vec<SplitInfo>,
+    /// Client certificate identities allowed, when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// Every setting as a `[[tcp_routes]]` table with the defaults filled in.
+    #[serde(default)]
+    pub settings: serde_json::Value,
 }
 
 /// A listener, running or pending.
@@ -353,6 +382,9 @@ pub struct ListenerInfo {
     pub listen: String,
     /// `running` or `pending`.
     pub state: String,
+    /// `http`, `tcp` or `tls_passthrough`.
+    #[serde(default)]
+    pub protocol: String,
     /// What changes on restart (`listens on …`, `removed`, `starts`…), when anything does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_restart: Option<String>,

@@ -431,6 +431,32 @@ split = [{{ upstream = "b" }}]
     assert!(served_subject(edge.port(), "A.EXAMPLE").contains("server-a"));
     let page = s_client_get(edge.port(), "a.example", &ca.file, None);
     assert!(page.contains("HTTP/1.0 200 ok"), "{page}");
+    // `/routes` and `/explain?sni=` say the same.
+    let routes = gateway.admin_json("/routes").await;
+    assert_eq!(
+        routes["tcp_routes"][1]["sni"],
+        serde_json::json!(["*.b.example"])
+    );
+    assert_eq!(routes["tcp_routes"][1]["settings"]["idle_timeout"], "1h");
+    let edge_info = routes["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "edge")
+        .unwrap()
+        .clone();
+    assert_eq!(edge_info["protocol"], "tls_passthrough");
+    let explained = gateway.admin_json("/explain?sni=Shop.B.Example").await;
+    assert_eq!(explained["protocol"], "tcp");
+    assert_eq!(explained["matched"], "to-b", "{explained}");
+    assert_eq!(explained["routes"][0]["result"], "skipped");
+    assert_eq!(
+        explained["candidates"][0]["endpoints"][0],
+        format!("127.0.0.1:{}", b.port)
+    );
+    let explained = gateway.admin_json("/explain?listener=edge&sni=").await;
+    assert_eq!(explained["matched"], serde_json::Value::Null, "{explained}");
+
     // Unknown names and no name: closed.
     assert_eq!(served_subject(edge.port(), "c.example"), "");
     let output = bounded(30, "openssl")

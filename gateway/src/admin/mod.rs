@@ -17,6 +17,7 @@ use crate::lifecycle::Lifecycle;
 use crate::reload::{Origin, PolicyStore};
 use crate::telemetry::Telemetry;
 
+mod tcp_views;
 mod views;
 
 /// Implements the admin API over the gateway's state.

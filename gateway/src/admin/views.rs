@@ -59,7 +59,7 @@ fn route_conditions(matcher: &meshgate_policy::compiled::RouteMatcher) -> Vec<St
     conditions
 }
 
-fn listener_infos(snapshot: &crate::snapshot::Snapshot) -> Vec<ListenerInfo> {
+pub(super) fn listener_infos(snapshot: &crate::snapshot::Snapshot) -> Vec<ListenerInfo> {
     snapshot
         .listeners
         .states
@@ -68,6 +68,13 @@ fn listener_infos(snapshot: &crate::snapshot::Snapshot) -> Vec<ListenerInfo> {
             name: view.name.clone(),
             listen: view.listen.to_string(),
             state: view.state.to_owned(),
+            protocol: snapshot
+                .policy
+                .listeners
+                .iter()
+                .find(|l| l.name == view.name)
+                .map_or("http", |l| l.protocol.as_str())
+                .to_owned(),
             on_restart: view.on_restart.clone(),
         })
         .collect()
@@ -109,7 +116,9 @@ fn last_check(endpoint: &crate::upstream::EndpointState) -> Option<(String, Stri
 }
 
 /// An `allow` entry as written.
-fn describe_identity_pattern(pattern: &meshgate_policy::compiled::IdentityPattern) -> String {
+pub(super) fn describe_identity_pattern(
+    pattern: &meshgate_policy::compiled::IdentityPattern,
+) -> String {
     use meshgate_policy::compiled::IdentityPattern;
     match pattern {
         IdentityPattern::Exact(identity) => identity.clone(),
@@ -272,6 +281,7 @@ impl GatewayAdmin {
         RoutesBody {
             routes,
             listeners: listener_infos(&snapshot),
+            tcp_routes: super::tcp_views::route_infos(&snapshot),
         }
     }
 
@@ -286,6 +296,16 @@ impl GatewayAdmin {
             ),
             None => None,
         };
+        let tcp_listener = listener.is_some_and(|i| {
+            policy.listeners[i].protocol != meshgate_policy::tcp::ListenerProtocol::Http
+        });
+        if query.sni.is_some() || tcp_listener {
+            return Ok(super::tcp_views::explanation(
+                &snapshot,
+                listener,
+                query.sni.as_deref().filter(|name| !name.is_empty()),
+            ));
+        }
         // Match what the data plane matches: the normalized path, or nothing for a refused one.
         let given = query.path.split('?').next().unwrap_or("/");
         let strict = policy.server.path_normalization == PathNormalization::Strict;
@@ -330,31 +350,7 @@ impl GatewayAdmin {
             })
             .collect();
         let candidates = matched
-            .map(|index| {
-                policy.routes[index]
-                    .splits
-                    .iter()
-                    .map(|split| {
-                        let upstream = &snapshot.upstreams[split.upstream];
-                        let target = crate::proxy::split::target(&snapshot, split.upstream)
-                            .map(|to| &snapshot.upstreams[to]);
-                        Candidate {
-                            upstream: upstream.spec.name.clone(),
-                            weight: split.weight,
-                            target: target.map(|t| t.spec.name.clone()),
-                            tier: target.and_then(|t| t.serving()).map(|s| s.0),
-                            zone: target.and_then(|t| t.serving()).and_then(|s| s.1),
-                            endpoints: upstream
-                                .endpoints()
-                                .endpoints
-                                .iter()
-                                .filter(|e| upstream.eligible(e))
-                                .map(|e| e.addr.to_string())
-                                .collect(),
-                        }
-                    })
-                    .collect()
-            })
+            .map(|index| candidates(&snapshot, &policy.routes[index].splits))
             .unwrap_or_default();
         Ok(Explanation {
             listeners: listener_infos(&snapshot),
@@ -367,6 +363,37 @@ impl GatewayAdmin {
                 .unwrap_or_default(),
             routes,
             candidates,
+            protocol: None,
         })
     }
+}
+
+/// Where a route's `splits` send traffic now: each side's upstream, the upstream taking its
+/// share (itself or a failover) and the eligible endpoints.
+pub(super) fn candidates(
+    snapshot: &crate::snapshot::Snapshot,
+    splits: &[meshgate_policy::compiled::Split],
+) -> Vec<Candidate> {
+    splits
+        .iter()
+        .map(|split| {
+            let upstream = &snapshot.upstreams[split.upstream];
+            let target = crate::proxy::split::target(snapshot, split.upstream)
+                .map(|to| &snapshot.upstreams[to]);
+            Candidate {
+                upstream: upstream.spec.name.clone(),
+                weight: split.weight,
+                target: target.map(|t| t.spec.name.clone()),
+                tier: target.and_then(|t| t.serving()).map(|s| s.0),
+                zone: target.and_then(|t| t.serving()).and_then(|s| s.1),
+                endpoints: upstream
+                    .endpoints()
+                    .endpoints
+                    .iter()
+                    .filter(|e| upstream.eligible(e))
+                    .map(|e| e.addr.to_string())
+                    .collect(),
+            }
+        })
+        .collect()
 }
