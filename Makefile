@@ -11,10 +11,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # docker-compose to check the metrics, the systemd unit and the compose stack; dnsmasq (dnsmasq-base)
 # as the DNS server of the discovery tests; etcd (etcd-server, etcd-client) for the fleet tests. To benchmark, also: NGINX and HAProxy to compare
 # with, procps and util-linux (taskset) for pinning, ab (apache2-utils) and valgrind for the
-# instruction counts.
+# instruction counts, iperf3 for the TCP throughput.
 PACKAGES := cmake clang libclang-dev protobuf-compiler wrk nghttp2-client curl redis-server openssl testssl.sh nginx-light chromium \
 	prometheus systemd docker-compose dnsmasq-base etcd-server etcd-client
-BENCH_PACKAGES := haproxy procps util-linux apache2-utils valgrind
+BENCH_PACKAGES := haproxy procps util-linux apache2-utils valgrind iperf3
 
 .PHONY: deps bench-deps build run test lint bench clean check-api fuzz
 
@@ -73,7 +73,7 @@ bench: build bench-deps
 	@mkdir -p loadtest/results
 	bash -o pipefail -c '{ loadtest/bench.sh && echo && loadtest/http2.sh && echo && \
 	  loadtest/latency.sh && echo && loadtest/scaling.sh && echo && loadtest/callgrind.sh && \
-	  echo && loadtest/idle-memory.sh; } 2>&1 | tee loadtest/results/bench-full.md'
+	  echo && loadtest/idle-memory.sh && echo && loadtest/tcp.sh; } 2>&1 | tee loadtest/results/bench-full.md'
 
 # schemathesis (from PyPI, into a venv under target/) with all of its checks against a running
 # gateway's admin API and admin-api/openapi.yaml.

@@ -7,6 +7,7 @@
 #   POLICIES="plain resilient" loadtest/callgrind.sh   # some of them only
 #   PEERS=0 loadtest/callgrind.sh                       # meshgate only (no bare Pingora, NGINX, HAProxy)
 #   HTTP2=0 loadtest/callgrind.sh                       # HTTP/1.1 only (no h2c rows)
+#   TCP=0 loadtest/callgrind.sh                         # no TCP proxy rows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -54,6 +55,8 @@ PROTOCOL=http1
 drive() {
   if [ "$PROTOCOL" = h2c ]; then
     h2load -n "$1" -c "$2" -m 4 "${HEADERS[@]}" "$3"
+  elif [ "$PROTOCOL" = close ]; then
+    ab -q -n "$1" -c "$2" "${HEADERS[@]}" "$3"
   else
     ab -q -k -n "$1" -c "$2" "${HEADERS[@]}" "$3"
   fi
@@ -125,5 +128,37 @@ if [ "${HTTP2:-1}" = 1 ]; then
     measure "nginx, h2c" 18085 nginx -c "$WORK/nginx-h2/nginx.conf" -p "$WORK/nginx-h2"
     haproxy_conf 18086 " proto h2" > "$WORK/haproxy-h2.cfg"
     measure "haproxy, h2c" 18086 haproxy -f "$WORK/haproxy-h2.cfg" -db
+  fi
+fi
+
+# TCP proxying: one new connection per request (ab without keepalive) through a `tcp`
+# listener to the echo upstream, and through HAProxy's `mode tcp`: instructions per proxied
+# connection, each a client and an upstream connection opened, spliced and closed.
+if [ "${TCP:-1}" = 1 ]; then
+  PROTOCOL=close
+  cat > "$WORK/tcp.toml" <<TOML
+version = 1
+[server]
+threads = 1
+[admin]
+listen = "127.0.0.1:18901"
+[telemetry]
+access_log = "off"
+[[listeners]]
+name = "tcp"
+listen = "127.0.0.1:18087"
+protocol = "tcp"
+[[upstreams]]
+name = "echo"
+endpoints = ["127.0.0.1:$ECHO_PORT"]
+[[tcp_routes]]
+name = "all"
+split = [{ upstream = "echo" }]
+TOML
+  measure "meshgate, tcp, a connection per request" 18087 target/release/meshgate run -c "$WORK/tcp.toml" \
+    --upgrade-sock "$WORK/u.sock" --pid-file "$WORK/p"
+  if [ "${PEERS:-1}" = 1 ]; then
+    printf 'global\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\nfrontend tcp\n  bind 127.0.0.1:18088\n  default_backend echo\nbackend echo\n  server echo 127.0.0.1:%s\n' "$ECHO_PORT" > "$WORK/haproxy-tcp.cfg"
+    measure "haproxy, mode tcp, a connection per request" 18088 haproxy -f "$WORK/haproxy-tcp.cfg" -db
   fi
 fi

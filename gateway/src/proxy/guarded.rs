@@ -282,7 +282,7 @@ where
 /// The per-request future is about 10 KB. `Box::pin(make())` builds it on the stack and
 /// copies it into the box (one instruction per byte); allocating first and building into the
 /// allocation lets the compiler write it in place.
-fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+pub(crate) fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), build(make)))
 }
 

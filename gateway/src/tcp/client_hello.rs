@@ -23,8 +23,9 @@ pub async fn read_server_name<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> (Vec<u8>, Result<String, HelloError>) {
     let mut read = Vec::with_capacity(2048);
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut chunk = [0u8; 4096];
+    // On the heap, not in the connection's future, which every connection carries.
+    let mut acceptor = Box::new(rustls::server::Acceptor::default());
+    let mut chunk = vec![0u8; 4096];
     loop {
         let n = match stream.read(&mut chunk).await {
             Ok(0) => {

@@ -104,6 +104,8 @@ pub struct TcpApp {
     lifecycle: Arc<Lifecycle>,
     limit: Arc<ConnectionLimit>,
     listener: String,
+    /// `meshgate_tcp_active_connections` of this listener.
+    active: prometheus::IntGauge,
     protocol: ListenerProtocol,
     /// How long a passthrough client has to send its ClientHello.
     hello_timeout: Duration,
@@ -120,11 +122,17 @@ impl TcpApp {
         listener: &meshgate_policy::compiled::Listener,
         hello_timeout: Duration,
     ) -> Self {
+        let active = telemetry
+            .metrics
+            .tcp
+            .active
+            .with_label_values(&[listener.name.as_str()]);
         TcpApp {
             store,
             telemetry,
             lifecycle,
             limit,
+            active,
             listener: listener.name.clone(),
             protocol: listener.protocol,
             hello_timeout,
@@ -142,7 +150,9 @@ impl ServerApp for TcpApp {
     ) -> Option<Stream> {
         let _open = self.lifecycle.open_connection();
         let _place = self.limit.take_place().await?;
-        self.serve(stream).await;
+        // Built in its own box: Pingora boxes this future, and with the connection's whole
+        // state inline each box copied it (a third of a short connection's instructions).
+        crate::proxy::guarded::boxed_in_place(|| self.serve(stream)).await;
         None
     }
 
@@ -160,8 +170,7 @@ impl TcpApp {
             return;
         }
         let started = Instant::now();
-        let metrics = &self.telemetry.metrics.tcp;
-        let active = metrics.active.with_label_values(&[self.listener.as_str()]);
+        let active = &self.active;
         active.inc();
         let socket = stream.get_socket_digest();
         let client = socket
@@ -306,9 +315,13 @@ impl TcpApp {
         client: Option<SocketAddr>,
         outcome: &mut Outcome,
     ) -> Option<(Arc<EndpointState>, Box<dyn Upstream>)> {
-        let hash_input = client.map(|c| c.ip().to_string());
+        // `consistent_hash` keeps a client on its endpoint: the key is its address.
+        let hash_input = client.map(|c| match c.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(ip) => ip.octets(),
+        });
         for _ in 0..CONNECT_TRIES {
-            let Some(endpoint) = pool.acquire(hash_input.as_deref().map(str::as_bytes)) else {
+            let Some(endpoint) = pool.acquire(hash_input.as_ref().map(|key| &key[..])) else {
                 outcome.result = "no_endpoint";
                 return None;
             };
