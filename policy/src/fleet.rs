@@ -6,7 +6,13 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// Sections that, with `[fleet]`, come from the fleet document and not from the local file.
-pub const FLEET_SECTIONS: &[&str] = &["upstreams", "routes", "rate_limit_store", "discovery"];
+pub const FLEET_SECTIONS: &[&str] = &[
+    "upstreams",
+    "routes",
+    "tcp_routes",
+    "rate_limit_store",
+    "discovery",
+];
 
 /// `[telemetry]` keys that stay in the local file with `[fleet]` (the rest come from the fleet
 /// document).

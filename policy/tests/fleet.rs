@@ -167,3 +167,26 @@ username = "root"
         ],
     );
 }
+
+#[test]
+fn tcp_routes_come_from_the_fleet_document() {
+    let local = LOCAL.replace(
+        "[telemetry]",
+        "[[listeners]]\nname = \"pg\"\nlisten = \"127.0.0.1:15432\"\nprotocol = \"tcp\"\n[telemetry]",
+    );
+    let fleet = format!(
+        "{FLEET}[[tcp_routes]]\nname = \"pg\"\nlisteners = [\"pg\"]\nsplit = [{{ upstream = \"orders\" }}]\n"
+    );
+    let policy = load_with_fleet(&local, &fleet, Path::new(".")).expect("valid");
+    assert_eq!(policy.tcp_route_for(1, None), Some(0));
+    let errors = fleet_refused(
+        &format!("{local}[[tcp_routes]]\nname = \"x\"\nsplit = [{{ upstream = \"orders\" }}]\n"),
+        FLEET,
+    );
+    assert!(
+        errors.iter().any(|(d, e)| *d == Document::Local
+            && e.path == "tcp_routes"
+            && e.message.contains("comes from the fleet document")),
+        "{errors:#?}"
+    );
+}

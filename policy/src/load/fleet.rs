@@ -14,6 +14,7 @@ use crate::fleet::{
 const FLEET_DOCUMENT_KEYS: &[&str] = &[
     "upstreams",
     "routes",
+    "tcp_routes",
     "rate_limit_store",
     "discovery",
     "telemetry",
