@@ -632,3 +632,50 @@ async fn reloads_leave_open_connections_alone_and_drains_let_them_finish() {
         .await
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_hands_new_connections_over_and_lets_open_ones_run() {
+    let _machine = load_test_lock();
+    let echo = start_tcp_echo("A\n").await;
+    let (listener, addr) = tcp_listener("app", "");
+    let mut gateway = Gateway::start(&format!(
+        "{listener}\n[[upstreams]]\nname = \"app\"\nendpoints = [\"{echo}\"]\n\n[[tcp_routes]]\nname = \"app\"\nsplit = [{{ upstream = \"app\" }}]\n"
+    ));
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 2];
+    first.read_exact(&mut greeting).await.unwrap();
+    // As systemd's ExecReload does: the old process is told first, the new one started after.
+    gateway.signal("QUIT");
+    let mut new = gateway.spawn_upgrade();
+    wait_ready_at(gateway.admin);
+    // The old process still moves the first connection's bytes: it runs until the old
+    // process's grace period ends.
+    first.write_all(b"old").await.unwrap();
+    let mut back = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(2), first.read_exact(&mut back))
+        .await
+        .expect("the open connection runs on")
+        .unwrap();
+    assert_eq!(&back, b"old");
+    assert!(
+        gateway.wait_exit(Duration::from_secs(20)),
+        "the old process exits"
+    );
+    assert!(read_to_close(&mut first, Duration::from_secs(2))
+        .await
+        .is_empty());
+    // The new process serves the listener on.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting, b"A\n");
+    second.write_all(b"new").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), second.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"new");
+    let _ = std::process::Command::new("kill")
+        .arg(new.id().to_string())
+        .status();
+    let _ = new.wait();
+}
