@@ -4,7 +4,7 @@ use meshgate_admin::*;
 use meshgate_policy::compiled::HostMatch;
 use meshgate_policy::effective::tcp_route_table;
 
-use super::views::{candidates, describe_identity_pattern, listener_infos};
+use super::views::{candidates, describe_identity_pattern, listener_infos, split_infos};
 use crate::snapshot::Snapshot;
 
 /// Every TCP route, in match order.
@@ -22,14 +22,7 @@ pub(super) fn route_infos(snapshot: &Snapshot) -> Vec<TcpRouteInfo> {
                     .collect()
             }),
             sni: route.sni.iter().map(host_pattern).collect(),
-            split: route
-                .splits
-                .iter()
-                .map(|split| SplitInfo {
-                    upstream: policy.upstreams[split.upstream].name.clone(),
-                    weight: split.weight,
-                })
-                .collect(),
+            split: split_infos(policy, &route.splits),
             allow: route
                 .allow
                 .as_ref()

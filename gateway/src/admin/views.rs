@@ -266,14 +266,7 @@ impl GatewayAdmin {
                     .allow
                     .as_ref()
                     .map(|patterns| patterns.iter().map(describe_identity_pattern).collect()),
-                split: route
-                    .splits
-                    .iter()
-                    .map(|s| SplitInfo {
-                        upstream: policy.upstreams[s.upstream].name.clone(),
-                        weight: s.weight,
-                    })
-                    .collect(),
+                split: split_infos(policy, &route.splits),
                 split_key: route.split_key.as_ref().map(describe_key),
                 settings: route_table(policy, route).into(),
             })
@@ -394,6 +387,20 @@ pub(super) fn candidates(
                     .map(|e| e.addr.to_string())
                     .collect(),
             }
+        })
+        .collect()
+}
+
+/// A route's splits by upstream name.
+pub(super) fn split_infos(
+    policy: &meshgate_policy::CompiledPolicy,
+    splits: &[meshgate_policy::compiled::Split],
+) -> Vec<SplitInfo> {
+    splits
+        .iter()
+        .map(|s| SplitInfo {
+            upstream: policy.upstreams[s.upstream].name.clone(),
+            weight: s.weight,
         })
         .collect()
 }

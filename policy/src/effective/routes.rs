@@ -11,15 +11,10 @@ use crate::CompiledPolicy;
 pub fn route_table(policy: &CompiledPolicy, route: &Route) -> Map<String, Value> {
     let mut entry = Table::new();
     entry.put("name", route.name.as_str());
-    if let Some(indexes) = &route.listeners {
-        entry.put(
-            "listeners",
-            indexes
-                .iter()
-                .map(|&i| policy.listeners[i].name.clone())
-                .collect::<Vec<_>>(),
-        );
-    }
+    entry.opt(
+        "listeners",
+        listener_names(policy, route.listeners.as_deref()),
+    );
     entry.put("match", matcher(route));
     match &route.direct {
         Some(crate::direct::DirectAnswer::Redirect(redirect)) => {
@@ -288,15 +283,10 @@ pub fn tcp_route_table(
 ) -> Map<String, Value> {
     let mut entry = Table::new();
     entry.put("name", route.name.as_str());
-    if let Some(indexes) = &route.listeners {
-        entry.put(
-            "listeners",
-            indexes
-                .iter()
-                .map(|&i| policy.listeners[i].name.clone())
-                .collect::<Vec<_>>(),
-        );
-    }
+    entry.opt(
+        "listeners",
+        listener_names(policy, route.listeners.as_deref()),
+    );
     if !route.sni.is_empty() {
         let mut matcher = Table::new();
         matcher.put(
@@ -346,4 +336,14 @@ fn splits(policy: &CompiledPolicy, splits: &[crate::compiled::Split]) -> Vec<Val
             Value::from(side)
         })
         .collect()
+}
+
+/// A route's `listeners` by name, when it names them.
+fn listener_names(policy: &CompiledPolicy, indexes: Option<&[usize]>) -> Option<Vec<String>> {
+    indexes.map(|indexes| {
+        indexes
+            .iter()
+            .map(|&i| policy.listeners[i].name.clone())
+            .collect()
+    })
 }

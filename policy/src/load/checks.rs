@@ -55,3 +55,23 @@ pub(super) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
         format!("invalid address {text:?}: expected IP:port, such as \"127.0.0.1:8080\" or \"[::1]:8080\"")
     })
 }
+
+/// Checks the `name` of element `index` of the top-level array `array` (`routes`…): its
+/// characters, and that no earlier element (recorded in `seen`) has it; `what` names the
+/// elements in the message (`route`, `TCP route`…).
+pub(super) fn check_unique_name(
+    seen: &mut HashMap<String, usize>,
+    name: &str,
+    index: usize,
+    (array, what): (&str, &str),
+    path: &KeyPath,
+    sink: &mut ErrorSink<'_>,
+) {
+    check_name(name, path, sink);
+    if let Some(first) = seen.insert(name.to_owned(), index) {
+        sink.at(
+            path,
+            format!("duplicate {what} name {name:?} (first at {array}[{first}])"),
+        );
+    }
+}

@@ -17,16 +17,14 @@ impl Compiler<'_, '_> {
             .map(|(i, spec)| {
                 let spec = spec.as_ref()?;
                 let path = base.index(i);
-                check_name(&spec.name, &path.key("name"), sink);
-                if let Some(first) = names.insert(spec.name.clone(), i) {
-                    sink.at(
-                        &path.key("name"),
-                        format!(
-                            "duplicate listener name {:?} (first at listeners[{first}])",
-                            spec.name
-                        ),
-                    );
-                }
+                check_unique_name(
+                    &mut names,
+                    &spec.name,
+                    i,
+                    ("listeners", "listener"),
+                    &path.key("name"),
+                    sink,
+                );
                 let addr = parse_socket_addr(&spec.listen)
                     .map_err(|message| sink.at(&path.key("listen"), message))
                     .ok()?;

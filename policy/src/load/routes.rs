@@ -24,16 +24,14 @@ impl Compiler<'_, '_> {
             .map(|(i, spec)| {
                 let spec = spec.as_ref()?;
                 let path = base.index(i);
-                check_name(&spec.name, &path.key("name"), sink);
-                if let Some(first) = names.insert(spec.name.clone(), i) {
-                    sink.at(
-                        &path.key("name"),
-                        format!(
-                            "duplicate route name {:?} (first at routes[{first}])",
-                            spec.name
-                        ),
-                    );
-                }
+                check_unique_name(
+                    &mut names,
+                    &spec.name,
+                    i,
+                    ("routes", "route"),
+                    &path.key("name"),
+                    sink,
+                );
                 let errors_before = sink.errors.len();
 
                 let route_listeners = spec.listeners.as_ref().map(|wanted| {

@@ -21,16 +21,7 @@ impl Compiler<'_, '_> {
             .map(|(i, spec)| {
                 let spec = spec.as_ref()?;
                 let path = base.index(i);
-                check_name(&spec.name, &path.key("name"), sink);
-                if let Some(first) = names.insert(spec.name.clone(), i) {
-                    sink.at(
-                        &path.key("name"),
-                        format!(
-                            "duplicate TCP route name {:?} (first at tcp_routes[{first}])",
-                            spec.name
-                        ),
-                    );
-                }
+                check_unique_name(&mut names, &spec.name, i, ("tcp_routes", "TCP route"), &path.key("name"), sink);
                 let errors_before = sink.errors.len();
                 let listeners = spec.listeners.as_ref().map(|wanted| {
                     compile_route_listeners(

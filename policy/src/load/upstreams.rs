@@ -18,13 +18,7 @@ impl Compiler<'_, '_> {
             .map(|(i, spec)| {
                 let spec = spec.as_ref()?;
                 let path = base.index(i);
-                check_name(&spec.name, &path.key("name"), sink);
-                if let Some(first) = names.insert(spec.name.clone(), i) {
-                    sink.at(
-                        &path.key("name"),
-                        format!("duplicate upstream name {:?} (first at upstreams[{first}])", spec.name),
-                    );
-                }
+                check_unique_name(&mut names, &spec.name, i, ("upstreams", "upstream"), &path.key("name"), sink);
                 let mut ok = true;
                 if spec.endpoints.is_empty() && spec.discovery.is_none() {
                     sink.at(
