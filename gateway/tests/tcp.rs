@@ -195,8 +195,19 @@ async fn connect_failures_are_retried_and_idle_and_rate_limits_close() {
     let (retry_listener, retry_addr) = tcp_listener("retry", "");
     let (idle_listener, idle_addr) = tcp_listener("idle", "");
     let (limited_listener, limited_addr) = tcp_listener("limited", "");
+    let (capped_listener, capped_addr) = tcp_listener("capped", "");
     let gateway = Gateway::start(&format!(
-        r#"{retry_listener}{idle_listener}{limited_listener}
+        r#"{retry_listener}{idle_listener}{limited_listener}{capped_listener}
+[[upstreams]]
+name = "capped"
+endpoints = ["{echo}"]
+circuit_breaker = {{ max_connections = 1 }}
+
+[[tcp_routes]]
+name = "capped"
+listeners = ["capped"]
+split = [{{ upstream = "capped" }}]
+
 [[upstreams]]
 name = "flaky"
 endpoints = ["{dead}", "{echo}"]
@@ -258,8 +269,27 @@ rate_limit = {{ connections_per_second = 0.1, burst = 2 }}
         .await
         .is_empty());
 
+    // `circuit_breaker.max_connections = 1`: a second connection while one is open is closed.
+    let mut open = TcpStream::connect(capped_addr).await.unwrap();
+    let mut greeting = [0u8; 3];
+    open.read_exact(&mut greeting).await.unwrap();
+    let mut over = TcpStream::connect(capped_addr).await.unwrap();
+    assert!(read_to_close(&mut over, Duration::from_secs(5))
+        .await
+        .is_empty());
+    drop(open);
+
     tokio::time::sleep(Duration::from_millis(200)).await;
     let metrics = gateway.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshgate_tcp_connections_total",
+            &[("route", "capped"), ("result", "overflow")]
+        ),
+        1.0,
+        "{metrics}"
+    );
     assert_eq!(
         sample(
             &metrics,
@@ -287,7 +317,13 @@ rate_limit = {{ connections_per_second = 0.1, burst = 2 }}
     );
     // The dead endpoint's connect failures counted for outlier detection and in /upstreams.
     let upstreams = gateway.admin_json("/upstreams").await;
-    let dead_endpoint = upstreams["upstreams"][0]["endpoints"]
+    let flaky = upstreams["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "flaky")
+        .unwrap();
+    let dead_endpoint = flaky["endpoints"]
         .as_array()
         .unwrap()
         .iter()

@@ -274,7 +274,15 @@ impl TcpApp {
             route.splits[route.split_schedule[slot % route.split_schedule.len()] as usize].upstream;
         let Some(upstream_index) = crate::proxy::split::target(snapshot, planned) else {
             outcome.upstream = Some(planned);
-            outcome.result = "no_endpoint";
+            // An upstream (and every failover) with eligible endpoints but no room under its
+            // breaker's limits is an overflow, as a refused admission is.
+            let pool = &snapshot.upstreams[planned];
+            outcome.result = if pool.has_eligible() {
+                pool.breaker.overflows.fetch_add(1, Ordering::Relaxed);
+                "overflow"
+            } else {
+                "no_endpoint"
+            };
             return;
         };
         outcome.upstream = Some(upstream_index);

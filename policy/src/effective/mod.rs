@@ -45,14 +45,17 @@ pub fn effective(policy: &CompiledPolicy) -> Value {
             .map(|route| Value::Object(route_table(policy, route)))
             .collect::<Vec<_>>(),
     );
-    file.put(
-        "tcp_routes",
-        policy
-            .tcp_routes
-            .iter()
-            .map(|route| Value::Object(tcp_route_table(policy, route)))
-            .collect::<Vec<_>>(),
-    );
+    if !policy.tcp_routes.is_empty() {
+        // Left out when there are none: most policies proxy HTTP only.
+        file.put(
+            "tcp_routes",
+            policy
+                .tcp_routes
+                .iter()
+                .map(|route| Value::Object(tcp_route_table(policy, route)))
+                .collect::<Vec<_>>(),
+        );
+    }
     if let Some(store) = &policy.rate_limit_store {
         let mut section = Table::new();
         section.put("redis", store.redis_url.as_str());
