@@ -513,7 +513,11 @@ async fn the_status_page_shows_in_a_browser_what_the_api_says() {
     let _machine = load_test_lock();
     let a = start_echo("a").await;
     let b = start_echo("b").await;
-    let gateway = Gateway::start(&pool_of_two(a, b, ""));
+    let edge = format!("127.0.0.1:{}", free_port());
+    let gateway = Gateway::start(&format!(
+        "{}\n[[listeners]]\nname = \"edge\"\nlisten = \"{edge}\"\nprotocol = \"tls_passthrough\"\n\n[[tcp_routes]]\nname = \"shop-tls\"\nmatch = {{ sni = [\"*.shop.example\"] }}\nsplit = [{{ upstream = \"pool\" }}]\n",
+        pool_of_two(a, b, "")
+    ));
     for _ in 0..6 {
         assert_eq!(
             client()
@@ -575,6 +579,10 @@ async fn the_status_page_shows_in_a_browser_what_the_api_says() {
         assert_eq!(cells[6], endpoint["requests_total"].to_string(), "{row}");
     }
     assert!(dom.contains(">draining<"), "{dom}");
+    // TCP routes and each listener's protocol, as /routes says.
+    assert!(dom.contains("data-tcp-route=\"shop-tls\""), "{dom}");
+    assert!(dom.contains(">*.shop.example<"), "{dom}");
+    assert!(dom.contains(">tls_passthrough<"), "{dom}");
     assert!(dom.contains("policy version 1"), "{dom}");
 
     // A wrong token shows the API's refusal, and no data.
