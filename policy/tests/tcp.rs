@@ -185,3 +185,15 @@ split = []
         ],
     );
 }
+
+#[test]
+fn the_bundled_tcp_example_loads_without_warnings() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/examples");
+    let source = std::fs::read_to_string(dir.join("tcp.toml")).unwrap();
+    let (policy, warnings) =
+        meshgate_policy::load_with_warnings(&source, &dir).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    assert_eq!(policy.tcp_routes.len(), 3);
+    assert_eq!(policy.tcp_route_for(2, Some("eu.shop.example")), Some(2));
+    assert_eq!(policy.failover[0], vec![1]);
+}
