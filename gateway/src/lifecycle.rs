@@ -50,6 +50,8 @@ pub struct Lifecycle {
     /// Local addresses of the readiness probes' connections to the proxy listeners, so that
     /// a TCP listener closes them instead of proxying them to an upstream.
     probes: std::sync::Mutex<Vec<std::net::SocketAddr>>,
+    /// How many of `probes` no listener has taken yet.
+    probes_pending: AtomicUsize,
 }
 
 impl Lifecycle {
@@ -65,40 +67,49 @@ impl Lifecycle {
             requests: AtomicUsize::new(0),
             drain_delay,
             probes: std::sync::Mutex::new(Vec::new()),
+            probes_pending: AtomicUsize::new(0),
         }
     }
 
-    /// Connects to `target` as a readiness probe: a TCP listener knows the connection by its
-    /// address and closes it unproxied.
-    pub async fn probe(&self, target: std::net::SocketAddr) -> std::io::Result<()> {
+    /// Connects to `target` as a readiness probe. When `marked` (a listener that proxies
+    /// connections without a handshake of its own: `tcp` without TLS, `tls_passthrough`),
+    /// the connection's address is recorded, so that the listener knows it and closes it
+    /// instead of proxying it to an upstream.
+    pub async fn probe(&self, target: std::net::SocketAddr, marked: bool) -> std::io::Result<()> {
+        if !marked {
+            return tokio::net::TcpStream::connect(target).await.map(drop);
+        }
         let socket = if target.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {
             tokio::net::TcpSocket::new_v6()?
         };
-        socket.bind(std::net::SocketAddr::new(
-            if target.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            },
-            0,
-        ))?;
+        // From the listener's own address: the probe's address is known before it connects.
+        socket.bind(std::net::SocketAddr::new(target.ip(), 0))?;
         let local = socket.local_addr()?;
         self.probes_mut().push(local);
+        self.probes_pending.fetch_add(1, Ordering::AcqRel);
         let connected = socket.connect(target).await;
         if connected.is_err() {
-            self.probes_mut().retain(|p| *p != local);
+            self.take_probe(local);
         }
         connected.map(drop)
     }
 
-    /// Whether a connection from `peer` is a readiness probe (each is known once).
+    /// Whether a connection from `peer` is a readiness probe (each is known once). Without
+    /// a probe pending, as always after start, it takes no lock.
     pub fn take_probe(&self, peer: std::net::SocketAddr) -> bool {
+        if self.probes_pending.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         let mut probes = self.probes_mut();
         let before = probes.len();
         probes.retain(|p| *p != peer);
-        probes.len() != before
+        let taken = probes.len() != before;
+        if taken {
+            self.probes_pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        taken
     }
 
     fn probes_mut(&self) -> std::sync::MutexGuard<'_, Vec<std::net::SocketAddr>> {

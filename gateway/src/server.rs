@@ -272,7 +272,20 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             admin,
             listener: std::sync::Mutex::new(Some(admin_listener)),
             token,
-            proxy_listeners: policy.listeners.iter().map(|l| l.addr).collect(),
+            // A TLS listener's probe ends in a failed handshake and never reaches the
+            // application; a plain TCP or passthrough one would be proxied unless marked.
+            proxy_listeners: policy
+                .listeners
+                .iter()
+                .map(|l| {
+                    let proxied_raw = match l.protocol {
+                        ListenerProtocol::Http => false,
+                        ListenerProtocol::Tcp => l.tls.is_none(),
+                        ListenerProtocol::TlsPassthrough => true,
+                    };
+                    (l.addr, proxied_raw)
+                })
+                .collect(),
             metrics_listener: std::sync::Mutex::new(metrics_listener),
         },
     ));

@@ -10,6 +10,7 @@ pub mod cors;
 pub mod diff;
 pub mod direct;
 pub mod discovery;
+mod display;
 pub mod duration;
 pub mod effective;
 mod error;

@@ -227,8 +227,9 @@ pub struct AdminService {
     pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
     /// The bearer token.
     pub token: String,
-    /// Addresses of the proxy listeners, probed for readiness.
-    pub proxy_listeners: Vec<SocketAddr>,
+    /// Addresses of the proxy listeners, probed for readiness, each with whether its probe
+    /// is marked for the listener to recognize ([`Lifecycle::probe`]).
+    pub proxy_listeners: Vec<(SocketAddr, bool)>,
     /// The bound `[telemetry].metrics_listen` socket, if any.
     pub metrics_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
@@ -266,7 +267,7 @@ impl BackgroundService for AdminService {
         let probes = self.proxy_listeners.clone();
         let prober = self.admin.lifecycle.clone();
         tokio::spawn(async move {
-            for addr in probes {
+            for (addr, marked) in probes {
                 let target = if addr.ip().is_unspecified() {
                     SocketAddr::new(
                         if addr.is_ipv4() {
@@ -279,7 +280,7 @@ impl BackgroundService for AdminService {
                 } else {
                     addr
                 };
-                while prober.probe(target).await.is_err() {
+                while prober.probe(target, marked).await.is_err() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

@@ -1,10 +1,9 @@
 //! What `/routes` and `/explain` show of TCP routes.
 
 use meshgate_admin::*;
-use meshgate_policy::compiled::HostMatch;
 use meshgate_policy::effective::tcp_route_table;
 
-use super::views::{candidates, describe_identity_pattern, listener_infos, split_infos};
+use super::views::{candidates, listener_infos, split_infos};
 use crate::snapshot::Snapshot;
 
 /// Every TCP route, in match order.
@@ -21,22 +20,15 @@ pub(super) fn route_infos(snapshot: &Snapshot) -> Vec<TcpRouteInfo> {
                     .map(|&i| policy.listeners[i].name.clone())
                     .collect()
             }),
-            sni: route.sni.iter().map(host_pattern).collect(),
+            sni: route.sni.iter().map(ToString::to_string).collect(),
             split: split_infos(policy, &route.splits),
             allow: route
                 .allow
                 .as_ref()
-                .map(|patterns| patterns.iter().map(describe_identity_pattern).collect()),
+                .map(|patterns| patterns.iter().map(ToString::to_string).collect()),
             settings: tcp_route_table(policy, route).into(),
         })
         .collect()
-}
-
-fn host_pattern(host: &HostMatch) -> String {
-    match host {
-        HostMatch::Exact(name) => name.clone(),
-        HostMatch::Suffix(suffix) => format!("*{suffix}"),
-    }
 }
 
 /// Which TCP route a connection on `listener` (any TCP listener when `None`) with server
@@ -85,7 +77,7 @@ pub(super) fn explanation(
         checks: matched
             .and_then(|i| policy.tcp_routes[i].allow.as_ref())
             .map(|allow| {
-                let entries: Vec<String> = allow.iter().map(describe_identity_pattern).collect();
+                let entries: Vec<String> = allow.iter().map(ToString::to_string).collect();
                 vec![format!("allow: {}", entries.join(", "))]
             })
             .unwrap_or_default(),

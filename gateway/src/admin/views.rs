@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use meshgate_admin::*;
-use meshgate_policy::compiled::{HostMatch, PathMatch, RequestKey, Verdict};
+use meshgate_policy::compiled::{PathMatch, Verdict};
 use meshgate_policy::matching::HeaderTest;
 use meshgate_policy::path::normalize_path;
 use meshgate_policy::schema::PathNormalization;
@@ -80,14 +80,6 @@ pub(super) fn listener_infos(snapshot: &crate::snapshot::Snapshot) -> Vec<Listen
         .collect()
 }
 
-fn describe_key(key: &RequestKey) -> String {
-    match key {
-        RequestKey::ClientIp => "client_ip".into(),
-        RequestKey::Path => "path".into(),
-        RequestKey::Header(name) => format!("header:{name}"),
-    }
-}
-
 /// What the matched route checks of a request before proxying it, one line each.
 fn admission_checks(route: &meshgate_policy::compiled::Route) -> Vec<String> {
     let mut checks = Vec::new();
@@ -95,7 +87,7 @@ fn admission_checks(route: &meshgate_policy::compiled::Route) -> Vec<String> {
         checks.push(format!("jwt: {}", jwt.describe()));
     }
     if let Some(allow) = &route.allow {
-        let entries: Vec<String> = allow.iter().map(describe_identity_pattern).collect();
+        let entries: Vec<String> = allow.iter().map(ToString::to_string).collect();
         checks.push(format!("allow: {}", entries.join(", ")));
     }
     checks
@@ -113,19 +105,6 @@ fn last_check(endpoint: &crate::upstream::EndpointState) -> Option<(String, Stri
             humantime::format_rfc3339_seconds(*at).to_string(),
         )
     })
-}
-
-/// An `allow` entry as written.
-pub(super) fn describe_identity_pattern(
-    pattern: &meshgate_policy::compiled::IdentityPattern,
-) -> String {
-    use meshgate_policy::compiled::IdentityPattern;
-    match pattern {
-        IdentityPattern::Exact(identity) => identity.clone(),
-        IdentityPattern::Prefix(prefix) => format!("{prefix}*"),
-        IdentityPattern::JwtSubject(subject) => format!("jwt:sub:{subject}"),
-        IdentityPattern::JwtClaim { name, value } => format!("jwt:claim:{name}={value}"),
-    }
 }
 
 impl GatewayAdmin {
@@ -218,10 +197,7 @@ impl GatewayAdmin {
                         .map(|&i| policy.listeners[i].name.clone())
                         .collect()
                 }),
-                host: route.matcher.host.as_ref().map(|h| match h {
-                    HostMatch::Exact(host) => host.clone(),
-                    HostMatch::Suffix(suffix) => format!("*{suffix}"),
-                }),
+                host: route.matcher.host.as_ref().map(ToString::to_string),
                 path: route.matcher.path.as_ref().map(|p| match p {
                     PathMatch::Prefix(prefix) => format!("prefix {prefix}"),
                     PathMatch::Exact(exact) => format!("exact {exact}"),
@@ -265,9 +241,9 @@ impl GatewayAdmin {
                 allow: route
                     .allow
                     .as_ref()
-                    .map(|patterns| patterns.iter().map(describe_identity_pattern).collect()),
+                    .map(|patterns| patterns.iter().map(ToString::to_string).collect()),
                 split: split_infos(policy, &route.splits),
-                split_key: route.split_key.as_ref().map(describe_key),
+                split_key: route.split_key.as_ref().map(ToString::to_string),
                 settings: route_table(policy, route).into(),
             })
             .collect();

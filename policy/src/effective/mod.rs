@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::compiled::{AccessLogTarget, LimitKey, RequestKey};
+use crate::compiled::AccessLogTarget;
 use crate::CompiledPolicy;
 
 pub use routes::{route_table, tcp_route_table};
@@ -279,25 +279,6 @@ fn size(bytes: u64) -> String {
 
 fn path(file: &Path) -> String {
     file.display().to_string()
-}
-
-/// A sticky split's or a consistent hash's key as written.
-fn request_key(key: &RequestKey) -> String {
-    match key {
-        RequestKey::ClientIp => "client_ip".to_owned(),
-        RequestKey::Path => "path".to_owned(),
-        RequestKey::Header(name) => format!("header:{name}"),
-    }
-}
-
-/// A rate limit's key as written.
-fn limit_key(key: &LimitKey) -> String {
-    match key {
-        LimitKey::ClientIp => "client_ip".to_owned(),
-        LimitKey::Identity => "identity".to_owned(),
-        LimitKey::Route => "route".to_owned(),
-        LimitKey::Header(name) => format!("header:{name}"),
-    }
 }
 
 /// A regular expression as written: the loader anchors patterns as `^(?:…)$`.

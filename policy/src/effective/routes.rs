@@ -2,8 +2,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{compress, duration, limit_key, path, request_key, size, unanchored, Table};
-use crate::compiled::{HostMatch, IdentityPattern, PathMatch, Route};
+use super::{compress, duration, path, size, unanchored, Table};
+use crate::compiled::{PathMatch, Route};
 use crate::matching::HeaderTest;
 use crate::CompiledPolicy;
 
@@ -36,7 +36,10 @@ pub fn route_table(policy: &CompiledPolicy, route: &Route) -> Map<String, Value>
         }
         None => {
             entry.put("split", splits(policy, &route.splits));
-            entry.opt("split_key", route.split_key.as_ref().map(request_key));
+            entry.opt(
+                "split_key",
+                route.split_key.as_ref().map(ToString::to_string),
+            );
             entry.put("split_fallback", route.split_fallback);
         }
     }
@@ -103,7 +106,7 @@ pub fn route_table(policy: &CompiledPolicy, route: &Route) -> Map<String, Value>
         let mut section = Table::new();
         section.put("requests_per_second", limit.requests_per_second);
         section.put("burst", limit.burst);
-        section.put("key", limit_key(&limit.key));
+        section.put("key", limit.key.to_string());
         section.put(
             "scope",
             match limit.scope {
@@ -120,7 +123,10 @@ pub fn route_table(policy: &CompiledPolicy, route: &Route) -> Map<String, Value>
         entry.put("rate_limit", section);
     }
     if let Some(allow) = &route.allow {
-        entry.put("allow", allow.iter().map(identity).collect::<Vec<_>>());
+        entry.put(
+            "allow",
+            allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        );
     }
     entry.opt("max_request_body", route.max_request_body.map(size));
     if let Some(rewrite) = &route.rewrite {
@@ -190,7 +196,7 @@ pub fn route_table(policy: &CompiledPolicy, route: &Route) -> Map<String, Value>
 fn matcher(route: &Route) -> Table {
     let matcher = &route.matcher;
     let mut section = Table::new();
-    section.opt("host", matcher.host.as_ref().map(host_pattern));
+    section.opt("host", matcher.host.as_ref().map(ToString::to_string));
     match &matcher.path {
         Some(PathMatch::Prefix(prefix)) => section.put("path_prefix", prefix.as_str()),
         Some(PathMatch::Exact(exact)) => section.put("path_exact", exact.as_str()),
@@ -232,15 +238,6 @@ fn matcher(route: &Route) -> Table {
         );
     }
     section
-}
-
-fn identity(pattern: &IdentityPattern) -> String {
-    match pattern {
-        IdentityPattern::Exact(exact) => exact.clone(),
-        IdentityPattern::Prefix(prefix) => format!("{prefix}*"),
-        IdentityPattern::JwtSubject(subject) => format!("jwt:sub:{subject}"),
-        IdentityPattern::JwtClaim { name, value } => format!("jwt:claim:{name}={value}"),
-    }
 }
 
 fn jwt_table(jwt: &crate::jwt::Jwt) -> Table {
@@ -291,13 +288,20 @@ pub fn tcp_route_table(
         let mut matcher = Table::new();
         matcher.put(
             "sni",
-            route.sni.iter().map(host_pattern).collect::<Vec<_>>(),
+            route
+                .sni
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
         );
         entry.put("match", matcher);
     }
     entry.put("split", splits(policy, &route.splits));
     if let Some(allow) = &route.allow {
-        entry.put("allow", allow.iter().map(identity).collect::<Vec<_>>());
+        entry.put(
+            "allow",
+            allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        );
     }
     entry.put("idle_timeout", duration(route.idle_timeout));
     if let Some(limit) = &route.rate_limit {
@@ -315,14 +319,6 @@ pub fn tcp_route_table(
         entry.put("rate_limit", section);
     }
     entry.0
-}
-
-/// A host or server name condition as written.
-fn host_pattern(host: &HostMatch) -> String {
-    match host {
-        HostMatch::Exact(host) => host.clone(),
-        HostMatch::Suffix(suffix) => format!("*{suffix}"),
-    }
 }
 
 /// A route's `split` as written.

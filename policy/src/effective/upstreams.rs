@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{duration, path, request_key, Table};
+use super::{duration, path, Table};
 use crate::discovery::NameQuery;
 use crate::schema::UpstreamProtocol;
 use crate::CompiledPolicy;
@@ -64,7 +64,7 @@ pub fn upstream_table(policy: &CompiledPolicy, index: usize) -> Map<String, Valu
         None => entry.put("locality", "any"),
     }
     entry.put("balance", spec.balance.as_str());
-    entry.opt("hash_key", spec.hash_key.as_ref().map(request_key));
+    entry.opt("hash_key", spec.hash_key.as_ref().map(ToString::to_string));
     entry.put("connect_timeout", duration(spec.connect_timeout));
     entry.put(
         "protocol",
