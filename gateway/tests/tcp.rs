@@ -715,3 +715,67 @@ async fn an_upgrade_hands_new_connections_over_and_lets_open_ones_run() {
         .status();
     let _ = new.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_resets_mid_stream_ends_the_connection_as_reset() {
+    // An upstream that sends 1,000 bytes, then resets (SO_LINGER 0) while the client waits
+    // for more.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            socket.write_all(&[7u8; 1000]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let socket = socket.into_std().unwrap();
+            socket2::SockRef::from(&socket)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(socket);
+        }
+    });
+    let (listener, addr) = tcp_listener("app", "");
+    let gateway = Gateway::start(&format!(
+        "{listener}\n[[upstreams]]\nname = \"app\"\nendpoints = [\"{upstream}\"]\n\n[[tcp_routes]]\nname = \"app\"\nsplit = [{{ upstream = \"app\" }}]\n"
+    ));
+    // A client that trickles a byte every 20 ms meanwhile.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut read = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let _ = stream.write_all(b"x").await;
+        match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => read.extend_from_slice(&buffer[..n]),
+            Err(_) => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection never ended"
+        );
+    }
+    assert_eq!(
+        read,
+        vec![7u8; 1000],
+        "every byte sent before the reset arrives"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshgate_tcp_connections_total",
+            &[("route", "app"), ("result", "reset")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshgate_tcp_active_connections",
+            &[("listener", "app")]
+        ),
+        0.0
+    );
+}
