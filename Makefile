@@ -2,6 +2,8 @@
 # Rust toolchain: `make deps` installs the system packages they need.
 
 CARGO ?= cargo
+# Where cargo puts what it builds: target/ unless CARGO_TARGET_DIR says otherwise.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages. To build, test and run: cmake for Pingora's build, protobuf-compiler (protoc) for
 # etcd-client's build (and clang for the
@@ -42,10 +44,10 @@ build: deps
 # conf/meshgate.toml; Ctrl-C stops all three.
 run: build
 	@set -e; \
-	target/release/meshgate-echo -l 127.0.0.1:9001 -n v1 & v1=$$!; \
-	target/release/meshgate-echo -l 127.0.0.1:9002 -n v2 & v2=$$!; \
+	$(TARGET_DIR)/release/meshgate-echo -l 127.0.0.1:9001 -n v1 & v1=$$!; \
+	$(TARGET_DIR)/release/meshgate-echo -l 127.0.0.1:9002 -n v2 & v2=$$!; \
 	trap 'kill $$v1 $$v2 2>/dev/null' EXIT INT TERM; \
-	target/release/meshgate run -c conf/meshgate.toml
+	$(TARGET_DIR)/release/meshgate run -c conf/meshgate.toml
 
 # The whole suite on the default (rustls) build, then the TLS end-to-end tests again on the
 # BoringSSL build. Under nextest each test is bounded by .config/nextest.toml; plain cargo test
@@ -79,7 +81,7 @@ bench: build bench-deps
 # gateway's admin API and admin-api/openapi.yaml.
 check-api: deps
 	$(CARGO) build --workspace
-	admin-api/check-api.sh target/debug/meshgate
+	admin-api/check-api.sh $(TARGET_DIR)/debug/meshgate
 
 # cargo-fuzz targets (fuzz/): the policy loader, the /explain query parser and header rules,
 # FUZZ_SECONDS each (default 60). cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the

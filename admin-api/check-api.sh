@@ -32,7 +32,13 @@ meshgate_policy "$LISTEN_PORT" "$ADMIN_PORT" > "$WORK/meshgate.toml"
 "$ECHO" -l "127.0.0.1:$ECHO_PORT" -n echo >/dev/null 2>&1 & PIDS+=($!)
 "$BIN" run -c "$WORK/meshgate.toml" --upgrade-sock "$WORK/upgrade.sock" \
   --pid-file "$WORK/meshgate.pid" 2>"$WORK/stderr.log" & PIDS+=($!)
-for _ in $(seq 100); do curl -sf "127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && break; sleep 0.1; done
+ready=0
+for _ in $(seq 100); do curl -sf "127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && { ready=1; break; }; sleep 0.1; done
+if [ "$ready" = 0 ] || [ ! -f "$WORK/admin.token" ]; then
+  echo "check-api: the gateway ($BIN) did not become ready in 10 s; its log:" >&2
+  cat "$WORK/stderr.log" >&2
+  exit 1
+fi
 TOKEN=$(cat "$WORK/admin.token")
 
 # /drain ends the gateway under test, so it is left out here (the suite's admin tests call it).
