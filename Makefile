@@ -79,8 +79,9 @@ bench: build bench-deps
 
 # schemathesis (from PyPI, into a venv under target/) with all of its checks against a running
 # gateway's admin API and admin-api/openapi.yaml.
+# --all-targets, as `make test` builds: the same features, so after it nothing is built again.
 check-api: deps
-	$(CARGO) build --workspace
+	$(CARGO) build --workspace --all-targets
 	admin-api/check-api.sh $(TARGET_DIR)/debug/meshgate
 
 # cargo-fuzz targets (fuzz/): the policy loader, the /explain query parser and header rules,
