@@ -240,6 +240,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 &policy.server,
                 limit.clone(),
                 lifecycle.clone(),
+                crate::tls::HandshakeFailures::new(&listener.name, telemetry.clone()),
             ),
         );
         proxy.set_connection_filter(Arc::new(AcceptGate(limit)));

@@ -133,6 +133,64 @@ async fn https_serves_http1_and_http2_with_certificates_chosen_by_sni() {
         tls13.contains("offered") && !tls13.contains("not offered"),
         "{report}"
     );
+
+    // Failed handshakes are counted by reason and logged at most once a second per reason,
+    // not as an ERROR line per connection: testssl's old protocols, plain HTTP sent to the TLS
+    // port (50 times in a burst), and a port check that connects and leaves.
+    let logged_before = gateway.stderr().len();
+    let started = Instant::now();
+    for _ in 0..50 {
+        let mut plain = std::net::TcpStream::connect(gateway.listen).unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: main.test\r\n\r\n")
+            .unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = std::io::Read::read(&mut plain, &mut [0u8; 512]);
+    }
+    let burst = started.elapsed();
+    // A server name that is no DNS name: rustls warns of it once per connection, which the
+    // gateway's log leaves out.
+    served_subject(gateway.listen.port(), "bad..name");
+    drop(std::net::TcpStream::connect(gateway.listen).unwrap());
+    let failures = |reason: &str| {
+        format!("meshgate_tls_handshake_failures_total{{listener=\"public\",reason=\"{reason}\"}}")
+    };
+    gateway
+        .wait_for_metric(&failures("closed"), 1.0, Duration::from_secs(5))
+        .await;
+    let metrics = gateway.metrics().await;
+    assert!(
+        metric_sum(&metrics, &failures("protocol")) >= 50.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_sum(&metrics, &failures("incompatible")) >= 1.0,
+        "{metrics}"
+    );
+    let stderr = gateway.stderr();
+    assert!(!stderr.contains("Downstream handshake"), "{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    assert!(!stderr.contains("Illegal SNI"), "{stderr}");
+    assert!(lines_with(&stderr, "closed") >= 1, "{stderr}");
+    // One line a second at most for the burst's 50 failures.
+    let since_burst = &stderr[logged_before..];
+    let allowed = burst.as_secs() as usize + 2;
+    assert!(
+        lines_with(since_burst, "protocol") <= allowed,
+        "{} lines in {burst:?}: {since_burst}",
+        lines_with(since_burst, "protocol")
+    );
+}
+
+/// The gateway's lines for failed handshakes with reason `reason` in `log`.
+fn lines_with(log: &str, reason: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.contains("TLS handshake failed") && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .count()
 }
 
 /// Acceptance: on a `require` listener, no certificate, a foreign CA's certificate and an
@@ -228,7 +286,7 @@ async fn mutual_tls_identities_and_authorization() {
         metric_sum(&metrics, "meshgate_authz_denied_total{route=\"orders\"}") >= 1.0,
         "{metrics}"
     );
-    for reason in ["expired", "unknown-ca"] {
+    for reason in ["expired", "unknown-ca", "no-certificate"] {
         assert!(
             metric_sum(
                 &metrics,

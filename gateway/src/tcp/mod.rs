@@ -35,7 +35,7 @@ use crate::proxy::connection::ConnectionLimit;
 use crate::reload::PolicyStore;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
-use crate::tls::PeerTls;
+use crate::tls::{HandshakeFailures, PeerTls};
 use crate::upstream::{breaker_give_back, EndpointState, UpstreamState};
 
 /// Tries to connect per connection: the first endpoint and two others when connecting fails.
@@ -110,6 +110,8 @@ pub struct TcpApp {
     /// How long a passthrough client has to send its ClientHello.
     hello_timeout: Duration,
     connector: TransportConnector,
+    /// The listener's failed TLS handshakes (a `tcp` listener with `[listeners.tls]`).
+    handshakes: HandshakeFailures,
 }
 
 impl TcpApp {
@@ -122,6 +124,7 @@ impl TcpApp {
         listener: &meshgate_policy::compiled::Listener,
         hello_timeout: Duration,
     ) -> Self {
+        let handshakes = HandshakeFailures::new(&listener.name, telemetry.clone());
         let active = telemetry
             .metrics
             .tcp
@@ -137,6 +140,7 @@ impl TcpApp {
             protocol: listener.protocol,
             hello_timeout,
             connector: TransportConnector::new(None),
+            handshakes,
         }
     }
 }
@@ -159,6 +163,14 @@ impl ServerApp for TcpApp {
     /// Open connections run on through a drain or an upgrade, until they end or the grace
     /// period does.
     async fn cleanup(&self) {}
+
+    fn handshake_failed(
+        &self,
+        peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
+        error: Option<&pingora::Error>,
+    ) {
+        self.handshakes.record(peer, error);
+    }
 }
 
 impl TcpApp {

@@ -131,6 +131,17 @@ pub fn set_format(format: LogFormat) {
 
 const ENV_FILTER: &str = "MESHGATE_LOG";
 
+/// The filter for `directives`, with rustls held to errors unless they name it: rustls warns
+/// of what a client sent wrong (`Illegal SNI hostname received`…) once per connection, so any
+/// client could write lines at will. The gateway logs failed handshakes itself, throttled.
+fn filter(directives: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    if directives.contains("rustls") || directives.trim() == "off" {
+        EnvFilter::try_new(directives)
+    } else {
+        EnvFilter::try_new(format!("{directives},rustls=error"))
+    }
+}
+
 struct Level {
     handle: reload::Handle<EnvFilter, Registry>,
     current: Mutex<String>,
@@ -144,8 +155,8 @@ pub fn init_logging() {
     let from_env = std::env::var(ENV_FILTER).ok();
     let filter = from_env
         .as_deref()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .and_then(|f| filter(f).ok())
+        .unwrap_or_else(|| filter("info").expect("a valid filter"));
     let (filter, handle) = reload::Layer::new(filter);
     let installed = tracing_subscriber::registry()
         .with(filter)
@@ -176,7 +187,7 @@ pub(crate) fn set_level(level: &str) {
     if *current == level {
         return;
     }
-    match EnvFilter::try_new(level) {
+    match filter(level) {
         Ok(filter) => {
             if state.handle.reload(filter).is_ok() {
                 *current = level.to_owned();
@@ -184,5 +195,19 @@ pub(crate) fn set_level(level: &str) {
             }
         }
         Err(e) => tracing::warn!("log level {level:?} not applied: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter;
+
+    #[test]
+    fn rustls_is_held_to_errors_unless_named() {
+        let shown = |directives: &str| filter(directives).unwrap().to_string();
+        assert!(shown("info").contains("rustls=error"), "{}", shown("info"));
+        assert!(shown("warn,meshgate=debug").contains("rustls=error"));
+        assert!(!shown("info,rustls=warn").contains("rustls=error"));
+        assert!(!shown("off").contains("rustls"));
     }
 }

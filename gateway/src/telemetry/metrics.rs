@@ -172,7 +172,7 @@ impl Metrics {
         let tls_handshake_failures = IntCounterVec::new(
             Opts::new(
                 "meshgate_tls_handshake_failures_total",
-                "TLS handshakes refused for the client's certificate, by listener and reason (expired, not-yet-valid, unknown-ca, revoked, bad-certificate).",
+                "Downstream TLS handshakes that failed, by listener and reason: the client's certificate (expired, not-yet-valid, unknown-ca, revoked, bad-certificate), no-certificate, incompatible (no version or cipher in common), closed (the client left), timeout, protocol (anything else the client sent wrong).",
             ),
             &["listener", "reason"],
         )

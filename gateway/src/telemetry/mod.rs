@@ -85,6 +85,9 @@ pub struct Telemetry {
     pub metrics: Metrics,
     /// Lines for failed requests, at most one per route and reason per second.
     pub failures: failures::FailureLog,
+    /// Lines for failed downstream TLS handshakes, at most one per listener and reason per
+    /// second.
+    pub handshake_failures: failures::Throttle,
     access_log: ArcSwapOption<AccessLog>,
     tracing: ArcSwapOption<Tracing>,
 }

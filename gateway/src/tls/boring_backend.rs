@@ -21,8 +21,9 @@ use pingora::tls::x509::{X509VerifyError, X509};
 use pingora::utils::tls::CertKey;
 use sha2::{Digest, Sha256};
 
+use super::failures::client_left;
 use super::files::{read, record_bundle_expiry, record_expiry, uri_san, SniTable};
-use super::{ListenerTlsState, PeerTls, UpstreamMaterial};
+use super::{HandshakeFailure, ListenerTlsState, PeerTls, UpstreamMaterial};
 use crate::telemetry::Metrics;
 
 /// A chain (leaf first) and its key.
@@ -168,6 +169,47 @@ pub fn listener_settings(state: &Arc<ListenerTlsState>) -> pingora::Result<TlsSe
         })?;
     settings.enable_h2();
     Ok(settings)
+}
+
+/// Why a client's handshake failed, from the root cause of Pingora's error: BoringSSL's.
+pub(super) fn handshake_failure(cause: &(dyn std::error::Error + 'static)) -> HandshakeFailure {
+    if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+        let reason = if client_left(io) {
+            "closed"
+        } else {
+            "protocol"
+        };
+        return HandshakeFailure::new(reason, io);
+    }
+    let Some(ssl) = cause.downcast_ref::<pingora::tls::ssl::Error>() else {
+        return HandshakeFailure::new("protocol", cause);
+    };
+    if let Some(io) = ssl.io_error() {
+        let reason = if client_left(io) {
+            "closed"
+        } else {
+            "protocol"
+        };
+        return HandshakeFailure::new(reason, io);
+    }
+    let Some(first) = ssl.ssl_error().and_then(|stack| stack.errors().first()) else {
+        // No error queued: the client closed the connection mid-handshake.
+        return HandshakeFailure::new("closed", "the client closed the connection");
+    };
+    let detail = first.reason().unwrap_or("TLS error").to_ascii_lowercase();
+    match first.reason().unwrap_or_default() {
+        // The verify callback counted it, with its reason.
+        "CERTIFICATE_VERIFY_FAILED" => HandshakeFailure {
+            counted: true,
+            ..HandshakeFailure::new("bad-certificate", detail)
+        },
+        "PEER_DID_NOT_RETURN_A_CERTIFICATE" => HandshakeFailure::new("no-certificate", detail),
+        "UNSUPPORTED_PROTOCOL"
+        | "NO_SHARED_CIPHER"
+        | "NO_SHARED_GROUP"
+        | "NO_COMMON_SIGNATURE_ALGORITHMS" => HandshakeFailure::new("incompatible", detail),
+        _ => HandshakeFailure::new("protocol", detail),
+    }
 }
 
 fn failure_reason(error: X509VerifyError) -> &'static str {

@@ -15,6 +15,7 @@ mod backend;
 #[cfg(feature = "rustls")]
 #[path = "rustls_backend.rs"]
 mod backend;
+mod failures;
 mod files;
 mod watch;
 
@@ -28,6 +29,7 @@ use prometheus::IntCounter;
 
 use crate::telemetry::{Metrics, Telemetry};
 pub use backend::{listener_settings, ListenerMaterial};
+pub use failures::{HandshakeFailure, HandshakeFailures};
 pub use watch::watch_files;
 
 /// The TLS library this build uses.

@@ -25,8 +25,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, RootCertStore};
 use sha2::{Digest, Sha256};
 
+use super::failures::client_left;
 use super::files::{read, record_bundle_expiry, record_expiry, uri_san, SniTable};
-use super::{ListenerTlsState, PeerTls, UpstreamMaterial};
+use super::{HandshakeFailure, ListenerTlsState, PeerTls, UpstreamMaterial};
 use crate::telemetry::Metrics;
 
 /// The crypto provider Pingora's rustls backend uses.
@@ -263,6 +264,33 @@ impl ClientCertVerifier for ClientVerifier {
         provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// Why a client's handshake failed, from the root cause of Pingora's error: the I/O error that
+/// carries rustls's own.
+pub(super) fn handshake_failure(cause: &(dyn std::error::Error + 'static)) -> HandshakeFailure {
+    let Some(io) = cause.downcast_ref::<std::io::Error>() else {
+        return HandshakeFailure::new("protocol", cause);
+    };
+    if client_left(io) {
+        return HandshakeFailure::new("closed", io);
+    }
+    let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        return HandshakeFailure::new("protocol", io);
+    };
+    match tls {
+        // The verifier counted it, with its reason.
+        rustls::Error::InvalidCertificate(_) => HandshakeFailure {
+            counted: true,
+            ..HandshakeFailure::new(failure_reason(tls), tls)
+        },
+        rustls::Error::NoCertificatesPresented => HandshakeFailure::new("no-certificate", tls),
+        rustls::Error::PeerIncompatible(_) => HandshakeFailure::new("incompatible", tls),
+        rustls::Error::AlertReceived(rustls::AlertDescription::CloseNotify) => {
+            HandshakeFailure::new("closed", tls)
+        }
+        _ => HandshakeFailure::new("protocol", tls),
     }
 }
 

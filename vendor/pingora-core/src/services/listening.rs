@@ -239,19 +239,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
-                                        } else {
-                                            error!("Downstream handshake error: {e}");
-                                        }
-                                    }
+                                    // meshgate patch: the application decides what a
+                                    // failed handshake logs (`ServerApp::handshake_failed`).
+                                    Err(e) => app.handshake_failed(peer_addr.as_ref(), Some(&e)),
                                 }
                             }
-                            Err(_) => {
-                                error!("Downstream handshake timeout");
-                            }
+                            Err(_) => app.handshake_failed(peer_addr.as_ref(), None),
                         }
                     });
                 }

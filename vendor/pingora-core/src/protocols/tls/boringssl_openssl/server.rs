@@ -41,7 +41,8 @@ pub async fn handshake<S: IO>(ssl_acceptor: &SslAcceptor, io: S) -> Result<SslSt
     stream
         .accept()
         .await
-        .explain_err(TLSHandshakeFailure, |e| format!("TLS accept() failed: {e}"))?;
+        // meshgate patch: BoringSSL's error kept as the cause (see apps::ServerApp::handshake_failed).
+        .or_err(TLSHandshakeFailure, "TLS accept() failed")?;
     Ok(stream)
 }
 
@@ -55,7 +56,8 @@ pub async fn handshake_with_callback<S: IO>(
     let done = Pin::new(&mut tls_stream)
         .start_accept()
         .await
-        .explain_err(TLSHandshakeFailure, |e| format!("TLS accept() failed: {e}"))?;
+        // meshgate patch: BoringSSL's error kept as the cause (see apps::ServerApp::handshake_failed).
+        .or_err(TLSHandshakeFailure, "TLS accept() failed")?;
     if !done {
         // safety: we do hold a mut ref of tls_stream
         let ssl_mut = unsafe { ext::ssl_mut(tls_stream.ssl()) };
@@ -63,7 +65,8 @@ pub async fn handshake_with_callback<S: IO>(
         Pin::new(&mut tls_stream)
             .resume_accept()
             .await
-            .explain_err(TLSHandshakeFailure, |e| format!("TLS accept() failed: {e}"))?;
+            // meshgate patch: BoringSSL's error kept as the cause (see apps::ServerApp::handshake_failed).
+            .or_err(TLSHandshakeFailure, "TLS accept() failed")?;
     }
     {
         let ssl = tls_stream.ssl();

@@ -314,9 +314,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> InnerStream<T> {
             "TLS accept not available to perform handshake.",
         )?;
 
+        // meshgate patch: the I/O error (which carries rustls's own error) is kept as the
+        // cause, so the application can tell why a client's handshake failed.
         let stream = accept
             .await
-            .explain_err(TLSHandshakeFailure, |e| format!("tls connect error: {e}"))?;
+            .or_err(TLSHandshakeFailure, "TLS accept() failed")?;
         self.stream = Some(RusTlsStream::Server(stream));
         Ok(())
     }

@@ -1,0 +1,88 @@
+//! Failed downstream TLS handshakes: counted by listener and reason in
+//! `meshgate_tls_handshake_failures_total` and logged at most once a second per listener and
+//! reason. Pingora logged an ERROR line per failed connection, so any port scanner or client
+//! with a wrong CA could fill the log.
+
+use std::sync::Arc;
+
+use crate::telemetry::Telemetry;
+
+/// Why a handshake failed, as counted and logged.
+pub struct HandshakeFailure {
+    /// The reason token: a certificate's (`expired`, `unknown-ca`…), `no-certificate`,
+    /// `incompatible` (no TLS version or cipher in common), `closed` (the client left),
+    /// `timeout` or `protocol` (anything else the client sent wrong).
+    pub reason: &'static str,
+    /// Whether the certificate verification already counted it.
+    pub counted: bool,
+    /// What failed, in words.
+    pub detail: String,
+}
+
+impl HandshakeFailure {
+    /// A failure the verification did not count.
+    pub(super) fn new(reason: &'static str, detail: impl ToString) -> Self {
+        HandshakeFailure {
+            reason,
+            counted: false,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Whether an I/O error means the client went away.
+pub(super) fn client_left(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
+}
+
+/// One listener's failed handshakes.
+pub struct HandshakeFailures {
+    listener: String,
+    telemetry: Arc<Telemetry>,
+}
+
+impl HandshakeFailures {
+    /// The failures of listener `listener`.
+    pub fn new(listener: &str, telemetry: Arc<Telemetry>) -> Self {
+        HandshakeFailures {
+            listener: listener.to_owned(),
+            telemetry,
+        }
+    }
+
+    /// Counts and (throttled) logs a handshake from `peer` that failed with `error`, or did
+    /// not finish in Pingora's 60 seconds (`None`).
+    pub fn record(
+        &self,
+        peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
+        error: Option<&pingora::Error>,
+    ) {
+        let failure = match error {
+            Some(error) => super::backend::handshake_failure(error.root_cause()),
+            None => HandshakeFailure::new("timeout", "no handshake within 60 s"),
+        };
+        if !failure.counted {
+            self.telemetry
+                .metrics
+                .tls_handshake_failures
+                .with_label_values(&[self.listener.as_str(), failure.reason])
+                .inc();
+        }
+        let throttle = &self.telemetry.handshake_failures;
+        if let Some(suppressed) = throttle.admit(&self.listener, failure.reason) {
+            let client = peer.map(|p| p.to_string()).unwrap_or_default();
+            tracing::info!(
+                listener = self.listener.as_str(),
+                reason = failure.reason,
+                client = client.as_str(),
+                suppressed,
+                "TLS handshake failed: {}",
+                failure.detail
+            );
+        }
+    }
+}
