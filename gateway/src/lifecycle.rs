@@ -71,10 +71,10 @@ impl Lifecycle {
         }
     }
 
-    /// Connects to `target` as a readiness probe. When `marked` (a listener that proxies
-    /// connections without a handshake of its own: `tcp` without TLS, `tls_passthrough`),
-    /// the connection's address is recorded, so that the listener knows it and closes it
-    /// instead of proxying it to an upstream.
+    /// Connects to `target` as a readiness probe. When `marked` (a listener where the probe
+    /// would count: `tcp` without TLS and `tls_passthrough` would proxy it to an upstream, a
+    /// TLS listener would count a failed handshake), the connection's address is recorded,
+    /// so that the listener knows it and lets it go uncounted.
     pub async fn probe(&self, target: std::net::SocketAddr, marked: bool) -> std::io::Result<()> {
         if !marked {
             return tokio::net::TcpStream::connect(target).await.map(drop);

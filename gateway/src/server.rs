@@ -240,7 +240,11 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 &policy.server,
                 limit.clone(),
                 lifecycle.clone(),
-                crate::tls::HandshakeFailures::new(&listener.name, telemetry.clone()),
+                crate::tls::HandshakeFailures::new(
+                    &listener.name,
+                    telemetry.clone(),
+                    lifecycle.clone(),
+                ),
             ),
         );
         proxy.set_connection_filter(Arc::new(AcceptGate(limit)));
@@ -273,18 +277,15 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             admin,
             listener: std::sync::Mutex::new(Some(admin_listener)),
             token,
-            // A TLS listener's probe ends in a failed handshake and never reaches the
-            // application; a plain TCP or passthrough one would be proxied unless marked.
+            // Probes are marked where they would otherwise count: on a TLS listener as a
+            // failed handshake, on a plain TCP or passthrough one as a proxied connection. A
+            // plain HTTP listener sees a connection that sent no request, which counts nowhere.
             proxy_listeners: policy
                 .listeners
                 .iter()
                 .map(|l| {
-                    let proxied_raw = match l.protocol {
-                        ListenerProtocol::Http => false,
-                        ListenerProtocol::Tcp => l.tls.is_none(),
-                        ListenerProtocol::TlsPassthrough => true,
-                    };
-                    (l.addr, proxied_raw)
+                    let plain_http = l.protocol == ListenerProtocol::Http && l.tls.is_none();
+                    (l.addr, !plain_http)
                 })
                 .collect(),
             metrics_listener: std::sync::Mutex::new(metrics_listener),

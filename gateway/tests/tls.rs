@@ -95,6 +95,15 @@ async fn https_serves_http1_and_http2_with_certificates_chosen_by_sni() {
     };
     let metrics = gateway.metrics().await;
     assert!(metrics.contains(&format!("tls=\"{backend}\"")), "{metrics}");
+    // The readiness probe, which connects and leaves, is no failed handshake.
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "meshgate_tls_handshake_failures_total{listener=\"public\",reason=\"closed\"}"
+        ),
+        0.0,
+        "{metrics}"
+    );
 
     let output = bounded(300, "testssl")
         .args([

@@ -124,7 +124,8 @@ impl TcpApp {
         listener: &meshgate_policy::compiled::Listener,
         hello_timeout: Duration,
     ) -> Self {
-        let handshakes = HandshakeFailures::new(&listener.name, telemetry.clone());
+        let handshakes =
+            HandshakeFailures::new(&listener.name, telemetry.clone(), lifecycle.clone());
         let active = telemetry
             .metrics
             .tcp

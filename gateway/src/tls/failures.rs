@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::lifecycle::Lifecycle;
 use crate::telemetry::Telemetry;
 
 /// Why a handshake failed, as counted and logged.
@@ -43,14 +44,17 @@ pub(super) fn client_left(error: &std::io::Error) -> bool {
 pub struct HandshakeFailures {
     listener: String,
     telemetry: Arc<Telemetry>,
+    /// Knows the readiness probes, which connect and leave without a handshake.
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl HandshakeFailures {
     /// The failures of listener `listener`.
-    pub fn new(listener: &str, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(listener: &str, telemetry: Arc<Telemetry>, lifecycle: Arc<Lifecycle>) -> Self {
         HandshakeFailures {
             listener: listener.to_owned(),
             telemetry,
+            lifecycle,
         }
     }
 
@@ -61,6 +65,12 @@ impl HandshakeFailures {
         peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
         error: Option<&pingora::Error>,
     ) {
+        if peer
+            .and_then(|p| p.as_inet())
+            .is_some_and(|p| self.lifecycle.take_probe(*p))
+        {
+            return;
+        }
         let failure = match error {
             Some(error) => super::backend::handshake_failure(error.root_cause()),
             None => HandshakeFailure::new("timeout", "no handshake within 60 s"),
