@@ -242,6 +242,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 lifecycle.clone(),
                 crate::tls::HandshakeFailures::new(
                     &listener.name,
+                    policy.server.client_header_timeout,
                     telemetry.clone(),
                     lifecycle.clone(),
                 ),

@@ -1,6 +1,6 @@
 //! TLS end to end, the documented rules no other test covered: `client_auth = "optional"`,
-//! SNI precedence (exact over wildcard, longer wildcard over shorter), and `client_ca`
-//! rotating live.
+//! SNI precedence (exact over wildcard, longer wildcard over shorter), `client_ca` rotating
+//! live, and the handshake held to `client_header_timeout`.
 
 mod common;
 
@@ -9,6 +9,65 @@ use std::time::{Duration, Instant};
 use common::https::*;
 use common::pki::{Authority, Leaf};
 use common::*;
+
+/// A client that connects to a TLS listener and sends nothing is closed once
+/// `client_header_timeout` has passed (the handshake counts toward it, as in NGINX; Pingora
+/// alone allowed 60 s), counted as a `timeout` and logged; a client that completes its
+/// handshake in time is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_tls_client_is_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let ca = Authority::new(path, "ca");
+    let server = ca.server(path, "main", "main", &["main.test"]);
+    let upstream = start_echo("u").await;
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let access_log = path.join("access.log");
+    let policy = policy_head(listen, admin, access_log.to_str().unwrap()).replacen(
+        "[server]\n",
+        "[server]\nclient_header_timeout = \"700ms\"\n",
+        1,
+    ) + &format!(
+        "[listeners.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        server.cert.display(),
+        server.key.display()
+    ) + &echo_route(upstream, "u", "/", "");
+    let gateway = Gateway::start_with(dir, &policy, listen, admin);
+
+    let mut silent = std::net::TcpStream::connect(gateway.listen).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let read = std::io::Read::read(&mut silent, &mut [0u8; 64]);
+    let waited = started.elapsed();
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "closed by the gateway: {read:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    gateway
+        .wait_for_metric(
+            "meshgate_tls_handshake_failures_total{listener=\"public\",reason=\"timeout\"}",
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
+    let stderr = gateway.stderr();
+    assert!(
+        stderr.contains("TLS handshake failed: no TLS handshake within 700ms"),
+        "{stderr}"
+    );
+    let served = curl_as(&gateway, &ca.file, "main.test", None, "/", &[]);
+    assert_eq!((served.exit, served.status), (0, 200), "{served:?}");
+}
 
 /// `optional`: a client without a certificate gets in with no identity (and an `allow` route
 /// refuses it), one with a valid certificate is identified, and one whose certificate does

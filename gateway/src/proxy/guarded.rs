@@ -140,6 +140,10 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     /// closes idle connections after [`crate::lifecycle::DRAIN_IDLE`] instead.
     async fn cleanup(&self) {}
 
+    fn handshake_timeout(&self) -> Duration {
+        self.handshakes.timeout()
+    }
+
     fn handshake_failed(
         &self,
         peer: Option<&pingora::protocols::l4::socket::SocketAddr>,

@@ -124,8 +124,12 @@ impl TcpApp {
         listener: &meshgate_policy::compiled::Listener,
         hello_timeout: Duration,
     ) -> Self {
-        let handshakes =
-            HandshakeFailures::new(&listener.name, telemetry.clone(), lifecycle.clone());
+        let handshakes = HandshakeFailures::new(
+            &listener.name,
+            hello_timeout,
+            telemetry.clone(),
+            lifecycle.clone(),
+        );
         let active = telemetry
             .metrics
             .tcp
@@ -164,6 +168,10 @@ impl ServerApp for TcpApp {
     /// Open connections run on through a drain or an upgrade, until they end or the grace
     /// period does.
     async fn cleanup(&self) {}
+
+    fn handshake_timeout(&self) -> Duration {
+        self.handshakes.timeout()
+    }
 
     fn handshake_failed(
         &self,

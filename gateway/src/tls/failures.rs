@@ -4,6 +4,7 @@
 //! with a wrong CA could fill the log.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::lifecycle::Lifecycle;
 use crate::telemetry::Telemetry;
@@ -46,20 +47,34 @@ pub struct HandshakeFailures {
     telemetry: Arc<Telemetry>,
     /// Knows the readiness probes, which connect and leave without a handshake.
     lifecycle: Arc<Lifecycle>,
+    /// How long a handshake may take: `[server].client_header_timeout`, as NGINX counts its
+    /// handshake in `client_header_timeout`.
+    timeout: Duration,
 }
 
 impl HandshakeFailures {
-    /// The failures of listener `listener`.
-    pub fn new(listener: &str, telemetry: Arc<Telemetry>, lifecycle: Arc<Lifecycle>) -> Self {
+    /// The failures of listener `listener`, whose handshakes may take `timeout`.
+    pub fn new(
+        listener: &str,
+        timeout: Duration,
+        telemetry: Arc<Telemetry>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         HandshakeFailures {
             listener: listener.to_owned(),
             telemetry,
             lifecycle,
+            timeout,
         }
     }
 
+    /// How long a handshake may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Counts and (throttled) logs a handshake from `peer` that failed with `error`, or did
-    /// not finish in Pingora's 60 seconds (`None`).
+    /// not finish in time (`None`).
     pub fn record(
         &self,
         peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
@@ -73,7 +88,13 @@ impl HandshakeFailures {
         }
         let failure = match error {
             Some(error) => super::backend::handshake_failure(error.root_cause()),
-            None => HandshakeFailure::new("timeout", "no handshake within 60 s"),
+            None => HandshakeFailure::new(
+                "timeout",
+                format_args!(
+                    "no TLS handshake within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            ),
         };
         if !failure.counted {
             self.telemetry

@@ -38,7 +38,6 @@ use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -235,7 +234,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         // 8 KB) is boxed for the handshake's time only. Inline, it sized this
                         // connection task, which lives (and stays resident) as long as the
                         // connection, idle keepalive connections included.
-                        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
+                        // meshgate patch: the application's handshake timeout.
+                        let handshake_timeout = app.handshake_timeout();
+                        match timeout(handshake_timeout, Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
