@@ -441,7 +441,7 @@ impl Snapshot {
         let tcp_routes = policy
             .tcp_routes
             .iter()
-            .map(crate::tcp::TcpRouteState::new)
+            .map(|route| crate::tcp::TcpRouteState::new(route, policy.listeners.len()))
             .collect();
         Snapshot {
             policy,

@@ -13,7 +13,7 @@ mod splice;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -49,6 +49,32 @@ pub struct TcpRouteState {
     cursor: AtomicU64,
     /// The route's connection buckets.
     limiter: Option<(LocalBuckets, bool)>,
+    /// The route's byte counters and duration histogram on each listener (by index), looked
+    /// up once: a lookup by label values hashes them and takes the family's lock, three
+    /// times per connection.
+    metrics: Box<[OnceLock<RouteMetrics>]>,
+}
+
+/// One route's metric children on one listener.
+struct RouteMetrics {
+    received: prometheus::IntCounter,
+    sent: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+    /// `result="closed"`, the common end, by upstream index.
+    closed: Box<[OnceLock<prometheus::IntCounter>]>,
+}
+
+impl RouteMetrics {
+    fn new(families: &TcpMetrics, listener: &str, route: &str, upstreams: usize) -> Self {
+        RouteMetrics {
+            closed: (0..upstreams).map(|_| OnceLock::new()).collect(),
+            received: families
+                .bytes
+                .with_label_values(&[listener, route, "received"]),
+            sent: families.bytes.with_label_values(&[listener, route, "sent"]),
+            duration: families.duration.with_label_values(&[listener, route]),
+        }
+    }
 }
 
 impl std::fmt::Debug for TcpRouteState {
@@ -61,10 +87,11 @@ impl std::fmt::Debug for TcpRouteState {
 }
 
 impl TcpRouteState {
-    /// Fresh state for `route`.
-    pub fn new(route: &TcpRoute) -> Self {
+    /// Fresh state for `route`, in a policy of `listeners` listeners.
+    pub fn new(route: &TcpRoute, listeners: usize) -> Self {
         TcpRouteState {
             cursor: AtomicU64::new(0),
+            metrics: (0..listeners).map(|_| OnceLock::new()).collect(),
             limiter: route.rate_limit.as_ref().map(|limit| {
                 let gcra = Gcra::new(limit.connections_per_second, limit.burst);
                 (
@@ -88,6 +115,7 @@ impl TcpRouteState {
 /// How a connection ended, for its metrics and its access log record.
 #[derive(Default)]
 struct Outcome {
+    listener: Option<usize>,
     route: Option<usize>,
     upstream: Option<usize>,
     endpoint: Option<SocketAddr>,
@@ -209,6 +237,7 @@ impl TcpApp {
         let mut outcome = Outcome::default();
         match local.and_then(|local| snapshot.listener_for(local)) {
             Some(listener) => {
+                outcome.listener = Some(listener);
                 self.route(
                     &snapshot,
                     listener,
@@ -418,26 +447,38 @@ impl TcpApp {
             .upstream
             .map_or("", |i| policy.upstreams[i].name.as_str());
         let listener = self.listener.as_str();
-        metrics
-            .connections
-            .with_label_values(&[listener, route, upstream, outcome.result])
-            .inc();
+        let counted = |result: &str| {
+            metrics
+                .connections
+                .with_label_values(&[listener, route, upstream, result])
+        };
         let received = flow.received.load(Ordering::Relaxed);
         let sent = flow.sent.load(Ordering::Relaxed);
         let duration = started.elapsed();
-        if outcome.route.is_some() {
-            metrics
-                .bytes
-                .with_label_values(&[listener, route, "received"])
-                .inc_by(received);
-            metrics
-                .bytes
-                .with_label_values(&[listener, route, "sent"])
-                .inc_by(sent);
-            metrics
-                .duration
-                .with_label_values(&[listener, route])
-                .observe(duration.as_secs_f64());
+        let children = outcome
+            .route
+            .zip(outcome.listener)
+            .and_then(|(route_index, listener_index)| {
+                snapshot.tcp_routes[route_index].metrics.get(listener_index)
+            })
+            .map(|cell| {
+                cell.get_or_init(|| {
+                    RouteMetrics::new(metrics, listener, route, snapshot.upstreams.len())
+                })
+            });
+        match (children, outcome.upstream) {
+            (Some(children), Some(upstream_index)) if outcome.result == "closed" => {
+                match children.closed.get(upstream_index) {
+                    Some(cell) => cell.get_or_init(|| counted("closed")).inc(),
+                    None => counted("closed").inc(),
+                }
+            }
+            _ => counted(outcome.result).inc(),
+        }
+        if let Some(children) = children {
+            children.received.inc_by(received);
+            children.sent.inc_by(sent);
+            children.duration.observe(duration.as_secs_f64());
         }
         if let Some(log) = self.telemetry.access_log().as_ref() {
             let record = crate::telemetry::TcpAccessRecord {
