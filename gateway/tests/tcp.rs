@@ -525,6 +525,13 @@ split = [{{ upstream = "b" }}]
     );
     let log = std::fs::read_to_string(gateway.dir.path().join("access.log")).unwrap();
     assert!(log.contains("\"sni\":\"shop.b.example\""), "{log}");
+    // The refused connection's record counts the bytes the client sent.
+    let refused: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|r: &serde_json::Value| r["close"] == "bad_handshake")
+        .expect("a record for the plain-HTTP connection");
+    assert_eq!(refused["received_bytes"], 18, "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -268,6 +268,11 @@ impl TcpApp {
         match self.protocol {
             ListenerProtocol::TlsPassthrough => {
                 let read = tokio::time::timeout(self.hello_timeout, read_server_name(stream)).await;
+                // The bytes read count as received whether or not they are proxied.
+                if let Ok((bytes, _)) = &read {
+                    flow.received
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                }
                 match read {
                     Ok((bytes, Ok(name))) => {
                         replay = bytes;
@@ -347,8 +352,6 @@ impl TcpApp {
                 // The ClientHello read for its server name goes first.
                 let mut upstream = upstream;
                 let written = tokio::io::AsyncWriteExt::write_all(&mut upstream, &replay).await;
-                flow.received
-                    .fetch_add(replay.len() as u64, Ordering::Relaxed);
                 outcome.result = match written {
                     Ok(()) => splice(&mut *stream, upstream, route.idle_timeout, flow)
                         .await
