@@ -206,6 +206,14 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 .listener_connections_waiting
                 .with_label_values(&[listener.name.as_str()]),
         );
+        // A TLS handshake takes at most `client_header_timeout`; failures are counted and
+        // logged by the gateway, not as Pingora's ERROR line per connection.
+        let handshakes = Arc::new(crate::tls::HandshakeFailures::new(
+            &listener.name,
+            policy.server.client_header_timeout,
+            telemetry.clone(),
+            lifecycle.clone(),
+        ));
         if listener.protocol != ListenerProtocol::Http {
             let mut service = pingora::services::listening::Service::new(
                 format!("meshgate tcp {}", listener.name),
@@ -219,6 +227,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 ),
             );
             service.set_connection_filter(Arc::new(AcceptGate(limit)));
+            service.set_handshake_observer(handshakes);
             // No read buffer: bytes go from the socket straight into the splice's buffers.
             let tcp = ListenerConfig::tcp(listener.addr.to_string())
                 .l4_buffer(L4BufferSettings::default().read(0));
@@ -240,15 +249,10 @@ pub fn run(options: RunOptions) -> Result<(), String> {
                 &policy.server,
                 limit.clone(),
                 lifecycle.clone(),
-                crate::tls::HandshakeFailures::new(
-                    &listener.name,
-                    policy.server.client_header_timeout,
-                    telemetry.clone(),
-                    lifecycle.clone(),
-                ),
             ),
         );
         proxy.set_connection_filter(Arc::new(AcceptGate(limit)));
+        proxy.set_handshake_observer(handshakes);
         match store.tls.listener(&listener.name) {
             // No read buffer under a plain connection: Pingora reads heads and bodies into
             // buffers of its own, and the stream's 64 KiB read buffer would stay allocated

@@ -63,6 +63,16 @@ impl CompiledPolicy {
             .copied()
             .find(|&i| self.tcp_routes[i].matches_sni(sni))
     }
+
+    /// A route's `listeners` (indexes) by name, when it names them.
+    pub fn listener_names(&self, indexes: Option<&[usize]>) -> Option<Vec<String>> {
+        indexes.map(|indexes| {
+            indexes
+                .iter()
+                .map(|&i| self.listeners[i].name.clone())
+                .collect()
+        })
+    }
 }
 
 /// `[rate_limit_store]`: the Redis that `scope = "global"` limits share.

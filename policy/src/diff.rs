@@ -173,14 +173,8 @@ fn route_keys(
     b: &Route,
 ) -> Vec<&'static str> {
     // Listeners and upstreams are referred to by index: compare their names.
-    let listeners = |policy: &CompiledPolicy, route: &Route| {
-        route.listeners.as_ref().map(|indexes| {
-            indexes
-                .iter()
-                .map(|&i| policy.listeners[i].name.clone())
-                .collect::<Vec<_>>()
-        })
-    };
+    let listeners =
+        |policy: &CompiledPolicy, route: &Route| policy.listener_names(route.listeners.as_deref());
     let splits = |policy: &CompiledPolicy, route: &Route| {
         route
             .splits

@@ -14,12 +14,7 @@ pub(super) fn route_infos(snapshot: &Snapshot) -> Vec<TcpRouteInfo> {
         .iter()
         .map(|route| TcpRouteInfo {
             name: route.name.clone(),
-            listeners: route.listeners.as_ref().map(|indexes| {
-                indexes
-                    .iter()
-                    .map(|&i| policy.listeners[i].name.clone())
-                    .collect()
-            }),
+            listeners: policy.listener_names(route.listeners.as_deref()),
             sni: route.sni.iter().map(ToString::to_string).collect(),
             split: split_infos(policy, &route.splits),
             allow: route

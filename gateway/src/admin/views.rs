@@ -191,12 +191,7 @@ impl GatewayAdmin {
             .enumerate()
             .map(|(index, route)| RouteInfo {
                 name: route.name.clone(),
-                listeners: route.listeners.as_ref().map(|indexes| {
-                    indexes
-                        .iter()
-                        .map(|&i| policy.listeners[i].name.clone())
-                        .collect()
-                }),
+                listeners: policy.listener_names(route.listeners.as_deref()),
                 host: route.matcher.host.as_ref().map(ToString::to_string),
                 path: route.matcher.path.as_ref().map(|p| match p {
                     PathMatch::Prefix(prefix) => format!("prefix {prefix}"),

@@ -34,7 +34,6 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::connection::{ConnectionLimit, HeadTimedStream, H2_PREFACE};
 use crate::lifecycle::Lifecycle;
-use crate::tls::HandshakeFailures;
 use meshgate_policy::compiled::ServerSettings;
 
 /// The most bytes one wait for a request reads: Pingora's first read of a head reads as much
@@ -56,21 +55,18 @@ pub struct GuardedApp<A> {
     preserve_header_case: bool,
     limit: Arc<ConnectionLimit>,
     lifecycle: Arc<Lifecycle>,
-    /// The listener's failed TLS handshakes.
-    handshakes: HandshakeFailures,
 }
 
 impl<A> GuardedApp<A> {
     /// Guards `inner` with `server`'s settings: heads must arrive within
     /// `client_header_timeout`, a connection may stay idle between requests for
     /// `client_idle_timeout`, and the listener serves at most `limit`'s number of connections
-    /// at once. Its failed TLS handshakes go to `handshakes`.
+    /// at once.
     pub fn new(
         inner: Arc<A>,
         server: &ServerSettings,
         limit: Arc<ConnectionLimit>,
         lifecycle: Arc<Lifecycle>,
-        handshakes: HandshakeFailures,
     ) -> Self {
         GuardedApp {
             inner,
@@ -79,7 +75,6 @@ impl<A> GuardedApp<A> {
             preserve_header_case: server.preserve_header_case,
             limit,
             lifecycle,
-            handshakes,
         }
     }
 
@@ -139,18 +134,6 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     /// stop, racing with requests already on the wire. It is left out: [`HeadTimedStream`]
     /// closes idle connections after [`crate::lifecycle::DRAIN_IDLE`] instead.
     async fn cleanup(&self) {}
-
-    fn handshake_timeout(&self) -> Duration {
-        self.handshakes.timeout()
-    }
-
-    fn handshake_failed(
-        &self,
-        peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
-        error: Option<&pingora::Error>,
-    ) {
-        self.handshakes.record(peer, error);
-    }
 }
 
 impl<A: InPlaceHttpApp + Send + Sync + 'static> GuardedApp<A> {

@@ -35,7 +35,7 @@ use crate::proxy::connection::ConnectionLimit;
 use crate::reload::PolicyStore;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
-use crate::tls::{HandshakeFailures, PeerTls};
+use crate::tls::PeerTls;
 use crate::upstream::{breaker_give_back, EndpointState, UpstreamState};
 
 /// Tries to connect per connection: the first endpoint and two others when connecting fails.
@@ -138,8 +138,6 @@ pub struct TcpApp {
     /// How long a passthrough client has to send its ClientHello.
     hello_timeout: Duration,
     connector: TransportConnector,
-    /// The listener's failed TLS handshakes (a `tcp` listener with `[listeners.tls]`).
-    handshakes: HandshakeFailures,
 }
 
 impl TcpApp {
@@ -152,12 +150,6 @@ impl TcpApp {
         listener: &meshgate_policy::compiled::Listener,
         hello_timeout: Duration,
     ) -> Self {
-        let handshakes = HandshakeFailures::new(
-            &listener.name,
-            hello_timeout,
-            telemetry.clone(),
-            lifecycle.clone(),
-        );
         let active = telemetry
             .metrics
             .tcp
@@ -173,7 +165,6 @@ impl TcpApp {
             protocol: listener.protocol,
             hello_timeout,
             connector: TransportConnector::new(None),
-            handshakes,
         }
     }
 }
@@ -196,37 +187,22 @@ impl ServerApp for TcpApp {
     /// Open connections run on through a drain or an upgrade, until they end or the grace
     /// period does.
     async fn cleanup(&self) {}
-
-    fn handshake_timeout(&self) -> Duration {
-        self.handshakes.timeout()
-    }
-
-    fn handshake_failed(
-        &self,
-        peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
-        error: Option<&pingora::Error>,
-    ) {
-        self.handshakes.record(peer, error);
-    }
 }
 
 impl TcpApp {
     async fn serve(&self, mut stream: Stream) {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|s| s.peer_addr().and_then(|a| a.as_inet()).copied());
-        if peer.is_some_and(|peer| self.lifecycle.take_probe(peer)) {
-            return;
-        }
-        let started = Instant::now();
-        let active = &self.active;
-        active.inc();
         let socket = stream.get_socket_digest();
         let client = socket
             .as_ref()
             .and_then(|s| s.peer_addr())
             .and_then(|a| a.as_inet())
             .copied();
+        if client.is_some_and(|client| self.lifecycle.take_probe(client)) {
+            return;
+        }
+        let started = Instant::now();
+        let active = &self.active;
+        active.inc();
         let local = socket
             .as_ref()
             .and_then(|s| s.local_addr())

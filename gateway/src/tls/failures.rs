@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora::services::listening::HandshakeObserver;
+
 use crate::lifecycle::Lifecycle;
 use crate::telemetry::Telemetry;
 
@@ -41,7 +43,7 @@ pub(super) fn client_left(error: &std::io::Error) -> bool {
     )
 }
 
-/// One listener's failed handshakes.
+/// One listener's handshakes: held to its timeout, their failures counted and logged.
 pub struct HandshakeFailures {
     listener: String,
     telemetry: Arc<Telemetry>,
@@ -67,15 +69,16 @@ impl HandshakeFailures {
             timeout,
         }
     }
+}
 
-    /// How long a handshake may take.
-    pub fn timeout(&self) -> Duration {
+impl HandshakeObserver for HandshakeFailures {
+    fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// Counts and (throttled) logs a handshake from `peer` that failed with `error`, or did
     /// not finish in time (`None`).
-    pub fn record(
+    fn failed(
         &self,
         peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
         error: Option<&pingora::Error>,

@@ -13,7 +13,7 @@ pub fn route_table(policy: &CompiledPolicy, route: &Route) -> Map<String, Value>
     entry.put("name", route.name.as_str());
     entry.opt(
         "listeners",
-        listener_names(policy, route.listeners.as_deref()),
+        policy.listener_names(route.listeners.as_deref()),
     );
     entry.put("match", matcher(route));
     match &route.direct {
@@ -282,7 +282,7 @@ pub fn tcp_route_table(
     entry.put("name", route.name.as_str());
     entry.opt(
         "listeners",
-        listener_names(policy, route.listeners.as_deref()),
+        policy.listener_names(route.listeners.as_deref()),
     );
     if !route.sni.is_empty() {
         let mut matcher = Table::new();
@@ -332,14 +332,4 @@ fn splits(policy: &CompiledPolicy, splits: &[crate::compiled::Split]) -> Vec<Val
             Value::from(side)
         })
         .collect()
-}
-
-/// A route's `listeners` by name, when it names them.
-fn listener_names(policy: &CompiledPolicy, indexes: Option<&[usize]>) -> Option<Vec<String>> {
-    indexes.map(|indexes| {
-        indexes
-            .iter()
-            .map(|&i| policy.listeners[i].name.clone())
-            .collect()
-    })
 }

@@ -57,27 +57,6 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
-
-    /// meshgate patch: how long a downstream connection's handshake (TLS) may take; Pingora
-    /// always allowed 60 seconds.
-    fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(60)
-    }
-
-    /// meshgate patch: called when a downstream connection's handshake (TLS) fails, with the
-    /// error, or does not finish in time, with `None`. The default logs an ERROR per
-    /// connection, as Pingora always did; an application may count and throttle instead.
-    fn handshake_failed(
-        &self,
-        peer: Option<&crate::protocols::l4::socket::SocketAddr>,
-        error: Option<&pingora_error::Error>,
-    ) {
-        match (peer, error) {
-            (Some(addr), Some(e)) => error!("Downstream handshake error from {}: {e}", addr),
-            (None, Some(e)) => error!("Downstream handshake error: {e}"),
-            (_, None) => error!("Downstream handshake timeout"),
-        }
-    }
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]

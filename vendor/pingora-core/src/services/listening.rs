@@ -38,9 +38,38 @@ use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
+
+/// meshgate patch: what a service does with its downstream handshakes (TLS): how long one may
+/// take, and what a failed or timed-out one does. The defaults are Pingora's: 60 seconds, and
+/// an ERROR line per failure.
+pub trait HandshakeObserver: Send + Sync {
+    /// How long a handshake may take.
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    /// A handshake from `peer` failed with `error`, or did not finish in time (`None`).
+    fn failed(
+        &self,
+        peer: Option<&crate::protocols::l4::socket::SocketAddr>,
+        error: Option<&pingora_error::Error>,
+    ) {
+        match (peer, error) {
+            (Some(addr), Some(e)) => error!("Downstream handshake error from {}: {e}", addr),
+            (None, Some(e)) => error!("Downstream handshake error: {e}"),
+            (_, None) => error!("Downstream handshake timeout"),
+        }
+    }
+}
+
+/// meshgate patch: Pingora's own handling of handshakes.
+pub struct LoggedHandshakes;
+
+impl HandshakeObserver for LoggedHandshakes {}
 
 /// The type of service that is associated with a list of listening endpoints and a particular application
 pub struct Service<A> {
@@ -52,6 +81,8 @@ pub struct Service<A> {
     runtime_opts_override: Option<RuntimeOptsOverride>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
+    /// meshgate patch: see [`HandshakeObserver`].
+    handshakes: Arc<dyn HandshakeObserver>,
 }
 
 impl<A> Service<A> {
@@ -65,6 +96,7 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            handshakes: Arc::new(LoggedHandshakes),
         }
     }
 
@@ -79,6 +111,7 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            handshakes: Arc::new(LoggedHandshakes),
         }
     }
 
@@ -87,6 +120,12 @@ impl<A> Service<A> {
     /// Returning [`None`] from the override uses the global runtime options.
     pub fn set_runtime_opts_override(&mut self, override_fn: RuntimeOptsOverride) {
         self.runtime_opts_override = Some(override_fn);
+    }
+
+    /// meshgate patch: how this service's downstream handshakes are timed and their failures
+    /// handled (by default Pingora's: 60 seconds, an ERROR line per failure).
+    pub fn set_handshake_observer(&mut self, observer: Arc<dyn HandshakeObserver>) {
+        self.handshakes = observer;
     }
 
     /// Set a custom connection filter for this service.
@@ -202,6 +241,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        handshakes: Arc<dyn HandshakeObserver>,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -228,24 +268,23 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let handshakes = handshakes.clone();
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
                         // meshgate patch: the handshake future (the TLS acceptor's, about
                         // 8 KB) is boxed for the handshake's time only. Inline, it sized this
                         // connection task, which lives (and stays resident) as long as the
                         // connection, idle keepalive connections included.
-                        // meshgate patch: the application's handshake timeout.
-                        let handshake_timeout = app.handshake_timeout();
-                        match timeout(handshake_timeout, Box::pin(io.handshake())).await {
+                        // meshgate patch: the service's handshake timeout and handling of
+                        // failures (`HandshakeObserver`).
+                        match timeout(handshakes.timeout(), Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    // meshgate patch: the application decides what a
-                                    // failed handshake logs (`ServerApp::handshake_failed`).
-                                    Err(e) => app.handshake_failed(peer_addr.as_ref(), Some(&e)),
+                                    Err(e) => handshakes.failed(peer_addr.as_ref(), Some(&e)),
                                 }
                             }
-                            Err(_) => app.handshake_failed(peer_addr.as_ref(), None),
+                            Err(_) => handshakes.failed(peer_addr.as_ref(), None),
                         }
                     });
                 }
@@ -303,9 +342,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
+                let handshakes = self.handshakes.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, handshakes).await;
                 });
 
                 handlers.push(jh);

@@ -41,7 +41,7 @@ pub async fn handshake<S: IO>(ssl_acceptor: &SslAcceptor, io: S) -> Result<SslSt
     stream
         .accept()
         .await
-        // meshgate patch: BoringSSL's error kept as the cause (see apps::ServerApp::handshake_failed).
+        // meshgate patch: BoringSSL's error kept as the cause (see services::listening::HandshakeObserver).
         .or_err(TLSHandshakeFailure, "TLS accept() failed")?;
     Ok(stream)
 }
@@ -56,7 +56,7 @@ pub async fn handshake_with_callback<S: IO>(
     let done = Pin::new(&mut tls_stream)
         .start_accept()
         .await
-        // meshgate patch: BoringSSL's error kept as the cause (see apps::ServerApp::handshake_failed).
+        // meshgate patch: BoringSSL's error kept as the cause (see services::listening::HandshakeObserver).
         .or_err(TLSHandshakeFailure, "TLS accept() failed")?;
     if !done {
         // safety: we do hold a mut ref of tls_stream
@@ -65,7 +65,7 @@ pub async fn handshake_with_callback<S: IO>(
         Pin::new(&mut tls_stream)
             .resume_accept()
             .await
-            // meshgate patch: BoringSSL's error kept as the cause (see apps::ServerApp::handshake_failed).
+            // meshgate patch: BoringSSL's error kept as the cause (see services::listening::HandshakeObserver).
             .or_err(TLSHandshakeFailure, "TLS accept() failed")?;
     }
     {
