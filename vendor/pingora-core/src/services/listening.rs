@@ -52,6 +52,13 @@ pub trait HandshakeObserver: Send + Sync {
         Duration::from_secs(60)
     }
 
+    /// meshgate patch: called in the accept loop for each accepted connection, before its
+    /// handshake starts; what it returns is held until the handshake ends, however it ends
+    /// (so a service can count handshakes in progress against a connection limit).
+    fn started(&self) -> Option<Box<dyn Send>> {
+        None
+    }
+
     /// A handshake from `peer` failed with `error`, or did not finish in time (`None`).
     fn failed(
         &self,
@@ -269,6 +276,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     let handshakes = handshakes.clone();
+                    // meshgate patch: taken here, before the next accept, so the count of
+                    // handshakes in progress is exact when the next connection is filtered.
+                    let handshaking = handshakes.started();
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
                         // meshgate patch: the handshake future (the TLS acceptor's, about
@@ -277,7 +287,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         // connection, idle keepalive connections included.
                         // meshgate patch: the service's handshake timeout and handling of
                         // failures (`HandshakeObserver`).
-                        match timeout(handshakes.timeout(), Box::pin(io.handshake())).await {
+                        let handshake =
+                            timeout(handshakes.timeout(), Box::pin(io.handshake())).await;
+                        drop(handshaking);
+                        match handshake {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,

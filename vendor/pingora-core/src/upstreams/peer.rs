@@ -544,6 +544,9 @@ pub struct PeerOptions {
     /// meshgate patch: whether HTTP/1 response headers from this peer keep each header name's
     /// case as received. Defaults to true.
     pub preserve_header_case: bool,
+    /// meshgate patch: the largest HTTP/1 response head read from this peer, in bytes; a
+    /// larger one fails with `InvalidHTTPHeader`. Defaults to Pingora's fixed limit (1 MiB).
+    pub max_response_header_size: usize,
     /// Controls automatically forwarded request headers sent to HTTP upstreams.
     pub http_upstream_request_policy: HttpUpstreamRequestPolicy,
     pub extra_proxy_headers: BTreeMap<String, Vec<u8>>,
@@ -604,6 +607,7 @@ impl PeerOptions {
             h2_connection_window_size: None,
             allow_h1_response_invalid_content_length: false,
             preserve_header_case: true,
+            max_response_header_size: crate::protocols::http::v1::client::MAX_RESPONSE_HEADER_SIZE,
             http_upstream_request_policy: HttpUpstreamRequestPolicy::default(),
             extra_proxy_headers: BTreeMap::new(),
             curves: None,

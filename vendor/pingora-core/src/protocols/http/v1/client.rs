@@ -69,7 +69,13 @@ pub struct HttpSession {
     allow_h1_response_invalid_content_length: bool,
     /// meshgate patch: whether the response header keeps each header name's case as received.
     preserve_header_case: bool,
+    /// meshgate patch: the largest response head accepted, in bytes.
+    max_response_header_size: usize,
 }
+
+/// meshgate patch: the largest response head a client session accepts unless told otherwise
+/// (Pingora's fixed limit).
+pub const MAX_RESPONSE_HEADER_SIZE: usize = MAX_HEADER_SIZE;
 
 /// HTTP 1.x client session
 impl HttpSession {
@@ -103,6 +109,7 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             preserve_header_case: true,
+            max_response_header_size: MAX_HEADER_SIZE,
         }
     }
 
@@ -114,6 +121,7 @@ impl HttpSession {
                 options.allow_h1_response_invalid_content_length,
             );
             session.set_preserve_header_case(options.preserve_header_case);
+            session.max_response_header_size = options.max_response_header_size;
         }
         session
     }
@@ -280,6 +288,16 @@ impl HttpSession {
                 let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
                 match parsed {
                     HeaderParseState::Complete(s) => {
+                        // meshgate patch: the limit holds for a head read in one go too.
+                        if s > self.max_response_header_size {
+                            return self.fail_response_header_read(Error::explain(
+                                InvalidHTTPHeader,
+                                format!(
+                                    "Response header larger than {}",
+                                    self.max_response_header_size
+                                ),
+                            ));
+                        }
                         let total_read = self.response_header_read_buf.len();
                         let base = self.response_header_read_buf.as_ptr() as usize;
                         let mut header_refs = Vec::<KVRef>::with_capacity(resp.headers.len());
@@ -376,13 +394,17 @@ impl HttpSession {
             }
 
             let already_read = self.response_header_read_buf.len();
-            if already_read > MAX_HEADER_SIZE {
+            // meshgate patch: the session's limit, not only Pingora's fixed one.
+            if already_read > self.max_response_header_size {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
                 return self.fail_response_header_read(Error::explain(
                     InvalidHTTPHeader,
-                    format!("Response header larger than {MAX_HEADER_SIZE}"),
+                    format!(
+                        "Response header larger than {}",
+                        self.max_response_header_size
+                    ),
                 ));
             }
 

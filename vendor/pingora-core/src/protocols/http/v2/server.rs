@@ -133,14 +133,34 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 // meshgate patch: public, so an application that places each stream's future itself (to
 // build it in its box rather than copy it there) can still use this accept loop.
 pub async fn accept_downstream_sessions<F>(
+    conn: H2Connection<Stream>,
+    digest: Arc<Digest>,
+    shutdown: ShutdownWatch,
+    idle_timeout: Option<Duration>,
+    on_session: F,
+) where
+    F: FnMut(HttpSession, StreamGuard),
+{
+    accept_downstream_sessions_until(conn, digest, shutdown, idle_timeout, None, on_session).await
+}
+
+/// meshgate patch: [`accept_downstream_sessions`], where a connection that has not opened a
+/// stream by `first_request_deadline` is closed, and a connection closed for being idle (or
+/// late) is told so with a `GOAWAY` first. Without the deadline, a client that sends the
+/// preface and SETTINGS and then nothing held its connection (and a place under the
+/// listener's connection limit) for as long as the idle timeout allowed, or forever without
+/// one.
+pub async fn accept_downstream_sessions_until<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
+    first_request_deadline: Option<tokio::time::Instant>,
     mut on_session: F,
 ) where
     F: FnMut(HttpSession, StreamGuard),
 {
+    let mut first_request_deadline = first_request_deadline;
     let mut shutdown_initiated = false;
     // Per-connection budget for malformed streams (see MAX_MALFORMED_STREAMS_PER_CONN).
     let mut malformed_streams = 0usize;
@@ -174,9 +194,15 @@ pub async fn accept_downstream_sessions<F>(
                 // waits for all active streams to finish before starting a fresh
                 // idle period.
                 _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()), if idle_timeout.is_some() => {
-                    // Idle with nothing in flight: drop `conn` to close the
-                    // socket now (no graceful GOAWAY wait that could hang on
-                    // a dead peer).
+                    // Idle with nothing in flight: close now (no graceful GOAWAY wait
+                    // that could hang on a dead peer). meshgate patch: the client is
+                    // told with a GOAWAY, flushed within a bound.
+                    close_with_goaway(&mut conn).await;
+                    return;
+                }
+                // meshgate patch: no stream opened in time.
+                _ = tokio::time::sleep_until(first_request_deadline.unwrap_or_else(tokio::time::Instant::now)), if first_request_deadline.is_some() => {
+                    close_with_goaway(&mut conn).await;
                     return;
                 }
             }
@@ -194,10 +220,25 @@ pub async fn accept_downstream_sessions<F>(
             // connection alive and continue accepting sibling streams.
             Ok(Some(H2Accept::Rejected)) => continue,
             Ok(Some(H2Accept::Session(session))) => {
+                first_request_deadline = None;
                 on_session(session, active.start_session());
             }
         }
     }
+}
+
+/// meshgate patch: how long a connection closed for idleness may take to send its `GOAWAY`.
+const GOAWAY_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
+/// meshgate patch: sends a `GOAWAY` (no error) and drives the connection until it is flushed
+/// and closed, for at most [`GOAWAY_FLUSH_LIMIT`]; streams the client opens meanwhile are
+/// refused by the `GOAWAY`'s last stream id.
+async fn close_with_goaway(conn: &mut H2Connection<Stream>) {
+    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+    let _ = timeout(GOAWAY_FLUSH_LIMIT, async {
+        while let Some(Ok(_)) = conn.accept().await {}
+    })
+    .await;
 }
 
 /// Tracks one in-flight downstream H2 session for [`accept_downstream_sessions`].
