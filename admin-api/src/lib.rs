@@ -8,6 +8,7 @@
 mod config;
 mod endpoints;
 mod explain;
+mod host;
 mod model;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 pub use explain::parse_explain_query;
+pub use host::AllowedHosts;
 pub use model::*;
 
 /// Largest request body the API reads: policies are text files of a few KiB.
@@ -98,8 +100,9 @@ struct AppState {
     token: Arc<str>,
 }
 
-/// Builds the API's router.
-pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
+/// Builds the API's router. Every endpoint answers only requests whose `Host` is an IP
+/// literal, `localhost` or one of `allowed_hosts` (`421` otherwise).
+pub fn router(backend: Arc<dyn AdminBackend>, token: &str, allowed_hosts: AllowedHosts) -> Router {
     let state = AppState {
         backend,
         token: Arc::from(token),
@@ -136,6 +139,10 @@ pub fn router(backend: Arc<dyn AdminBackend>, token: &str) -> Router {
             )
         })
         .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            allowed_hosts,
+            host::require_own_host,
+        ))
 }
 
 /// The metrics-only listener's routes: `GET /metrics` and `GET /healthz`, no token. It lets
@@ -176,9 +183,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     backend: Arc<dyn AdminBackend>,
     token: &str,
+    allowed_hosts: AllowedHosts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(backend, token))
+    axum::serve(listener, router(backend, token, allowed_hosts))
         .with_graceful_shutdown(shutdown)
         .await
 }

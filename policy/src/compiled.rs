@@ -163,6 +163,8 @@ pub struct ServerSettings {
     pub max_request_headers: usize,
     /// Longest request line (method and target) in bytes; `414` over it.
     pub max_uri_size: usize,
+    /// Largest HTTP/1.1 response head an upstream may send, in bytes; `502` over it.
+    pub max_upstream_response_header_size: usize,
     /// Whether HTTP/1.1 header names keep the case they arrived in, both ways.
     pub preserve_header_case: bool,
 }
@@ -178,6 +180,8 @@ pub struct AdminSettings {
     pub token_file_explicit: bool,
     /// Applied policies kept for rollback.
     pub history: usize,
+    /// Host names the API answers besides IP literals and `localhost` (lower-case).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Where access log lines go.
@@ -425,6 +429,8 @@ pub struct UpstreamSpec {
     pub schedule: Vec<u32>,
     /// How long an idle pooled connection is kept.
     pub idle_timeout: Duration,
+    /// Longest wait for the upstream to send the next bytes of its answer.
+    pub read_timeout: Duration,
     /// Active health checks.
     pub health_check: Option<HealthCheckSpec>,
     /// Concurrency limits.

@@ -251,6 +251,7 @@ fn upstream_keys(
         ("connect_timeout", a.connect_timeout != b.connect_timeout),
         ("protocol", a.protocol != b.protocol),
         ("idle_timeout", a.idle_timeout != b.idle_timeout),
+        ("read_timeout", a.read_timeout != b.read_timeout),
         ("health_check", a.health_check != b.health_check),
         ("circuit_breaker", a.circuit_breaker != b.circuit_breaker),
         (

@@ -31,6 +31,25 @@ pub fn read_policy_file(path: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
+/// Refuses a secret's file that anyone but its owner may read or write, as `ssh` refuses a
+/// private key file: the error names the file, its mode and the command that fixes it.
+pub fn check_private_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {mode:04o}: a file holding a secret must be readable by its owner only (run `chmod 600 {}`)",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn read_regular_file(path: &Path, limit: u64, what_may: &str) -> Result<Vec<u8>, String> {
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -39,6 +39,9 @@ pub struct FleetSection {
     pub username: Option<String>,
     /// File holding the etcd user's password.
     pub password_file: Option<PathBuf>,
+    /// The folder whose files the fleet document may name (certificates, JWKS files, the
+    /// access log); without it the fleet document may name no file.
+    pub files_dir: Option<PathBuf>,
 }
 
 /// `[fleet.tls]` as written.
@@ -70,6 +73,8 @@ pub struct FleetSettings {
     pub identity: Option<(PathBuf, PathBuf)>,
     /// etcd user name and the file of its password.
     pub credentials: Option<(String, PathBuf)>,
+    /// `files_dir`, resolved: the folder whose files the fleet document may name.
+    pub files_dir: Option<PathBuf>,
 }
 
 /// Which document an error is in, when a node's policy is its local file and the fleet

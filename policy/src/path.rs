@@ -12,7 +12,14 @@
 //!
 //! Paths the gateway cannot route safely are refused instead: one that climbs above the root,
 //! one that holds an encoded `/` or `\` (`%2F`, `%5C`) whose meaning differs between upstreams,
-//! a raw `\`, an encoded NUL or control character, or a malformed escape.
+//! a raw `\`, an encoded NUL or control character, a malformed escape, or a dot segment with
+//! parameters (`/..;/`, `/.;x/`): the gateway reads `..;` as a name, but Tomcat and Spring
+//! drop the `;` part and then resolve the `..`, so `/pub/..;/admin` would be routed by `/pub/`
+//! and served as `/admin`.
+//!
+//! A route's `rewrite` runs after normalization, so its result is checked again
+//! ([`check_rewritten_path`]): `/static../k` rewritten from `/static` to `/assets/` would
+//! forward `/assets/../k`.
 
 use std::borrow::Cow;
 
@@ -29,6 +36,10 @@ pub enum BadPath {
     ControlCharacter,
     /// A `%` not followed by two hex digits.
     MalformedEscape,
+    /// A `.` or `..` segment followed by parameters (`..;x`), which some upstreams resolve.
+    DotSegmentWithParameters,
+    /// The route's rewrite made a path with a `..` segment.
+    RewriteMadeDotSegment,
 }
 
 impl BadPath {
@@ -40,6 +51,12 @@ impl BadPath {
             BadPath::Backslash => "the path holds a \"\\\"",
             BadPath::ControlCharacter => "the path holds an encoded NUL or control character",
             BadPath::MalformedEscape => "the path holds a \"%\" not followed by two hex digits",
+            BadPath::DotSegmentWithParameters => {
+                "the path holds a dot segment with parameters (\"..;\"), which some upstreams resolve as \"..\""
+            }
+            BadPath::RewriteMadeDotSegment => {
+                "the route's rewrite made a path with a \"..\" segment"
+            }
         }
     }
 }
@@ -79,6 +96,9 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
                 trailing_slash = last;
             }
             other => {
+                if is_dot_segment_with_parameters(other) {
+                    return Err(BadPath::DotSegmentWithParameters);
+                }
                 output.push(other);
                 trailing_slash = false;
             }
@@ -99,7 +119,8 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
 /// no dot segment.
 fn is_normal(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if bytes.contains(&b'%') {
+    // `;` starts a segment's parameters, which the slow path looks at (`..;`).
+    if bytes.iter().any(|&b| b == b'%' || b == b';') {
         return false;
     }
     // Look at each segment start: `//`, `/./`, `/../`, or a final `/.` or `/..`.
@@ -114,6 +135,40 @@ fn is_normal(path: &str) -> bool {
             || rest == b".."
             || rest.starts_with(b"../"))
     })
+}
+
+/// Whether `segment` (decoded) is `.` or `..` followed by parameters: `..;x`, `.;`, or the
+/// same with an encoded `;` (`..%3B`).
+fn is_dot_segment_with_parameters(segment: &str) -> bool {
+    let name = match segment.find(';') {
+        Some(at) => &segment[..at],
+        None => segment,
+    };
+    let name = match name
+        .as_bytes()
+        .windows(3)
+        .position(|w| w.eq_ignore_ascii_case(b"%3b"))
+    {
+        Some(at) => &name[..at],
+        None if name.len() == segment.len() => return false,
+        None => name,
+    };
+    name == "." || name == ".."
+}
+
+/// Checks a path a route's `rewrite` made from a normal path: its `..` segments (which
+/// the rewrite's own text brought next to the request's) are refused, not resolved, since
+/// resolving them would leave the folder the rewrite names; anything else is put in normal
+/// form. The path as given when it is already normal.
+pub fn check_rewritten_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    if !path.starts_with('/') || is_normal(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    if decoded.split('/').any(|segment| segment == "..") {
+        return Err(BadPath::RewriteMadeDotSegment);
+    }
+    normalize_path(path).map(|normal| Cow::Owned(normal.into_owned()))
 }
 
 fn hex_value(digit: u8) -> Option<u8> {
@@ -209,5 +264,49 @@ mod tests {
         assert_eq!(normalize_path("/a%00b"), Err(BadPath::ControlCharacter));
         assert_eq!(normalize_path("/a%zz"), Err(BadPath::MalformedEscape));
         assert_eq!(normalize_path("/a%4"), Err(BadPath::MalformedEscape));
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for path in [
+            "/pub/..;/admin/x",
+            "/pub/..;jsessionid=1/admin",
+            "/pub/.;/x",
+            "/pub/%2e%2e;/admin",
+            "/pub/..%3b/admin",
+            "/pub/..%3B/admin",
+            "/..;",
+        ] {
+            assert_eq!(
+                normalize_path(path),
+                Err(BadPath::DotSegmentWithParameters),
+                "{path}"
+            );
+        }
+        // Parameters on a name, and dots inside a name, are kept.
+        assert_eq!(normal("/a;jsessionid=1/b"), "/a;jsessionid=1/b");
+        assert_eq!(normal("/a/..b;x/c"), "/a/..b;x/c");
+        assert_eq!(normal("/a/...;x"), "/a/...;x");
+    }
+
+    #[test]
+    fn rewritten_paths_with_dot_dot_segments_are_refused() {
+        assert_eq!(
+            check_rewritten_path("/assets/../private/k"),
+            Err(BadPath::RewriteMadeDotSegment)
+        );
+        assert_eq!(
+            check_rewritten_path("/assets/%2e%2e/private/k"),
+            Err(BadPath::RewriteMadeDotSegment)
+        );
+        assert_eq!(
+            check_rewritten_path("/assets/..;/k"),
+            Err(BadPath::DotSegmentWithParameters)
+        );
+        assert_eq!(check_rewritten_path("/v2//x/./y").unwrap(), "/v2/x/y");
+        assert!(matches!(
+            check_rewritten_path("/assets/app.js"),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 }

@@ -77,6 +77,8 @@ pub struct ServerSection {
     pub max_request_headers: Option<u32>,
     /// Longest request target, path and query (default 8KiB).
     pub max_uri_size: Option<ByteSize>,
+    /// Largest HTTP/1.1 response head an upstream may send (default 64KiB); `502` over it.
+    pub max_upstream_response_header_size: Option<ByteSize>,
     /// Whether HTTP/1.1 header names are forwarded in the case they arrived in (default
     /// false: the common ones titled, the rest lowercase).
     pub preserve_header_case: Option<bool>,
@@ -106,6 +108,8 @@ pub struct AdminSection {
     pub token_file: Option<PathBuf>,
     /// How many applied policies are kept for `GET /policy/history` and rollback (default 20).
     pub history: Option<u32>,
+    /// Host names the admin API answers besides IP literals and `localhost`.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 /// `[telemetry]`.
@@ -238,6 +242,8 @@ pub struct UpstreamSection {
     pub protocol: UpstreamProtocol,
     /// How long an idle pooled connection is kept (default 60s).
     pub idle_timeout: Option<Duration>,
+    /// Longest wait for the upstream to send anything (default 60s): `504` past it.
+    pub read_timeout: Option<Duration>,
     /// Active health checks; none when absent.
     pub health_check: Option<HealthCheckSection>,
     /// Concurrency limits; Envoy-like defaults when absent.

@@ -28,6 +28,11 @@ fn every_key_prints_and_loads_back_the_same() {
     }
     std::fs::write(base.join("jwks.json"), JWKS).unwrap();
     std::fs::write(base.join("token"), "secret-token-of-32-characters-xx").unwrap();
+    std::fs::set_permissions(
+        base.join("token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let source = r#"version = 1
 [server]
 threads = 3
@@ -231,6 +236,12 @@ fn defaults_are_filled_in() {
     std::fs::write(
         dir.path().join("admin.token"),
         "secret-token-of-32-characters-xx",
+    )
+    .unwrap();
+    // Read again as an explicit `token_file`, which must be private.
+    std::fs::set_permissions(
+        dir.path().join("admin.token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
     let source = r#"version = 1

@@ -137,6 +137,10 @@ fn server(policy: &CompiledPolicy) -> Table {
     );
     section.put("max_request_headers", settings.max_request_headers);
     section.put("max_uri_size", size(settings.max_uri_size as u64));
+    section.put(
+        "max_upstream_response_header_size",
+        size(settings.max_upstream_response_header_size as u64),
+    );
     section.put("preserve_header_case", settings.preserve_header_case);
     section.opt("zone", policy.zone.as_deref());
     section
@@ -147,6 +151,9 @@ fn admin(policy: &CompiledPolicy) -> Table {
     section.put("listen", policy.admin.listen.to_string());
     section.put("token_file", path(&policy.admin.token_file));
     section.put("history", policy.admin.history);
+    if !policy.admin.allowed_hosts.is_empty() {
+        section.put("allowed_hosts", policy.admin.allowed_hosts.clone());
+    }
     section
 }
 

@@ -74,6 +74,7 @@ pub fn upstream_table(policy: &CompiledPolicy, index: usize) -> Map<String, Valu
         },
     );
     entry.put("idle_timeout", duration(spec.idle_timeout));
+    entry.put("read_timeout", duration(spec.read_timeout));
     if let Some(check) = &spec.health_check {
         let mut section = Table::new();
         section.put("type", if check.path.is_some() { "http" } else { "tcp" });

@@ -9,6 +9,7 @@ use super::*;
 use crate::fleet::{
     Document, FleetSection, FleetSettings, DEFAULT_HISTORY, FLEET_SECTIONS, LOCAL_TELEMETRY_KEYS,
 };
+use std::path::PathBuf;
 
 /// Top-level keys the fleet document may hold.
 const FLEET_DOCUMENT_KEYS: &[&str] = &[
@@ -83,6 +84,7 @@ pub fn load_with_fleet(
         document: &document,
         base_dir,
         fleet_merged: true,
+        fleet_files_dir: fleet_files_dir(&document, base_dir),
     }
     .compile(&mut sink);
     errors.extend(sink.errors);
@@ -107,6 +109,81 @@ pub fn load_with_fleet(
     located.sort_by_key(|(document, e)| (*document == Document::Fleet, e.line, e.column));
     located.dedup();
     Err(located)
+}
+
+/// The node's `[fleet].files_dir`, resolved through links; `None` when it is absent or not a
+/// folder (`compile_fleet` reports why).
+fn fleet_files_dir(document: &Spanned<DeTable<'_>>, base_dir: &Path) -> Option<PathBuf> {
+    let dir = document
+        .get_ref()
+        .get("fleet")?
+        .get_ref()
+        .as_table()?
+        .get("files_dir")?
+        .get_ref()
+        .as_str()?;
+    let resolved = if Path::new(dir).is_absolute() {
+        PathBuf::from(dir)
+    } else {
+        base_dir.join(dir)
+    };
+    std::fs::canonicalize(resolved)
+        .ok()
+        .filter(|real| real.is_dir())
+}
+
+impl Compiler<'_, '_> {
+    /// Whether a file named at `key` may be used: always in a local policy; in a fleet node's
+    /// merged policy, a file the fleet document names must lie inside `[fleet].files_dir`
+    /// (after resolving links), so that whoever can write the fleet's key in etcd cannot make
+    /// every node read or append to files of its choosing. A refusal is reported at `key`; the
+    /// file is then not opened at all.
+    pub(super) fn file_allowed(
+        &self,
+        file: &Path,
+        key: &KeyPath,
+        sink: &mut ErrorSink<'_>,
+    ) -> bool {
+        let from_fleet = matches!(
+            key.0.first(),
+            Some(crate::error::PathSegment::Key(section)) if FLEET_DOCUMENT_KEYS.contains(&section.as_str())
+        );
+        if !self.fleet_merged || !from_fleet {
+            return true;
+        }
+        let Some(dir) = &self.fleet_files_dir else {
+            sink.at(
+                key,
+                format!(
+                    "the fleet document may not name files ({}): set [fleet].files_dir in the node's file to a folder whose files it may name",
+                    file.display()
+                ),
+            );
+            return false;
+        };
+        // The file itself, or, for a file not created yet (an access log), its folder.
+        let real = std::fs::canonicalize(file).ok().or_else(|| {
+            let folder = std::fs::canonicalize(file.parent()?).ok()?;
+            match file.file_name() {
+                Some(name) if name != ".." => Some(folder.join(name)),
+                _ => None,
+            }
+        });
+        match real {
+            Some(real) if real.starts_with(dir) => true,
+            _ => {
+                sink.at(
+                    key,
+                    format!(
+                        "{} is outside [fleet].files_dir ({}): the fleet document may name only files inside it",
+                        file.display(),
+                        dir.display()
+                    ),
+                );
+                false
+            }
+        }
+    }
 }
 
 /// Checks a fleet document alone, as a push does before staging it: its syntax, and that it
@@ -247,6 +324,26 @@ impl Compiler<'_, '_> {
                 None
             }
         };
+        let files_dir = fleet.files_dir.as_ref().and_then(|dir| {
+            let resolved = self.resolve_path(dir);
+            match std::fs::canonicalize(&resolved) {
+                Ok(real) if real.is_dir() => Some(real),
+                Ok(_) => {
+                    sink.at(
+                        &path.key("files_dir"),
+                        format!("{} is not a folder", resolved.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    sink.at(
+                        &path.key("files_dir"),
+                        format!("cannot use {}: {e}", resolved.display()),
+                    );
+                    None
+                }
+            }
+        });
         (sink.errors.len() == errors_before).then_some(FleetSettings {
             etcd: fleet.etcd,
             prefix,
@@ -255,6 +352,7 @@ impl Compiler<'_, '_> {
             ca,
             identity,
             credentials,
+            files_dir,
         })
     }
 }

@@ -115,6 +115,9 @@ impl Compiler<'_, '_> {
                     }
                 }
                 let path = self.resolve_path(file);
+                if !self.file_allowed(&path, &at.key("jwks_file"), sink) {
+                    return None;
+                }
                 let document = crate::files::read_named_file(&path)
                     .map_err(|message| sink.at(&at.key("jwks_file"), message))
                     .ok()?;
@@ -153,8 +156,10 @@ impl Compiler<'_, '_> {
                 }
                 let ca = spec.jwks_ca.as_ref().map(|file| {
                     let path = self.resolve_path(file);
-                    if let Err(message) = crate::pem::read_certificates(&path) {
-                        sink.at(&at.key("jwks_ca"), message);
+                    if self.file_allowed(&path, &at.key("jwks_ca"), sink) {
+                        if let Err(message) = crate::pem::read_certificates(&path) {
+                            sink.at(&at.key("jwks_ca"), message);
+                        }
                     }
                     path
                 });

@@ -54,6 +54,8 @@ const MAX_ROUTE_WEIGHT: u32 = 10_000;
 const MAX_ENDPOINT_WEIGHT: u32 = 256;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// NGINX's `proxy_read_timeout`.
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_BREAKER_LIMIT: u32 = 1024;
 const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +69,10 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 const MAX_HEADER_FIELDS: u32 = 256;
 /// Upper bound for the head size limits: well under the parser's 1 MiB buffer.
 const MAX_HEAD_LIMIT: u64 = 512 * 1024;
+/// Default `[server].max_upstream_response_header_size`.
+const DEFAULT_MAX_UPSTREAM_RESPONSE_HEADER_SIZE: u64 = 64 * 1024;
+/// The most an upstream's response head may be set to: the HTTP/1 client's own bound.
+const MAX_UPSTREAM_HEAD_LIMIT: u64 = 1024 * 1024;
 const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
 const DEFAULT_HISTORY: u32 = 20;
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -103,6 +109,7 @@ pub fn load(source: &str, base_dir: &Path) -> Result<CompiledPolicy, Vec<PolicyE
         document: &document,
         base_dir,
         fleet_merged: false,
+        fleet_files_dir: None,
     }
     .compile(&mut sink);
     let mut errors = sink.errors;
@@ -160,6 +167,9 @@ struct Compiler<'a, 'd> {
     base_dir: &'a Path,
     /// Whether the document is a node's local file merged with the fleet document.
     fleet_merged: bool,
+    /// With `fleet_merged`: the node's `[fleet].files_dir`, resolved, the only folder whose
+    /// files the fleet document may name.
+    fleet_files_dir: Option<std::path::PathBuf>,
 }
 
 impl Compiler<'_, '_> {

@@ -64,6 +64,15 @@ impl Compiler<'_, '_> {
             "max_uri_size",
             sink,
         );
+        let max_upstream_response_header_size = server
+            .max_upstream_response_header_size
+            .map_or(DEFAULT_MAX_UPSTREAM_RESPONSE_HEADER_SIZE, |s| s.bytes());
+        if !(1024..=MAX_UPSTREAM_HEAD_LIMIT).contains(&max_upstream_response_header_size) {
+            sink.at(
+                &path.key("max_upstream_response_header_size"),
+                "max_upstream_response_header_size must be between 1KiB and 1MiB (the most the HTTP parser reads)",
+            );
+        }
         let max_request_headers = server
             .max_request_headers
             .unwrap_or(DEFAULT_MAX_REQUEST_HEADERS);
@@ -86,6 +95,7 @@ impl Compiler<'_, '_> {
             max_request_header_size,
             max_request_headers: max_request_headers as usize,
             max_uri_size,
+            max_upstream_response_header_size: max_upstream_response_header_size as usize,
             preserve_header_case: server.preserve_header_case.unwrap_or(false),
         }
     }
@@ -117,8 +127,14 @@ impl Compiler<'_, '_> {
         // The same rule `run` applies, so that `meshgate check` refuses what `run` would. A
         // missing default file is created with a fresh token at start, so it is not an error.
         if token_file.exists() {
+            // A file named explicitly must be private; the default one is created 0600.
+            let private = || match token_file_explicit {
+                true => crate::files::check_private_file(&token_file),
+                false => Ok(()),
+            };
             if let Err(message) = crate::files::read_named_file(&token_file)
                 .and_then(|bytes| check_admin_token(&token_file, &bytes).map(|_| ()))
+                .and_then(|()| private())
             {
                 sink.at(&path.key("token_file"), message);
             }
@@ -137,11 +153,32 @@ impl Compiler<'_, '_> {
         if !(1..=1000).contains(&history) {
             sink.at(&path.key("history"), "history must be between 1 and 1000");
         }
+        let mut allowed_hosts = Vec::new();
+        for (i, name) in admin.allowed_hosts.iter().flatten().enumerate() {
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if valid {
+                allowed_hosts.push(name.to_ascii_lowercase());
+            } else {
+                sink.at(
+                    &path.key("allowed_hosts").index(i),
+                    format!("{name:?} is not a host name: give a name alone, such as \"gateway-1.internal\" (no scheme, port or path; IP addresses and localhost are always answered)"),
+                );
+            }
+        }
         Some(AdminSettings {
             listen: listen?,
             token_file,
             token_file_explicit,
             history: history as usize,
+            allowed_hosts,
         })
     }
 }

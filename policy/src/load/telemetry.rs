@@ -22,7 +22,9 @@ impl Compiler<'_, '_> {
             Some(file) => {
                 let resolved = self.resolve_path(Path::new(file));
                 let parent_exists = resolved.parent().is_some_and(|p| p.is_dir());
-                if !parent_exists {
+                if !self.file_allowed(&resolved, &path.key("access_log"), sink) {
+                    // Reported; the other keys of the section are still checked.
+                } else if !parent_exists {
                     sink.at(
                         &path.key("access_log"),
                         format!(

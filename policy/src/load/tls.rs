@@ -12,6 +12,9 @@ impl Compiler<'_, '_> {
         sink: &mut ErrorSink<'_>,
     ) -> std::path::PathBuf {
         let resolved = self.resolve_path(file);
+        if !self.file_allowed(&resolved, path, sink) {
+            return resolved;
+        }
         let checked = if certs {
             crate::pem::read_certificates(&resolved).map(|_| ())
         } else {

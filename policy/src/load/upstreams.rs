@@ -144,6 +144,11 @@ impl Compiler<'_, '_> {
                     .as_ref()
                     .map(|o| compile_outlier(o, &path.key("outlier_detection"), sink));
                 let idle_timeout = spec.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get());
+                let read_timeout = spec.read_timeout.map_or(DEFAULT_READ_TIMEOUT, |d| d.get());
+                if read_timeout.is_zero() {
+                    sink.at(&path.key("read_timeout"), "read_timeout must be more than zero");
+                    ok = false;
+                }
                 let tls = spec
                     .tls
                     .as_ref()
@@ -160,6 +165,7 @@ impl Compiler<'_, '_> {
                 let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
                 Some(UpstreamSpec {
                     idle_timeout,
+                    read_timeout,
                     health_check,
                     circuit_breaker,
                     outlier_detection,
