@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::reload::base_dir_of;
+use crate::files::base_dir_of;
 use crate::server::{run, RunOptions};
 
 /// The default policy file of `run` and `check`.

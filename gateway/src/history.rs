@@ -43,7 +43,7 @@ impl PolicyHistory {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "policy.toml".into());
-        let path = crate::reload::base_dir_of(policy).join(format!("{name}.history.json"));
+        let path = crate::files::base_dir_of(policy).join(format!("{name}.history.json"));
         let entries = match std::fs::metadata(&path) {
             Err(_) => VecDeque::new(),
             Ok(_) => match std::fs::read(&path)
@@ -100,7 +100,7 @@ impl PolicyHistory {
             entries: self.entries.iter().cloned().collect(),
         };
         let text = serde_json::to_vec(&stored).map_err(std::io::Error::other)?;
-        crate::reload::write_then_rename(&self.path, &text)
+        crate::files::write_then_rename(&self.path, &text)
     }
 
     /// The entry of `version`.

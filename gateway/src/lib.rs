@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod discovery;
+pub mod files;
 pub mod fleet;
 pub mod history;
 pub mod lifecycle;

@@ -3,7 +3,6 @@
 //! change came through the API, then swap one pointer. Requests in flight keep the snapshot
 //! they loaded; new requests see the new one.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -116,16 +115,7 @@ fn warnings(source: &str, compiled: &CompiledPolicy, merged: bool) -> Vec<ErrorI
     to_items(meshgate_policy::warnings_of(source, compiled))
 }
 
-/// The folder relative paths in a policy file are resolved against.
-pub fn base_dir_of(path: &Path) -> PathBuf {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    // Absolute, so that the files a policy names stay the same files whatever the working
-    // directory later is, and `/config` shows where they are.
-    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
-}
+pub use crate::files::base_dir_of;
 
 impl PolicyStore {
     /// Loads the policy file at startup; every error is returned when it is invalid.
@@ -526,25 +516,10 @@ impl PolicyStore {
     }
 }
 
-/// Writes `source` beside `path` and renames it over `path`, so readers never see half a file.
+/// Writes `source` beside `path` and renames it over `path`, so readers never see half a file,
+/// keeping the file's permissions.
 fn persist(path: &Path, source: &str) -> std::io::Result<()> {
-    write_then_rename(path, source.as_bytes())
-}
-
-/// Writes `contents` to a temporary file beside `path`, syncs it, and renames it over `path`,
-/// so that a reader sees the old file or the new one, never a part.
-pub(crate) fn write_then_rename(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = base_dir_of(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "policy.toml".into());
-    let temp = dir.join(format!(".{name}.meshgate-tmp"));
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temp, path)
+    crate::files::write_then_rename(path, source.as_bytes())
 }
 
 /// Watches the policy file's folder (so editors that write a temporary file and rename it over

@@ -211,6 +211,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         let handshakes = Arc::new(crate::tls::HandshakeFailures::new(
             &listener.name,
             policy.server.client_header_timeout,
+            limit.clone(),
             telemetry.clone(),
             lifecycle.clone(),
         ));
@@ -282,6 +283,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             admin,
             listener: std::sync::Mutex::new(Some(admin_listener)),
             token,
+            allowed_hosts: meshgate_admin::AllowedHosts::new(&policy.admin.allowed_hosts),
             // Probes are marked where they would otherwise count: on a TLS listener as a
             // failed handshake, on a plain TCP or passthrough one as a proxied connection. A
             // plain HTTP listener sees a connection that sent no request, which counts nowhere.

@@ -233,6 +233,10 @@ pub struct Snapshot {
     pub version: u64,
     /// The listeners the process runs and what changes on restart.
     pub listeners: ListenerPlan,
+    /// Headers only the gateway sets: the identity header, the mirror mark, and every header
+    /// any route's `jwt.forward_claims` names. Every incoming copy is removed from every
+    /// request on every listener before routing, so no route passes a forged one upstream.
+    pub gateway_headers: Vec<http::HeaderName>,
 }
 
 /// The listeners the process runs, against what the applied policy says of them.
@@ -443,6 +447,7 @@ impl Snapshot {
             .iter()
             .map(|route| crate::tcp::TcpRouteState::new(route, policy.listeners.len()))
             .collect();
+        let gateway_headers = gateway_headers(&policy);
         Snapshot {
             policy,
             upstreams,
@@ -451,6 +456,7 @@ impl Snapshot {
             rate_limit_store,
             version,
             listeners,
+            gateway_headers,
         }
     }
 
@@ -469,4 +475,26 @@ impl Snapshot {
             })
             .map(|(_, index)| *index)
     }
+}
+
+/// The headers only the gateway may set on a request going upstream (see
+/// [`Snapshot::gateway_headers`]), each once.
+fn gateway_headers(policy: &CompiledPolicy) -> Vec<http::HeaderName> {
+    let mut names = vec![
+        crate::proxy::X_FORWARDED_CLIENT_CERT,
+        http::HeaderName::from_static(crate::proxy::mirror::MIRROR_HEADER),
+    ];
+    let claim_headers = policy
+        .routes
+        .iter()
+        .filter_map(|route| route.jwt.as_ref())
+        .flat_map(|jwt| jwt.forward_claims.iter())
+        // Validated by the policy crate: lower-case header names.
+        .filter_map(|(_, header)| http::HeaderName::from_bytes(header.as_bytes()).ok());
+    for name in claim_headers {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }

@@ -227,6 +227,8 @@ pub struct AdminService {
     pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
     /// The bearer token.
     pub token: String,
+    /// `[admin].allowed_hosts`: names the API answers besides IP literals and `localhost`.
+    pub allowed_hosts: meshgate_admin::AllowedHosts,
     /// Addresses of the proxy listeners, probed for readiness, each with whether its probe
     /// is marked for the listener to recognize ([`Lifecycle::probe`]).
     pub proxy_listeners: Vec<(SocketAddr, bool)>,
@@ -305,7 +307,15 @@ impl BackgroundService for AdminService {
                 Err(e) => tracing::error!("metrics listener cannot start: {e}"),
             }
         }
-        if let Err(e) = meshgate_admin::serve(listener, self.admin.clone(), &self.token, stop).await
+        let allowed_hosts = self.allowed_hosts.clone();
+        if let Err(e) = meshgate_admin::serve(
+            listener,
+            self.admin.clone(),
+            &self.token,
+            allowed_hosts,
+            stop,
+        )
+        .await
         {
             tracing::error!("admin API stopped: {e}");
         }

@@ -97,6 +97,9 @@ pub struct JwtVerifier {
     /// family, so each accepted algorithm has its own.
     validations: Vec<(Algorithm, Validation)>,
     required: bool,
+    /// Whether the route names an issuer: `iss` must then be one string (jsonwebtoken also
+    /// takes a list that holds it).
+    issuer: bool,
     leeway: u64,
     /// Tokens verified lately: a client sends the same token with many requests, and a
     /// signature check costs hundreds of thousands of instructions.
@@ -126,14 +129,20 @@ impl JwtVerifier {
                 let mut validation = Validation::new(*alg);
                 validation.leeway = jwt.leeway.as_secs();
                 validation.validate_nbf = true;
+                // A claim the route checks must be there: jsonwebtoken otherwise passes a token
+                // that leaves out `iss` or `aud`, or gives one of the wrong type.
+                let mut required = vec!["exp"];
                 if let Some(issuer) = &jwt.issuer {
                     validation.set_issuer(&[issuer]);
+                    required.push("iss");
                 }
                 if jwt.audiences.is_empty() {
                     validation.validate_aud = false;
                 } else {
                     validation.set_audience(&jwt.audiences);
+                    required.push("aud");
                 }
+                validation.set_required_spec_claims(&required);
                 (*alg, validation)
             })
             .collect();
@@ -142,6 +151,7 @@ impl JwtVerifier {
             keys,
             validations,
             required: jwt.required,
+            issuer: jwt.issuer.is_some(),
             leeway: jwt.leeway.as_secs(),
             verified: TokenCache::default(),
             counters: [
@@ -241,6 +251,9 @@ impl JwtVerifier {
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
                 Ok(data) => {
+                    if self.issuer && !data.claims.get("iss").is_some_and(|v| v.is_string()) {
+                        return Verdict::Invalid("the token's iss claim is not a string".into());
+                    }
                     let claims = Arc::new(data.claims);
                     // `exp` is required, so every valid token has one.
                     if let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_u64) {
@@ -276,7 +289,14 @@ fn explain(kind: &ErrorKind) -> Cow<'static, str> {
         ErrorKind::ImmatureSignature => "token not valid yet (nbf)".into(),
         ErrorKind::InvalidIssuer => "wrong issuer".into(),
         ErrorKind::InvalidAudience => "wrong audience".into(),
-        ErrorKind::MissingRequiredClaim(claim) => format!("the token has no {claim} claim").into(),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            let expected = match claim.as_str() {
+                "iss" => "a string",
+                "aud" => "a string or a list of strings",
+                _ => "a number",
+            };
+            format!("the token has no {claim} claim, or one that is not {expected}").into()
+        }
         ErrorKind::InvalidSignature => "bad signature".into(),
         ErrorKind::InvalidAlgorithm => "the algorithm does not fit the key".into(),
         _ => "malformed token".into(),

@@ -28,13 +28,11 @@ pub fn read(policy: &Path) -> Option<FleetDocument> {
     }
 }
 
-/// Writes `document` as the cache of `policy`, atomically.
+/// Writes `document` as the cache of `policy`, atomically, keeping the cache's permissions
+/// (a new cache is `0600`).
 pub fn write(policy: &Path, document: &FleetDocument) -> std::io::Result<()> {
-    let path = path_of(policy);
-    let partial = path.with_extension("json.partial");
     let json = serde_json::to_vec(document).map_err(std::io::Error::other)?;
-    std::fs::write(&partial, json)?;
-    std::fs::rename(&partial, &path)
+    crate::files::write_then_rename(&path_of(policy), &json)
 }
 
 /// At start: a fleet node's policy with its cached fleet document, when it has one that

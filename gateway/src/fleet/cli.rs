@@ -68,7 +68,7 @@ impl FleetTarget {
         if let Some(config) = &self.config {
             let source = meshgate_policy::files::read_policy_file(config)
                 .map_err(|e| format!("{}: {e}", config.display()))?;
-            let policy = meshgate_policy::load(&source, &crate::reload::base_dir_of(config))
+            let policy = meshgate_policy::load(&source, &crate::files::base_dir_of(config))
                 .map_err(|errors| {
                     errors
                         .iter()
@@ -95,6 +95,7 @@ impl FleetTarget {
             ca: None,
             identity: None,
             credentials: None,
+            files_dir: None,
         })
     }
 }

@@ -102,7 +102,7 @@ async fn session(
         keys: keys.clone(),
         state: state.clone(),
         lease,
-        base_dir: crate::reload::base_dir_of(store.path()),
+        base_dir: crate::files::base_dir_of(store.path()),
     };
     node.publish().await?;
     lock(state).connected = true;

@@ -33,10 +33,6 @@ use super::context::RequestCtx;
 use super::request::{request_host, HeaderView};
 use super::{client_ip, cors, hygiene, split, MeshProxy, Reason};
 
-/// Headers that carry a caller's identity: only the gateway may set them, so any incoming
-/// copy is removed before routing.
-const IDENTITY_HEADERS: &[&str] = &["x-forwarded-client-cert"];
-
 /// A response the gateway gives instead of proxying.
 pub(super) struct Answer {
     reason: Reason,
@@ -123,10 +119,11 @@ impl MeshProxy {
         ctx: &mut RequestCtx,
     ) -> Result<(), Answer> {
         let header = session.req_header_mut();
-        for name in IDENTITY_HEADERS {
+        // Whatever route the request takes, and whether or not that route sets them.
+        for name in &snapshot.gateway_headers {
             // One lookup when absent (the usual case); a removal looks in two maps.
-            if header.headers.contains_key(*name) {
-                header.remove_header(*name);
+            if header.headers.contains_key(name) {
+                header.remove_header(name);
             }
         }
         self.head_limits
@@ -212,7 +209,8 @@ fn authorized(route: &Route, policy: &CompiledPolicy, ctx: &RequestCtx) -> bool 
 }
 
 /// Checks the route's bearer token: a valid one's claims go to the context (for `allow`) and,
-/// as `forward_claims` says, upstream in headers, whose incoming copies are always removed.
+/// as `forward_claims` says, upstream in headers, whose incoming copies were removed on
+/// every route ([`Snapshot::gateway_headers`]).
 fn check_token(
     verifier: &JwtVerifier,
     jwt: &Jwt,
@@ -220,11 +218,6 @@ fn check_token(
     ctx: &mut RequestCtx,
 ) -> Result<(), Answer> {
     let header = session.req_header_mut();
-    for (_, name) in &jwt.forward_claims {
-        if header.headers.contains_key(name.as_str()) {
-            header.remove_header(name.as_str());
-        }
-    }
     let why = match verifier.verify(header) {
         Verdict::Valid(claims) => {
             for (claim, name) in &jwt.forward_claims {

@@ -235,6 +235,7 @@ pub(super) fn reason_for_error(error: &Error) -> Option<Reason> {
         | ErrorType::HandshakeError
         | ErrorType::ConnectProxyFailure => Reason::ConnectFailure,
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::UpstreamTimeout,
+        ErrorType::InvalidHTTPHeader => Reason::UpstreamBadResponse,
         _ => Reason::UpstreamReset,
     })
 }

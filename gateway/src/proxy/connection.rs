@@ -44,11 +44,15 @@ pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 ///
 /// Over the limit the listener stops accepting, so new connections wait in the kernel's
 /// backlog, as NGINX's and HAProxy's do, instead of holding a file descriptor and a task in
-/// the gateway. The one connection accepted when the limit was reached waits in the gateway
-/// (so do TLS connections still in their handshake when places ran out), counted by `waiting`.
+/// the gateway. A connection still in its TLS handshake counts as one served: it will need a
+/// place, and a crowd of clients that never finish their handshakes must not push the
+/// listener past its limit. The one connection accepted when the limit was reached waits in
+/// the gateway, counted by `waiting`.
 pub struct ConnectionLimit {
     /// Places under `max_connections`.
     places: Semaphore,
+    /// Connections accepted and still in their handshake (each will take a place after it).
+    handshaking: std::sync::atomic::AtomicUsize,
     /// Signalled each time a served connection closes and frees a place.
     freed: Notify,
     /// Connections being served.
@@ -62,10 +66,23 @@ impl ConnectionLimit {
     pub fn new(max_connections: usize, served: IntGauge, waiting: IntGauge) -> Arc<Self> {
         Arc::new(ConnectionLimit {
             places: Semaphore::new(max_connections),
+            handshaking: std::sync::atomic::AtomicUsize::new(0),
             freed: Notify::new(),
             served,
             waiting,
         })
+    }
+
+    /// Counts a connection's handshake until the returned hold is dropped.
+    pub fn handshake_started(self: &Arc<Self>) -> HandshakeHold {
+        self.handshaking.fetch_add(1, Ordering::AcqRel);
+        HandshakeHold(Arc::clone(self))
+    }
+
+    /// Whether a new connection may be accepted: a place is free for it beyond those the
+    /// handshakes in progress will take.
+    fn has_room(&self) -> bool {
+        self.places.available_permits() > self.handshaking.load(Ordering::Acquire)
     }
 
     /// Takes a place for a connection, waiting for one if there is none.
@@ -97,6 +114,17 @@ impl Drop for Place<'_> {
     }
 }
 
+/// A handshake in progress, counted under its listener's limit until dropped.
+pub struct HandshakeHold(Arc<ConnectionLimit>);
+
+impl Drop for HandshakeHold {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::AcqRel);
+        // A handshake that failed leaves its place free: the accept loop may go on.
+        self.0.freed.notify_waiters();
+    }
+}
+
 /// Pauses a listener's accept loop while its connections are all in use.
 ///
 /// Pingora calls it after each `accept()`, before the TLS handshake; while it waits, the
@@ -116,7 +144,7 @@ impl std::fmt::Debug for AcceptGate {
 impl ConnectionFilter for AcceptGate {
     async fn should_accept(&self, _peer: Option<&std::net::SocketAddr>) -> bool {
         let limit = &self.0;
-        if limit.places.available_permits() > 0 {
+        if limit.has_room() {
             return true;
         }
         let _waiting = GaugeHold::new(&limit.waiting);
@@ -125,7 +153,7 @@ impl ConnectionFilter for AcceptGate {
             let mut freed = std::pin::pin!(freed);
             // Registered before the check, so a place freed in between is not missed.
             freed.as_mut().enable();
-            if limit.places.available_permits() > 0 {
+            if limit.has_room() {
                 return true;
             }
             freed.await;

@@ -73,6 +73,9 @@ pub struct RequestCtx {
     pub(super) jwt_claims: Option<Arc<crate::auth::Claims>>,
     /// Copies for the route's mirrors, waiting for the request body.
     pub(super) mirror_copies: Vec<super::mirror::PendingCopy>,
+    /// Whether the route's mirrors were rolled: once per request, on its first upstream
+    /// request, however many tries follow.
+    pub(super) mirrors_rolled: bool,
     /// The request's `x-request-id`, set in `early_request_filter`.
     pub(super) request_id: Option<http::HeaderValue>,
     /// Counts the request as being served, so that a drain waits for it.
@@ -114,6 +117,7 @@ impl RequestCtx {
             request_id: None,
             compressor: None,
             mirror_copies: Vec::new(),
+            mirrors_rolled: false,
             jwt_claims: None,
             upstream_path: None,
             _in_flight: in_flight,

@@ -15,7 +15,12 @@
 //!   request, HTTP/1.1 and each HTTP/2 stream alike). Here the box is allocated first and the
 //!   future built in it ([`boxed_in_place`]).
 //!
-//! HTTP/2 (by ALPN, or h2c with prior knowledge) uses Pingora's handshake and accept loop.
+//! HTTP/2 (by ALPN, or h2c with prior knowledge) uses Pingora's handshake and accept loop,
+//! with two bounds Pingora leaves out: the first stream must open within
+//! `client_header_timeout` of the connection's start (the TLS handshake included), and a
+//! connection with no open stream for `client_idle_timeout` is closed with a `GOAWAY`. Without
+//! them a client that sent the preface and SETTINGS and then nothing kept its connection, and
+//! its place under `max_connections`, forever.
 
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -140,28 +145,40 @@ impl<A: InPlaceHttpApp + Send + Sync + 'static> GuardedApp<A> {
     /// Serves an HTTP/2 connection as Pingora does (its handshake and accept loop), each
     /// stream in a task of its own whose request future is built in its box.
     async fn serve_http2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let timing_digest = stream.get_timing_digest();
+        // Counted from the connection's start: a TLS handshake spends the same time.
+        let since_start = timing_digest
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|timing| timing.established_ts.elapsed().ok())
+            .unwrap_or_default();
+        let first_request_deadline =
+            tokio::time::Instant::now() + self.header_timeout.saturating_sub(since_start);
         let digest = Arc::new(Digest {
             ssl_digest: stream.get_ssl_digest(),
-            timing_digest: stream.get_timing_digest(),
+            timing_digest,
             proxy_digest: stream.get_proxy_digest(),
             socket_digest: stream.get_socket_digest(),
         });
-        let connection = match v2::server::handshake(stream, self.inner.h2_options()).await {
-            Ok(connection) => connection,
-            Err(e) => {
+        let handshake = v2::server::handshake(stream, self.inner.h2_options());
+        let connection = match tokio::time::timeout_at(first_request_deadline, handshake).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => {
                 tracing::debug!("HTTP/2 handshake with a client failed: {e}");
                 return;
             }
+            Err(_) => {
+                tracing::debug!("HTTP/2 client sent no preface within client_header_timeout");
+                return;
+            }
         };
-        let idle_timeout = self
-            .inner
-            .server_options()
-            .and_then(|options| options.h2_idle_timeout);
-        v2::server::accept_downstream_sessions(
+        v2::server::accept_downstream_sessions_until(
             connection,
             digest,
             shutdown.clone(),
-            idle_timeout,
+            Some(self.idle_timeout),
+            Some(first_request_deadline),
             |h2_stream, guard| {
                 let app = self.inner.clone();
                 let shutdown = shutdown.clone();

@@ -53,6 +53,11 @@ impl HeadLimits {
         Ok(())
     }
 
+    /// Whether paths are normalized (`path_normalization = "strict"`).
+    pub fn normalizes(&self) -> bool {
+        self.normalize
+    }
+
     /// Puts the request's path in normal form (a no-op for a path already normal, the common
     /// case), or says why it is refused. The query string is kept as received.
     pub fn normalize(&self, header: &mut RequestHeader) -> Result<(), BadPath> {

@@ -1,5 +1,8 @@
 //! A route's `mirror`: a copy of a chosen request (with its body, up to the retry buffer's
-//! size) goes to the mirror's upstream in a task of its own, with `x-meshgate-mirror: 1`. Its
+//! size) goes to the mirror's upstream in a task of its own, with `x-meshgate-mirror: 1`. The
+//! copy is the request as the primary upstream gets it (after the route's header rules,
+//! rewrite, hop-by-hop stripping and forwarding headers), made when the first upstream request
+//! is, so a request answered by the gateway itself is not copied. Its
 //! answer is read and dropped. Nothing of it reaches the main request: not its time, its
 //! failure or its answer. Copies in flight are bounded per mirror entry; copies over the
 //! bound, or whose body is too large to keep, are dropped and counted.
@@ -100,6 +103,16 @@ pub fn start_copy(
     let mut header = header.clone();
     // The copy is marked, so the mirror's service can tell it from real traffic.
     header.insert_header(MIRROR_HEADER, "1").ok()?;
+    if has_body
+        && !header.headers.contains_key(http::header::CONTENT_LENGTH)
+        && !header.headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        // Hop-by-hop stripping took the client's framing; Pingora frames the primary
+        // request again after this filter, and the copy is framed the same way.
+        header
+            .insert_header(http::header::TRANSFER_ENCODING, "chunked")
+            .ok()?;
+    }
     if let Some(id) = request_id {
         header
             .insert_header(super::request_id::REQUEST_ID_HEADER, id.clone())
@@ -182,10 +195,12 @@ impl PendingCopy {
 }
 
 impl super::MeshProxy {
-    /// Rolls each of the route's mirrors and starts the copies chosen.
+    /// Rolls each of the route's mirrors and starts the copies chosen, each a copy of
+    /// `upstream_request`, the request as the primary upstream gets it.
     pub(super) fn start_mirrors(
         &self,
         session: &mut pingora::proxy::Session,
+        upstream_request: &RequestHeader,
         ctx: &mut super::context::RequestCtx,
     ) {
         let (Some(snapshot), Some(route_index)) = (ctx.snapshot.as_ref(), ctx.route) else {
@@ -214,7 +229,7 @@ impl super::MeshProxy {
             if let Some(copy) = start_copy(
                 &self.mirror_connector,
                 target,
-                session.req_header(),
+                upstream_request,
                 id,
                 has_body,
             ) {

@@ -70,7 +70,8 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const HTTP_SCHEME: http::HeaderValue = http::HeaderValue::from_static("http");
 const HTTPS_SCHEME: http::HeaderValue = http::HeaderValue::from_static("https");
-const X_FORWARDED_CLIENT_CERT: http::HeaderName =
+/// The identity header: the caller's certificate, as Envoy writes it.
+pub(crate) const X_FORWARDED_CLIENT_CERT: http::HeaderName =
     http::HeaderName::from_static("x-forwarded-client-cert");
 
 /// meshgate's proxy logic.
@@ -86,6 +87,8 @@ pub struct MeshProxy {
     /// `[server].preserve_header_case`, fixed at start: whether upstream connections read
     /// response heads with each name's case kept.
     preserve_header_case: bool,
+    /// `[server].max_upstream_response_header_size`, fixed at start.
+    max_upstream_response_header_size: usize,
     /// Whether the process is draining: keepalive clients are then told to go.
     lifecycle: Arc<Lifecycle>,
     /// Connections of the mirrors' copies, pooled apart from the proxied requests'.
@@ -107,6 +110,7 @@ impl MeshProxy {
             client_body_timeout: server.client_body_timeout,
             head_limits: HeadLimits::new(&server),
             preserve_header_case: server.preserve_header_case,
+            max_upstream_response_header_size: server.max_upstream_response_header_size,
             lifecycle,
             mirror_connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         }
@@ -228,10 +232,7 @@ impl ProxyHttp for MeshProxy {
             session.set_keepalive(None);
         }
         match admitted {
-            Ok(()) => {
-                self.start_mirrors(session, ctx);
-                Ok(false)
-            }
+            Ok(()) => Ok(false),
             Err(answer) => {
                 answer.send(session, ctx).await?;
                 Ok(true)
@@ -317,6 +318,7 @@ impl ProxyHttp for MeshProxy {
         let mut peer = endpoint.peer.clone();
         ctx.endpoint = Some(endpoint);
         peer.options.preserve_header_case = self.preserve_header_case;
+        peer.options.max_response_header_size = self.max_upstream_response_header_size;
         if let Some(tls) = &upstream.tls {
             let material = tls.material();
             peer.options.ca = material.ca.clone();
@@ -328,8 +330,11 @@ impl ProxyHttp for MeshProxy {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // An upstream that accepts and then says nothing is given up on after its
+        // `read_timeout` (60 s, NGINX's `proxy_read_timeout`) even on a route without timeouts.
+        peer.options.read_timeout = Some(upstream.spec.read_timeout);
         if let Some(limit) = try_limit {
-            peer.options.read_timeout = Some(limit);
+            peer.options.read_timeout = Some(limit.min(upstream.spec.read_timeout));
             peer.options.write_timeout = Some(limit);
             peer.options.total_connection_timeout = Some(limit.min(upstream.spec.connect_timeout));
         }
@@ -411,8 +416,24 @@ impl ProxyHttp for MeshProxy {
                 .request_headers
                 .apply(upstream_request)?;
             if let Some(rewrite) = &snapshot.policy.routes[route].rewrite {
-                ctx.upstream_path = request::apply_rewrite(rewrite, upstream_request)?;
+                let normalize = self.head_limits.normalizes();
+                match request::apply_rewrite(rewrite, upstream_request, normalize)? {
+                    Ok(path) => ctx.upstream_path = path,
+                    Err(bad) => {
+                        ctx.reason = Some(Reason::BadPath);
+                        return Error::e_explain(
+                            ErrorType::HTTPStatus(Reason::BadPath.status()),
+                            bad.message(),
+                        );
+                    }
+                }
             }
+        }
+        if !std::mem::replace(&mut ctx.mirrors_rolled, true) {
+            // Copies are made of the request as the upstream gets it: after the header rules,
+            // the rewrite, hop-by-hop stripping and the forwarding headers, so a header the
+            // route removes (`Authorization`, `Cookie`) never reaches a mirror either.
+            self.start_mirrors(session, upstream_request, ctx);
         }
         Ok(())
     }

@@ -19,6 +19,9 @@ pub enum Reason {
     ConnectFailure,
     /// The upstream closed or broke the connection after it was made.
     UpstreamReset,
+    /// The upstream's response head was malformed or larger than
+    /// `[server].max_upstream_response_header_size`.
+    UpstreamBadResponse,
     /// A rate limit refused the request.
     RateLimited,
     /// A global rate limit's store failed and its `on_error` is `deny`.
@@ -68,6 +71,7 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream-timeout",
             Reason::ConnectFailure => "connect-failure",
             Reason::UpstreamReset => "upstream-reset",
+            Reason::UpstreamBadResponse => "upstream-bad-response",
             Reason::RateLimited => "rate-limited",
             Reason::RateLimitUnavailable => "rate-limit-unavailable",
             Reason::Forbidden => "forbidden",
@@ -91,7 +95,7 @@ impl Reason {
             Reason::NoRoute => 404,
             Reason::Overflow | Reason::NoHealthyUpstream | Reason::RateLimitUnavailable => 503,
             Reason::UpstreamTimeout => 504,
-            Reason::ConnectFailure | Reason::UpstreamReset => 502,
+            Reason::ConnectFailure | Reason::UpstreamReset | Reason::UpstreamBadResponse => 502,
             Reason::RateLimited => 429,
             Reason::Forbidden => 403,
             Reason::JwtInvalid => 401,

@@ -4,6 +4,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use meshgate_policy::compiled::RequestKey;
+use meshgate_policy::path::{check_rewritten_path, BadPath};
 use meshgate_policy::rewrite::Rewrite;
 use meshgate_policy::RequestView;
 use pingora::http::RequestHeader;
@@ -64,17 +65,27 @@ pub fn key_hash(key: &RequestKey, header: &RequestHeader, client_ip: Option<IpAd
 }
 
 /// Applies a route's `rewrite` to the request sent upstream; returns the new path and query
-/// when the path changed (for the access log).
+/// when the path changed (for the access log). With `normalize` (`path_normalization =
+/// "strict"`) the new path is checked like a request's: a `..` segment the rewrite made is
+/// refused with the reason, the rest put in normal form.
 pub fn apply_rewrite(
     rewrite: &Rewrite,
     upstream_request: &mut RequestHeader,
-) -> pingora::Result<Option<String>> {
+    normalize: bool,
+) -> pingora::Result<Result<Option<String>, BadPath>> {
     if let Some(host) = &rewrite.host {
         upstream_request.insert_header(http::header::HOST, host.as_str())?;
     }
-    let Some(path) = rewrite.rewrite_path(upstream_request.uri.path()) else {
-        return Ok(None);
+    let Some(mut path) = rewrite.rewrite_path(upstream_request.uri.path()) else {
+        return Ok(Ok(None));
     };
+    if normalize {
+        match check_rewritten_path(&path) {
+            Ok(std::borrow::Cow::Borrowed(_)) => {}
+            Ok(std::borrow::Cow::Owned(normal)) => path = normal,
+            Err(bad) => return Ok(Err(bad)),
+        }
+    }
     let target = match upstream_request.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path,
@@ -91,11 +102,11 @@ pub fn apply_rewrite(
     match rebuilt {
         Ok(uri) => {
             upstream_request.set_uri(uri);
-            Ok(Some(target))
+            Ok(Ok(Some(target)))
         }
         Err(e) => {
             tracing::debug!("rewritten path {target:?} is not a valid URI: {e}");
-            Ok(None)
+            Ok(Ok(None))
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct HandshakeFailures {
     /// How long a handshake may take: `[server].client_header_timeout`, as NGINX counts its
     /// handshake in `client_header_timeout`.
     timeout: Duration,
+    /// The listener's connection limit, under which handshakes in progress count.
+    limit: Arc<crate::proxy::connection::ConnectionLimit>,
 }
 
 impl HandshakeFailures {
@@ -59,6 +61,7 @@ impl HandshakeFailures {
     pub fn new(
         listener: &str,
         timeout: Duration,
+        limit: Arc<crate::proxy::connection::ConnectionLimit>,
         telemetry: Arc<Telemetry>,
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
@@ -67,6 +70,7 @@ impl HandshakeFailures {
             telemetry,
             lifecycle,
             timeout,
+            limit,
         }
     }
 }
@@ -74,6 +78,11 @@ impl HandshakeFailures {
 impl HandshakeObserver for HandshakeFailures {
     fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// A handshake in progress holds a place under the listener's `max_connections`.
+    fn started(&self) -> Option<Box<dyn Send>> {
+        Some(Box::new(self.limit.handshake_started()))
     }
 
     /// Counts and (throttled) logs a handshake from `peer` that failed with `error`, or did

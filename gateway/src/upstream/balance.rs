@@ -195,6 +195,7 @@ mod tests {
                 connect_timeout: std::time::Duration::from_secs(1),
                 protocol: UpstreamProtocol::Http1,
                 idle_timeout: std::time::Duration::from_secs(60),
+                read_timeout: std::time::Duration::from_secs(60),
                 health_check: None,
                 circuit_breaker: BreakerSpec {
                     max_connections: 10,
