@@ -304,7 +304,7 @@ async fn addresses_in_use_fail_the_start_clearly() {
     let v1 = start_echo("v1").await;
     let running = Gateway::start(&split_policy(v1, v1, 1, 0));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    write_token(&dir.path().join("admin.token"));
     let free_admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let free_listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     for (listen, admin, taken) in [

@@ -75,7 +75,7 @@ async fn localize(example: &str, dir: &Path) -> (String, BTreeMap<String, Socket
         false,
     );
     ca.client(&tls, "cart", "spiffe://prod.example/ns/shop/sa/cart", false);
-    std::fs::write(dir.join("admin.token"), TOKEN).unwrap();
+    write_token(&dir.join("admin.token"));
     let mut policy = example.replace("/etc/meshgate/", &format!("{}/", dir.display()));
 
     let mut listeners = BTreeMap::new();

@@ -231,7 +231,7 @@ async fn meshgate_log_wins_over_the_policy_log_level() {
         "access_log = \"off\"\nlog_level = \"error\"\n",
         1,
     ) + &split_policy(v1, v1, 1, 0);
-    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    write_token(&dir.path().join("admin.token"));
     let policy_path = dir.path().join("meshgate.toml");
     std::fs::write(&policy_path, policy).unwrap();
     let stderr_path = dir.path().join("stderr.log");

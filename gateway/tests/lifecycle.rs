@@ -379,7 +379,7 @@ async fn the_documented_hand_upgrade_works_as_written() {
     std::fs::create_dir_all(&run).unwrap();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    std::fs::write(etc.join("admin.token"), TOKEN).unwrap();
+    write_token(&etc.join("admin.token"));
     let policy = policy_head(listen, admin, "off") + &split_policy(upstream, upstream, 1, 0);
     std::fs::write(etc.join("meshgate.toml"), policy).unwrap();
     let script = script
@@ -487,7 +487,7 @@ async fn the_units_daemon_start_and_reload_upgrade_under_load() {
     std::fs::create_dir_all(&run).unwrap();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    std::fs::write(etc.join("admin.token"), TOKEN).unwrap();
+    write_token(&etc.join("admin.token"));
     let policy = policy_head(listen, admin, "off").replace(
         "admin.token",
         &etc.join("admin.token").display().to_string(),

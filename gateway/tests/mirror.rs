@@ -276,3 +276,104 @@ async fn a_mirror_that_resets_or_answers_garbage_changes_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_is_the_request_the_upstream_gets_not_the_client_head() {
+    let (main, main_seen) = start_recorder().await;
+    let (mirror, copies) = start_recorder().await;
+    let gateway = Gateway::start(&format!(
+        r#"
+[[upstreams]]
+name = "main"
+endpoints = ["{main}"]
+
+[[upstreams]]
+name = "shadow"
+endpoints = ["{mirror}"]
+
+[[routes]]
+name = "orders"
+match = {{ path_prefix = "/api/" }}
+rewrite = {{ path_prefix = "/v2/" }}
+split = [{{ upstream = "main" }}]
+headers = {{ request_remove = ["authorization", "cookie"], request_set = {{ "x-env" = "prod" }} }}
+mirror = [{{ upstream = "shadow" }}]
+"#
+    ));
+    let http = client();
+    for method in [reqwest::Method::GET, reqwest::Method::POST] {
+        let response = http
+            .request(method.clone(), gateway.url("/api/orders?q=1"))
+            .header("authorization", "Bearer secret-token")
+            .header("cookie", "session=secret-cookie")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "hop-by-hop")
+            .body(if method == reqwest::Method::POST {
+                "order-1"
+            } else {
+                ""
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{method}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while copies.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copies = copies.lock().unwrap().clone();
+    let primaries = main_seen.lock().unwrap().clone();
+    assert_eq!((copies.len(), primaries.len()), (2, 2));
+    for (copy, body) in &copies {
+        println!("copy:\n{copy}");
+        let line = copy.lines().next().unwrap();
+        assert!(
+            line.contains(" /v2/orders?q=1 http/1.1"),
+            "rewritten: {line}"
+        );
+        for secret in [
+            "authorization",
+            "cookie",
+            "secret-token",
+            "secret-cookie",
+            "x-hop",
+        ] {
+            assert!(
+                !copy.contains(secret),
+                "{secret} reached the mirror:\n{copy}"
+            );
+        }
+        for header in [
+            "x-env: prod",
+            "x-forwarded-for: 127.0.0.1",
+            "x-forwarded-proto: http",
+            "x-meshgate-mirror: 1",
+        ] {
+            assert!(
+                copy.contains(&format!("\r\n{header}")),
+                "{header} missing:\n{copy}"
+            );
+        }
+        if line.starts_with("post ") {
+            assert_eq!(body, b"order-1");
+        }
+    }
+    // The primary request and its copy carry the same headers but the mark.
+    let names = |head: &str| -> Vec<String> {
+        let mut names: Vec<String> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| Some(l.split_once(':')?.0.to_owned()))
+            .filter(|n| n != "x-meshgate-mirror")
+            .collect();
+        names.sort();
+        names
+    };
+    let get_copy = copies.iter().find(|(h, _)| h.starts_with("get ")).unwrap();
+    let get_primary = primaries
+        .iter()
+        .find(|(h, _)| h.starts_with("get "))
+        .unwrap();
+    assert_eq!(names(&get_copy.0), names(&get_primary.0));
+}

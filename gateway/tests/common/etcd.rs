@@ -145,7 +145,7 @@ impl EtcdCluster {
     }
 
     /// `etcdctl` with the cluster's endpoints, TLS and credentials.
-    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+    pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
         let mut command = Command::new("etcdctl");
         command
             .env("ETCDCTL_API", "3")

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 pub mod dns;
 pub mod etcd;
+pub mod fleet;
 pub mod https;
 pub mod nginx;
 pub mod pki;
 pub mod raw;
+pub mod tokens;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -63,6 +65,14 @@ pub fn free_port() -> u16 {
     registry.rewind().unwrap();
     registry.write_all(text.as_bytes()).unwrap();
     port
+}
+
+/// Writes the test admin token to `path`, readable by its owner only (an explicit
+/// `token_file` that others may read is refused).
+pub fn write_token(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, TOKEN).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// Starts an in-process echo upstream named `name`; returns its address.
@@ -184,7 +194,7 @@ impl Gateway {
         admin: SocketAddr,
         stdout: impl Into<Stdio>,
     ) -> Gateway {
-        std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+        write_token(&dir.path().join("admin.token"));
         let policy_path = dir.path().join("meshgate.toml");
         std::fs::write(&policy_path, policy).unwrap();
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
