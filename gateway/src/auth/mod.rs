@@ -289,14 +289,12 @@ fn explain(kind: &ErrorKind) -> Cow<'static, str> {
         ErrorKind::ImmatureSignature => "token not valid yet (nbf)".into(),
         ErrorKind::InvalidIssuer => "wrong issuer".into(),
         ErrorKind::InvalidAudience => "wrong audience".into(),
-        ErrorKind::MissingRequiredClaim(claim) => {
-            let expected = match claim.as_str() {
-                "iss" => "a string",
-                "aud" => "a string or a list of strings",
-                _ => "a number",
-            };
-            format!("the token has no {claim} claim, or one that is not {expected}").into()
-        }
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "iss" => "the token has no iss claim, or one that is not a string".into(),
+            "aud" => "the token has no aud claim, or one that is not a string or a list of strings"
+                .into(),
+            _ => format!("the token has no {claim} claim").into(),
+        },
         ErrorKind::InvalidSignature => "bad signature".into(),
         ErrorKind::InvalidAlgorithm => "the algorithm does not fit the key".into(),
         _ => "malformed token".into(),
