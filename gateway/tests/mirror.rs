@@ -61,19 +61,6 @@ async fn start_recorder() -> (std::net::SocketAddr, Recorded) {
     (addr, recorded)
 }
 
-/// A mirror server that accepts connections and never answers.
-async fn start_hanging() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    addr
-}
-
 fn policy(main: std::net::SocketAddr, mirror: std::net::SocketAddr, mirror_keys: &str) -> String {
     format!(
         r#"
@@ -204,7 +191,7 @@ async fn p99_ms(gateway: &Gateway, count: usize) -> (f64, bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_mirror_neither_slows_nor_fails_the_main_request() {
     let main = start_echo("main").await;
-    let hanging = start_hanging().await;
+    let hanging = start_silent_upstream().await;
     let gateway = Gateway::start(&policy(main, hanging, ""));
     let (baseline, all_ok) = p99_ms(&gateway, 300).await;
     assert!(all_ok);

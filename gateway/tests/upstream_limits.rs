@@ -10,19 +10,6 @@ use std::time::{Duration, Instant};
 use common::raw::{ok_response, raw_exchange, scripted_upstream, Reply};
 use common::*;
 
-/// An upstream that accepts connections, reads, and never answers.
-async fn start_silent() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    addr
-}
-
 /// A GET of `path` on the gateway: status, reason header and how long it took.
 async fn timed_get(gateway: &Gateway, path: &str) -> (u16, Option<String>, Duration) {
     let started = Instant::now();
@@ -43,7 +30,7 @@ async fn timed_get(gateway: &Gateway, path: &str) -> (u16, Option<String>, Durat
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_upstream_gets_504_after_its_read_timeout_on_a_route_without_timeouts() {
-    let silent = start_silent().await;
+    let silent = start_silent_upstream().await;
     let gateway = Gateway::start(&format!(
         r#"
 [[upstreams]]
@@ -74,7 +61,7 @@ split = [{{ upstream = "quick" }}]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn by_default_a_silent_upstream_gets_504_after_60_seconds() {
-    let silent = start_silent().await;
+    let silent = start_silent_upstream().await;
     let gateway = Gateway::start(&route_to(silent, ""));
     let config = gateway.admin_json("/config?format=json").await;
     assert_eq!(config["upstreams"][0]["read_timeout"], "1m", "{config}");
