@@ -28,7 +28,8 @@ pub use explain::parse_explain_query;
 pub use host::AllowedHosts;
 pub use model::*;
 
-/// Largest request body the API reads: policies are text files of a few KiB.
+/// Largest request body the API reads: the largest policy (`meshgate_policy::files::
+/// MAX_POLICY_FILE`, 1 MiB), so a policy is held to one bound however it arrives.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// What the admin API needs from the gateway.
@@ -271,7 +272,7 @@ async fn push_fleet(State(state): State<AppState>, request: Request) -> Response
         Err(_) => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "the document is larger than 1 MiB",
+                &format!("the document is larger than {MAX_BODY_BYTES} bytes (1 MiB), the most a policy may hold"),
             )
         }
     };
@@ -310,7 +311,7 @@ async fn read_text(body: Body) -> Result<String, Response> {
     let bytes = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            &format!("the body is larger than {MAX_BODY_BYTES} bytes (1 MiB), the most a policy may hold"),
         )
     })?;
     let text = String::from_utf8(bytes.to_vec())

@@ -309,6 +309,23 @@ pub struct Explanation {
     /// `tls_passthrough` listener); absent for HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// The listener the request was explained on: the one asked for, or, without
+    /// `listener=`, the first HTTP listener (assumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+    /// Without `listener=`: the route each HTTP listener would give the request, in file
+    /// order, so that routes kept to some listeners are read right.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_listener: Vec<ListenerMatch>,
+}
+
+/// The route one listener gives a request (`/explain` without `listener=`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerMatch {
+    /// The listener's name.
+    pub listener: String,
+    /// The route the request takes on it, if any.
+    pub matched: Option<String>,
 }
 
 /// One route's verdict.

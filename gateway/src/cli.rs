@@ -17,6 +17,7 @@ const EXAMPLES: &str = "Examples:
   meshgate run --upgrade -d -c meshgate.toml        take over from a running instance
   meshgate check -c meshgate.toml                   validate a policy like `nginx -t`
   meshgate check --print meshgate.toml              the policy with every default, like `nginx -T`
+  meshgate check --fleet fleet.toml [--local node.toml]   a fleet document, alone or with a node's file
   meshgate diff old.toml new.toml                   what applying new.toml would change
   meshgate fleet push -c meshgate.toml fleet.toml   push a shared policy to every node
   meshgate version                                  print the version and TLS backend";
@@ -79,6 +80,13 @@ enum Command {
         /// The form `--print` writes.
         #[arg(long, value_enum, default_value_t = PrintFormat::Toml, requires = "print")]
         format: PrintFormat,
+        /// Check a fleet document (as `meshgate fleet push` takes it) instead of a policy:
+        /// alone, or with `--local` merged with a node's file.
+        #[arg(long, conflicts_with_all = ["config", "file", "print"])]
+        fleet: Option<PathBuf>,
+        /// With `--fleet`: the node's local policy file to merge the document with.
+        #[arg(long, requires = "fleet")]
+        local: Option<PathBuf>,
     },
     /// What applying NEW over OLD would change: meshgate diff old.toml new.toml
     Diff {
@@ -133,11 +141,17 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Check {
+            fleet: Some(document),
+            local,
+            ..
+        } => crate::fleet::check::check(&document, local.as_deref()),
+        Command::Check {
             config,
             file,
             strict,
             print,
             format,
+            ..
         } => check(
             &config
                 .or(file)
@@ -237,17 +251,19 @@ fn diff(old: &std::path::Path, new: &std::path::Path) -> ExitCode {
             let changes = meshgate_policy::diff::diff(&old, &new);
             if changes.is_empty() {
                 println!("no change");
+                return ExitCode::SUCCESS;
             }
             for line in changes.lines() {
                 println!("{line}");
             }
-            ExitCode::SUCCESS
+            // As diff(1): 1 when they differ, 2 when one cannot be read.
+            ExitCode::from(1)
         }
         (old, new) => {
             for line in [old.err(), new.err()].into_iter().flatten().flatten() {
                 eprintln!("{line}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

@@ -165,15 +165,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn signal_pid(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 fn wait_child(child: &mut Child, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -355,21 +346,7 @@ async fn an_upgrade_under_http2_load_drops_nothing() {
 /// temporary folder and its admin port to a free one.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_documented_hand_upgrade_works_as_written() {
-    let docs = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/operations.md"
-    ))
-    .unwrap();
-    let start = docs
-        .find("<!-- upgrade-by-hand -->")
-        .expect("the marked block");
-    let end = docs.find("<!-- /upgrade-by-hand -->").expect("its end");
-    let block = &docs[start..end];
-    let script = block
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("a sh block");
+    let script = hand_upgrade_script();
 
     let upstream = start_echo("u").await;
     let dir = tempfile::tempdir().unwrap();

@@ -467,7 +467,8 @@ timeouts = {{ request = "5s" }}
         gateway.policy_path.to_str().unwrap(),
         new_file.to_str().unwrap(),
     ]);
-    assert_eq!(code, 0, "{stderr}");
+    // As diff(1): 1 when the policies differ.
+    assert_eq!(code, 1, "{stderr}");
     for line in [
         "+ route api",
         "- route old",
@@ -482,12 +483,15 @@ timeouts = {{ request = "5s" }}
             "{line:?} not in:\n{stdout}"
         );
     }
-    let (_, same, _) = meshgate(&[
+    let (code, same, _) = meshgate(&[
         "diff",
         gateway.policy_path.to_str().unwrap(),
         gateway.policy_path.to_str().unwrap(),
     ]);
     assert_eq!(same.trim(), "no change");
+    assert_eq!(code, 0);
+    let (code, _, said) = meshgate(&["diff", "/nonexistent.toml", new_file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{said}");
 }
 
 /// An upstream `pool` of two endpoints and a route `main` to it, with `route_extra`.

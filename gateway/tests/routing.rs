@@ -297,6 +297,43 @@ split = [{{ upstream = "least" }}]
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn least_request_splits_light_traffic_by_weight() {
+    let heavy = start_echo("heavy").await;
+    let light = start_echo("light").await;
+    let gateway = Gateway::start(&format!(
+        r#"
+[[upstreams]]
+name = "least"
+endpoints = [{{ address = "{heavy}", weight = 2 }}, {{ address = "{light}", weight = 1 }}]
+balance = "least_request"
+
+[[routes]]
+name = "least"
+split = [{{ upstream = "least" }}]
+"#
+    ));
+    let client = client();
+    // One request at a time: nothing is ever in flight, so every pick is a tie.
+    let counts = count_servers(&client, &gateway.url("/"), 60).await;
+    println!("weights 2:1, 60 sequential requests: {counts:?}");
+    assert_eq!(counts.get("heavy"), Some(&40), "{counts:?}");
+    assert_eq!(counts.get("light"), Some(&20), "{counts:?}");
+    // A runtime override of the light endpoint's weight to 6 makes it 1:3.
+    let overridden = client
+        .post(gateway.admin_url(&format!("/upstreams/least/endpoints/{light}/weight")))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "weight": 6 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overridden.status(), 200);
+    let counts = count_servers(&client, &gateway.url("/"), 80).await;
+    println!("weights 2:6 (runtime), 80 sequential requests: {counts:?}");
+    assert_eq!(counts.get("heavy"), Some(&20), "{counts:?}");
+    assert_eq!(counts.get("light"), Some(&60), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sticky_split_by_header_keeps_each_user_on_one_side() {
     let v1 = start_echo("v1").await;
     let v2 = start_echo("v2").await;

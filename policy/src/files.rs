@@ -15,9 +15,10 @@ use std::path::Path;
 /// The largest file a policy may name: far above any certificate chain, key or token.
 pub const MAX_NAMED_FILE: u64 = 1024 * 1024;
 
-/// The largest policy file: the admin API's body limit (axum's default, 2 MiB), so a file
-/// and an upload are held to the same bound.
-pub const MAX_POLICY_FILE: u64 = 2 * 1024 * 1024;
+/// The largest policy, however it arrives: a file (`meshgate check`, `run`, a reload, a
+/// fleet push), the admin API's body (`meshgate_admin::MAX_BODY_BYTES`, the same number), or
+/// a fleet document (which also fits etcd's default request limit, 1.5 MiB).
+pub const MAX_POLICY_FILE: u64 = 1024 * 1024;
 
 /// Reads `path` whole when it is a regular file of at most [`MAX_NAMED_FILE`] bytes; else an
 /// error that names the file and says what is wrong with it.

@@ -33,7 +33,21 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 /// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let contents = crate::files::read_named_file(path)?;
-    PrivateKeyDer::from_pem_slice(&contents).map_err(|e| describe(path, e))
+    PrivateKeyDer::from_pem_slice(&contents).map_err(|e| {
+        // An encrypted key is no "key of the expected kind" to the PEM reader: say what it is.
+        let text = String::from_utf8_lossy(&contents);
+        if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            || text.contains("Proc-Type: 4,ENCRYPTED")
+        {
+            format!(
+                "{} is an encrypted private key, and the gateway has no passphrase to open it: write it decrypted (openssl pkey -in {} -out KEY.pem) and keep that file readable by the gateway only",
+                path.display(),
+                path.display()
+            )
+        } else {
+            describe(path, e)
+        }
+    })
 }
 
 fn describe(path: &Path, error: rustls_pki_types::pem::Error) -> String {

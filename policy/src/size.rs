@@ -5,14 +5,14 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-/// A size in bytes parsed from a string with a unit.
+/// A size in bytes: a string with a unit (`"32KiB"`), or a TOML integer of bytes (`1024`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
     /// Parses a number followed by `B`, `KiB`, `MiB` or `GiB` (or `KB`, `MB`, `GB`, taken as
-    /// the same binary multiples, as NGINX does). A bare number is refused: `max_request_body =
-    /// 10` is more likely a mistake than ten bytes.
+    /// the same binary multiples, as NGINX does). A string without a unit is refused; a TOML
+    /// integer (not a string) is read as bytes by the deserializer.
     pub fn parse(text: &str) -> Result<Self, String> {
         let trimmed = text.trim();
         let digits = trimmed
@@ -60,13 +60,22 @@ impl<'de> Deserialize<'de> for ByteSize {
         impl Visitor<'_> for SizeVisitor {
             type Value = ByteSize;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size string such as \"32KiB\" or \"10MiB\"")
+                f.write_str("a size such as \"32KiB\", \"10MiB\", or a number of bytes")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 ByteSize::parse(v).map_err(E::custom)
             }
+            /// A TOML integer is a number of bytes, as NGINX reads `1024`.
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("invalid size {v}: a size is not negative")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
         }
-        deserializer.deserialize_str(SizeVisitor)
+        deserializer.deserialize_any(SizeVisitor)
     }
 }
 

@@ -42,6 +42,13 @@ impl GatewayAdmin {
             lifecycle,
         }
     }
+
+    /// Whether this is a fleet node that serves no fleet document yet (neither one committed
+    /// in etcd nor its cache): its routes come from that document, so until then it would
+    /// answer every request `404`, and a load balancer must not send it any.
+    fn waits_for_fleet_document(&self) -> bool {
+        self.store.snapshot().policy.fleet.is_some() && self.store.fleet_parts().1.is_none()
+    }
 }
 
 impl AdminBackend for GatewayAdmin {
@@ -171,7 +178,9 @@ impl AdminBackend for GatewayAdmin {
     }
 
     fn ready(&self) -> bool {
-        self.listeners_up.load(Ordering::Acquire) && !self.lifecycle.is_draining()
+        self.listeners_up.load(Ordering::Acquire)
+            && !self.lifecycle.is_draining()
+            && !self.waits_for_fleet_document()
     }
 
     fn drain(&self) -> u64 {
@@ -181,6 +190,12 @@ impl AdminBackend for GatewayAdmin {
     }
 
     fn readiness_note(&self) -> Option<String> {
+        if self.waits_for_fleet_document() {
+            return Some(
+                "fleet: no fleet document served yet (none is committed, or etcd is unreachable and there is no cache); routes come from it"
+                    .to_owned(),
+            );
+        }
         crate::fleet::node::readiness_note(self.store.fleet_node())
     }
 

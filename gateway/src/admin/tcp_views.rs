@@ -81,5 +81,7 @@ pub(super) fn explanation(
             .map(|i| candidates(snapshot, &policy.tcp_routes[i].splits))
             .unwrap_or_default(),
         protocol: Some("tcp".into()),
+        listener: listener.map(|i| policy.listeners[i].name.clone()),
+        by_listener: Vec::new(),
     }
 }

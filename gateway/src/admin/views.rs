@@ -252,7 +252,12 @@ impl GatewayAdmin {
     pub(super) fn explanation(&self, query: &ExplainQuery) -> Result<Explanation, String> {
         let snapshot = self.store.snapshot();
         let policy = &snapshot.policy;
-        let listener = match &query.listener {
+        let http_listeners: Vec<usize> = (0..policy.listeners.len())
+            .filter(|&i| {
+                policy.listeners[i].protocol == meshgate_policy::tcp::ListenerProtocol::Http
+            })
+            .collect();
+        let given = match &query.listener {
             Some(name) => Some(
                 policy
                     .listener_index(name)
@@ -260,16 +265,19 @@ impl GatewayAdmin {
             ),
             None => None,
         };
-        let tcp_listener = listener.is_some_and(|i| {
+        let tcp_listener = given.is_some_and(|i| {
             policy.listeners[i].protocol != meshgate_policy::tcp::ListenerProtocol::Http
         });
         if query.sni.is_some() || tcp_listener {
             return Ok(super::tcp_views::explanation(
                 &snapshot,
-                listener,
+                given,
                 query.sni.as_deref().filter(|name| !name.is_empty()),
             ));
         }
+        // A request arrives on some listener, and routes may be kept to some: without one
+        // named, assume the first HTTP listener, say so, and give every HTTP listener's answer.
+        let listener = given.or(http_listeners.first().copied());
         // Match what the data plane matches: the normalized path, or nothing for a refused one.
         let given = query.path.split('?').next().unwrap_or("/");
         let strict = policy.server.path_normalization == PathNormalization::Strict;
@@ -294,6 +302,20 @@ impl GatewayAdmin {
             vec![Verdict::NotReached; policy.routes.len()]
         } else {
             policy.explain(listener, &QueryView(&normalized_query))
+        };
+        let by_listener = match (&query.listener, &refused) {
+            (None, None) if http_listeners.len() > 1 => http_listeners
+                .iter()
+                .map(|&i| ListenerMatch {
+                    listener: policy.listeners[i].name.clone(),
+                    matched: policy
+                        .explain(Some(i), &QueryView(&normalized_query))
+                        .iter()
+                        .position(|v| *v == Verdict::Matched)
+                        .map(|r| policy.routes[r].name.clone()),
+                })
+                .collect(),
+            _ => Vec::new(),
         };
         let matched = verdicts.iter().position(|v| *v == Verdict::Matched);
         let routes = policy
@@ -328,6 +350,8 @@ impl GatewayAdmin {
             routes,
             candidates,
             protocol: None,
+            listener: listener.map(|i| policy.listeners[i].name.clone()),
+            by_listener,
         })
     }
 }

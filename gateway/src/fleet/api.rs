@@ -62,7 +62,7 @@ pub async fn push(store: &PolicyStore, document: String) -> (u16, serde_json::Va
             400,
             json!({ "error": "invalid fleet document", "errors": errors }),
         ),
-        Err(PushError::Refused(nodes)) => (
+        Err(PushError::Refused(nodes, not_voted)) => (
             422,
             json!({
                 "error": "nodes refused the document; nothing was committed",
@@ -71,6 +71,7 @@ pub async fn push(store: &PolicyStore, document: String) -> (u16, serde_json::Va
                     .into_iter()
                     .map(|(node, errors)| json!({ "node": node, "errors": errors }))
                     .collect::<Vec<_>>(),
+                "not_voted": not_voted,
             }),
         ),
         Err(PushError::NoAnswer(nodes)) => (

@@ -135,7 +135,7 @@ async fn run(command: FleetCommand) -> Result<(), String> {
     match command {
         FleetCommand::Push { file, timeout, .. } => {
             let document =
-                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                meshgate_policy::files::read_policy_file(&file)?;
             let version = push::push(&mut client, &keys, &document, settings.history, timeout)
                 .await
                 .map_err(text)?;

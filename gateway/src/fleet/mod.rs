@@ -19,6 +19,7 @@
 
 pub mod api;
 mod cache;
+pub mod check;
 pub mod cli;
 pub mod node;
 pub mod push;

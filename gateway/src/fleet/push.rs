@@ -15,8 +15,9 @@ use super::{FleetDocument, Keys, NodeStatus, Vote};
 pub enum PushError {
     /// The document is not a fleet document (syntax, or sections that are local to nodes).
     Invalid(Vec<String>),
-    /// Nodes refused it: each node and its errors.
-    Refused(Vec<(String, Vec<String>)>),
+    /// Nodes refused it: each node and its errors, and the live nodes that had not voted yet
+    /// when the first refusal came.
+    Refused(Vec<(String, Vec<String>)>, Vec<String>),
     /// Nodes did not answer in time.
     NoAnswer(Vec<String>),
     /// Another push committed first.
@@ -29,12 +30,15 @@ impl std::fmt::Display for PushError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PushError::Invalid(errors) => write!(f, "invalid document:\n{}", errors.join("\n")),
-            PushError::Refused(nodes) => {
+            PushError::Refused(nodes, not_voted) => {
                 for (node, errors) in nodes {
                     writeln!(f, "node {node} refused the document:")?;
                     for error in errors {
                         writeln!(f, "  {error}")?;
                     }
+                }
+                if !not_voted.is_empty() {
+                    writeln!(f, "node(s) {} had not voted yet", not_voted.join(", "))?;
                 }
                 write!(f, "nothing was committed")
             }
@@ -205,14 +209,14 @@ async fn collect_votes(
             .filter(|(_, vote)| !vote.ok)
             .map(|(node, vote)| (node.clone(), vote.errors.clone()))
             .collect();
-        if !refused.is_empty() {
-            return Err(PushError::Refused(refused));
-        }
         let missing: Vec<String> = live
             .iter()
             .filter(|node| !votes.contains_key(*node))
             .cloned()
             .collect();
+        if !refused.is_empty() {
+            return Err(PushError::Refused(refused, missing));
+        }
         if missing.is_empty() {
             return Ok(());
         }

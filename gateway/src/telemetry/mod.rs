@@ -55,6 +55,19 @@ impl Metrics {
                     self.cors_preflights.with_label_values(&[name, result]);
                 }
             }
+            // A route compresses with its own `compress`, or its listeners'.
+            let compresses = match &route.compress {
+                Some(settings) => settings.enabled,
+                None => policy.listeners.iter().enumerate().any(|(index, listener)| {
+                    listener.compress.as_ref().is_some_and(|c| c.enabled)
+                        && route.listeners.as_ref().is_none_or(|l| l.contains(&index))
+                }),
+            };
+            if compresses {
+                for coding in ["zstd", "br", "gzip"] {
+                    self.compressed_responses.with_label_values(&[name, coding]);
+                }
+            }
             if route.splits.len() > 1 {
                 for split in &route.splits {
                     let upstream = policy.upstreams[split.upstream].name.as_str();

@@ -107,6 +107,12 @@ impl UpstreamState {
 
     /// Power of two random choices on in-flight requests per unit of weight, as Envoy and
     /// Linkerd do: close to the best choice without scanning the pool or sharing a lock.
+    ///
+    /// Two candidates with as many requests in flight tie, and a tie is broken by the weights:
+    /// the next turn of the smooth weighted schedule takes the request when its endpoint is
+    /// no busier than they are. Under light traffic every endpoint ties (nothing in flight),
+    /// so requests split exactly by weight, where comparing in-flight per weight alone sent
+    /// every one to the heaviest endpoint; under load the least loaded is still preferred.
     fn select_least_request(&self, set: &EndpointSet, tier: &Tier) -> Option<usize> {
         let members = &tier.members;
         let count = members.len();
@@ -132,6 +138,14 @@ impl UpstreamState {
             (true, true) => {
                 let (first_load, first_weight) = load(first);
                 let (second_load, second_weight) = load(second);
+                if first_load == second_load {
+                    if let Some(turn) = self.select_round_robin(set, tier) {
+                        let busy = set.endpoints[turn].in_flight.load(Ordering::Relaxed) + 1;
+                        if busy <= first_load {
+                            return Some(turn);
+                        }
+                    }
+                }
                 if first_load * second_weight <= second_load * first_weight {
                     first
                 } else {
@@ -247,6 +261,18 @@ mod tests {
             .in_flight
             .store(50, Ordering::Relaxed);
         assert!((0..50).all(|_| pick(&pool, None) == Some(1)));
+    }
+
+    #[test]
+    fn least_request_breaks_ties_by_weight() {
+        let pool = pool(Balance::LeastRequest, &[2, 1]);
+        let picks: Vec<usize> = (0..30).map(|_| pick(&pool, None).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 20, "{picks:?}");
+        // Busy, the heavier endpoint loses to the idle one.
+        pool.endpoints().endpoints[0]
+            .in_flight
+            .store(10, Ordering::Relaxed);
+        assert!((0..20).all(|_| pick(&pool, None) == Some(1)));
     }
 
     #[test]

@@ -100,7 +100,12 @@ node = "{name}"
             std::process::Stdio::null(),
             stderr,
         ));
-        wait_ready_at(self.admin);
+        // Not ready before a fleet document is served: wait for the listener instead.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.listen).is_err() {
+            assert!(Instant::now() < deadline, "{} never listened", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn kill(&mut self) {

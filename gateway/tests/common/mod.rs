@@ -75,6 +75,36 @@ pub fn write_token(path: &std::path::Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// Sends signal `name` (`KILL`, `QUIT`…) to process `pid`.
+pub fn signal_pid(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The shell block of docs/operations.md's hand upgrade (between its `upgrade-by-hand`
+/// markers), as written.
+pub fn hand_upgrade_script() -> String {
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operations.md"
+    ))
+    .unwrap();
+    let start = docs
+        .find("<!-- upgrade-by-hand -->")
+        .expect("the marked block");
+    let end = docs.find("<!-- /upgrade-by-hand -->").expect("its end");
+    docs[start..end]
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block")
+        .to_owned()
+}
+
 /// Starts an upstream that accepts connections, holds them, and never answers; returns its
 /// address.
 pub async fn start_silent_upstream() -> SocketAddr {

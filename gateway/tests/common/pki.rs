@@ -66,6 +66,24 @@ impl Authority {
         self.issue(dir, file_stem, params)
     }
 
+    /// A server certificate for `name` valid until `not_after` (seconds from now; negative:
+    /// already expired).
+    pub fn server_until(&self, dir: &Path, file_stem: &str, name: &str, not_after: i64) -> Leaf {
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let now = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+        params.not_before = now - std::time::Duration::from_secs(400 * 86_400);
+        params.not_after = if not_after >= 0 {
+            now + std::time::Duration::from_secs(not_after as u64)
+        } else {
+            now - std::time::Duration::from_secs(not_after.unsigned_abs())
+        };
+        self.issue(dir, file_stem, params)
+    }
+
     fn issue(&self, dir: &Path, file_stem: &str, params: CertificateParams) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();

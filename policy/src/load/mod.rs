@@ -23,6 +23,7 @@ mod compress;
 mod cors;
 mod direct;
 mod discovery;
+mod file_warnings;
 mod fleet;
 mod jwt;
 mod listeners;
@@ -151,15 +152,38 @@ fn syntax_errors_of(source: &str, errors: &[toml::de::Error]) -> Vec<PolicyError
     errors
         .iter()
         .map(|e| {
-            let (line, column) = lines.position(e.span().map_or(0, |s| s.start));
+            let start = e.span().map_or(0, |s| s.start);
+            let (line, column) = lines.position(start);
+            let message = match e.message() {
+                "duplicate key" => duplicate_key_message(source, start),
+                other => other.to_owned(),
+            };
             PolicyError {
                 line,
                 column,
                 path: "(syntax)".into(),
-                message: e.message().to_owned(),
+                message,
             }
         })
         .collect()
+}
+
+/// What the parser's bare "duplicate key" is about: the key (or table) at `start`, named.
+fn duplicate_key_message(source: &str, start: usize) -> String {
+    let rest = source.get(start..).unwrap_or_default();
+    let key: String = rest
+        .chars()
+        .take_while(|c| !matches!(c, ' ' | '\t' | '=' | ']' | '\n' | '\r'))
+        .collect();
+    let key = key.trim_matches('"');
+    let header = source[..start].trim_end_matches([' ', '\t']).ends_with('[');
+    match (key.is_empty(), header) {
+        (true, _) => "duplicate key".to_owned(),
+        (false, true) => format!("duplicate key: table [{key}] is defined twice; merge the two"),
+        (false, false) => {
+            format!("duplicate key: {key:?} is already set in this table; keep one")
+        }
+    }
 }
 
 struct Compiler<'a, 'd> {

@@ -578,7 +578,17 @@ pub(super) fn compile_host_pattern(
         }
         None => (lower.as_str(), HostMatch::Exact(lower.clone())),
     };
+    if let Some(suffix) = check.strip_prefix('.').filter(|s| !s.is_empty()) {
+        // `.example.com` is NGINX's "this name and its subdomains"; here it would match no
+        // name at all.
+        sink.at(
+            at,
+            format!("{host:?} is not a host name: for any name under it write \"*.{suffix}\" (and \"{suffix}\" for the name itself)"),
+        );
+        return None;
+    }
     let valid = !check.is_empty()
+        && !check.contains("..")
         && check
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');

@@ -53,6 +53,7 @@ pub(super) fn collect(policy: &CompiledPolicy, sink: &mut ErrorSink<'_>) {
         }
         allow_without_identity(policy, j, sink);
     }
+    super::file_warnings::collect(policy, sink);
 }
 
 /// Upstreams no route sends to (by split, mirror, or failover of one that is used).

@@ -230,7 +230,15 @@ impl Bootstrap {
                 #[cfg(all(not(debug_assertions), feature = "sentry"))]
                 sentry::capture_error(&e);
 
-                error!("Bootstrap failed on error: {:?}, exiting.", e);
+                // meshgate patch: a hand-over that never came says what to do, not `EAGAIN`.
+                if self.upgrade && e == nix::Error::EAGAIN {
+                    error!(
+                        "the running meshgate did not hand over its listening sockets through {} within 6 s: start the new process with --upgrade, then send SIGQUIT to the running one (kill -QUIT <pid>) within 6 s; nothing was changed",
+                        self.upgrade_sock
+                    );
+                } else {
+                    error!("Bootstrap failed on error: {:?}, exiting.", e);
+                }
                 std::process::exit(1);
             }
         }

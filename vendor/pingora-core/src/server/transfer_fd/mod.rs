@@ -179,7 +179,13 @@ where
     let fd = match accept_with_retry_timeout(listen_fd.as_raw_fd(), max_retry) {
         Ok(fd) => fd,
         Err(e) => {
-            error!("Giving up reading socket from: {path}, error: {e:?}");
+            // meshgate patch: no hand-over within the wait is the caller's to explain; the
+            // raw `EAGAIN` told an operator nothing.
+            if e == Errno::EAGAIN {
+                info!("no socket transfer through {path}");
+            } else {
+                error!("Giving up reading socket from: {path}, error: {e:?}");
+            }
             //cleanup
             if nix::unistd::close(listen_fd).is_ok() {
                 nix::unistd::unlink(path).unwrap();

@@ -1,4 +1,6 @@
-//! End to end: a fleet document is not a way to write (or read) files on every node. Without
+//! End to end: what a fleet node takes from the fleet, and when it is ready. A node is not
+//! ready before it serves a fleet document. A fleet document is not a way to write (or read)
+//! files on every node. Without
 //! `[fleet].files_dir` a node refuses a fleet document that names a file, whether it comes
 //! through a push or is written straight into etcd's committed key, keeps serving, and says why
 //! in `/fleet`; with it, only files inside that folder (after links) are accepted.
@@ -160,5 +162,44 @@ async fn a_fleet_document_names_no_file_outside_files_dir() {
     }
     // The strict node still refuses it: it has no files_dir.
     assert_eq!(strict.served_by().await.as_deref(), Ok("v1"));
+    etcd.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_is_not_ready_before_it_serves_a_fleet_document() {
+    let mut etcd = EtcdCluster::single(None);
+    let endpoints = etcd.endpoints();
+    let prefix = format!("/meshgate/ready-{}", free_port());
+    let node = Node::start("gw-1", &endpoints, &prefix, false);
+    let readyz = || async {
+        let response = client()
+            .get(format!("http://{}/readyz", node.admin))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let (status, body) = readyz().await;
+    println!("before any push: {status} {body:?}");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no fleet document served yet"), "{body}");
+    assert_eq!(node.served_by().await, Err(404));
+    let upstream = start_echo("v1").await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("fleet.toml");
+    std::fs::write(&file, document(upstream, false)).unwrap();
+    let pushed = push(&file, &endpoints, &prefix);
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    node.wait_served_by("v1", Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = readyz().await;
+        if status == 200 {
+            assert_eq!(body, "ready");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status} {body:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     etcd.stop();
 }
