@@ -29,8 +29,11 @@ define install-missing
 	fi
 endef
 
+# cargo-nextest (from crates.io) gives every test its own time limit (.config/nextest.toml);
+# without it `make test` could only bound the whole suite.
 deps:
 	$(call install-missing,$(PACKAGES))
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
 
 # oha (from crates.io) holds a fixed request rate for the latency rows.
 bench-deps:

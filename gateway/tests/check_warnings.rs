@@ -99,7 +99,10 @@ split = [{{ upstream = "app" }}]
             "no warning {place}: {text}:\n{said}"
         );
     }
-    assert!(!said.contains("routes[0].allow[1]"), "a SPIFFE ID is fine: {said}");
+    assert!(
+        !said.contains("routes[0].allow[1]"),
+        "a SPIFFE ID is fine: {said}"
+    );
     let (code, _) = check(&policy, true);
     assert_eq!(code, Some(1), "--strict fails on warnings");
 }
@@ -118,7 +121,11 @@ fn errors_say_what_to_write_instead() {
         .arg(&encrypted)
         .output()
         .expect("openssl is installed by `make deps`");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let policy = d.join("policy.toml");
     std::fs::write(
         &policy,
@@ -144,10 +151,15 @@ key = "{key}"
     let (code, said) = check(&policy, false);
     println!("{said}");
     assert_eq!(code, Some(1));
-    assert!(said.contains(":5:1: (syntax): duplicate key: \"threads\""), "{said}");
+    assert!(
+        said.contains(":5:1: (syntax): duplicate key: \"threads\""),
+        "{said}"
+    );
     std::fs::write(
         &policy,
-        std::fs::read_to_string(&policy).unwrap().replace("threads = 3\n", ""),
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("threads = 3\n", ""),
     )
     .unwrap();
     let (code, said) = check(&policy, false);
@@ -196,7 +208,9 @@ split = [{ upstream = "app" }]
     assert!(said.contains("tcp_routes[0].match.sni[0]"), "{said}");
     assert!(said.contains("\"*.x.test\""), "{said}");
     assert!(said.contains(": 1 error(s)"), "only the name: {said}");
-    let fixed = std::fs::read_to_string(&policy).unwrap().replace(".x.test", "*.x.test");
+    let fixed = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace(".x.test", "*.x.test");
     std::fs::write(&policy, fixed).unwrap();
     let (code, said) = check(&policy, false);
     assert_eq!(code, Some(0), "{said}");

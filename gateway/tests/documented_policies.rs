@@ -64,7 +64,9 @@ fn completed(block: &str, head: &str) -> String {
     if first_line.starts_with("[[") {
         return format!("{head}\n{block}");
     }
-    format!("{head}\n[[routes]]\nname = \"example\"\nsplit = [{{ upstream = \"orders\" }}]\n{block}")
+    format!(
+        "{head}\n[[routes]]\nname = \"example\"\nsplit = [{{ upstream = \"orders\" }}]\n{block}"
+    )
 }
 
 /// Makes every file `text` names under `/etc/meshgate/` in `dir` (certificates from one CA,

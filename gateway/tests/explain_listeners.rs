@@ -37,7 +37,10 @@ split = [{{ upstream = "shop" }}]
         .admin_json("/explain?host=shop.example.test&path=/cart")
         .await;
     println!("{explained:#}");
-    assert_eq!(explained["listener"], "public", "the listener assumed is named");
+    assert_eq!(
+        explained["listener"], "public",
+        "the listener assumed is named"
+    );
     assert_eq!(explained["matched"], "to-https");
     assert_eq!(
         explained["by_listener"],

@@ -48,6 +48,7 @@ async fn a_fleet_applies_pushes_all_or_none_and_outlives_etcd() {
     );
 
     // 2. A push one node refuses (a route on a listener gw-3 does not have): nothing changes.
+    let before = committed_in_etcd(&cluster, &prefix);
     let refused = work.path().join("refused.toml");
     std::fs::write(&refused, document(v2, true)).unwrap();
     let output = push(&refused, &etcd, &prefix);
@@ -60,6 +61,8 @@ async fn a_fleet_applies_pushes_all_or_none_and_outlives_etcd() {
     for node in &nodes {
         assert_eq!(node.served_by().await.as_deref(), Ok("v1"));
     }
+    // Nothing was committed: etcd's committed key and history are as they were.
+    assert_eq!(committed_in_etcd(&cluster, &prefix), before);
 
     // 3. Two pushes at once: one commits, the other is told of the conflict.
     let second = work.path().join("v2.toml");
@@ -142,6 +145,7 @@ async fn a_fleet_applies_pushes_all_or_none_and_outlives_etcd() {
     let third = work.path().join("v1-again.toml");
     std::fs::write(&third, document(v1, false)).unwrap();
     nodes[2].kill();
+    let before = committed_in_etcd(&cluster, &prefix);
     let output = fleet_command(
         &["push", third.to_str().unwrap(), "--timeout", "2s"],
         &etcd,
@@ -160,6 +164,7 @@ async fn a_fleet_applies_pushes_all_or_none_and_outlives_etcd() {
     for node in &nodes[..2] {
         assert_eq!(node.served_by().await.as_deref(), Ok("v2"));
     }
+    assert_eq!(committed_in_etcd(&cluster, &prefix), before);
     nodes[2].spawn();
     nodes[2].wait_served_by("v2", Duration::from_secs(5)).await;
 
@@ -400,4 +405,27 @@ rate_limit = {{ requests_per_second = 100, burst = 20, key = "route", scope = "g
         (admitted - expected).abs() <= expected * 0.10,
         "admitted {admitted}, expected {expected:.0} ± 10%"
     );
+}
+
+/// What etcd holds as committed under `prefix`: the committed key's value and the history's
+/// keys, read from etcd itself rather than from what one node serves.
+fn committed_in_etcd(cluster: &EtcdCluster, prefix: &str) -> (String, String) {
+    let read = |args: &[&str]| {
+        let output = cluster.etcdctl(args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let committed = read(&["get", &format!("{prefix}/committed"), "--print-value-only"]);
+    let history = read(&[
+        "get",
+        &format!("{prefix}/history/"),
+        "--prefix",
+        "--keys-only",
+    ]);
+    assert!(!committed.is_empty(), "nothing committed under {prefix}");
+    (committed, history)
 }

@@ -32,17 +32,26 @@ fn a_fleet_document_is_checked_alone_or_with_a_nodes_file() {
     assert!(said.contains("ok"), "{said}");
 
     // An error in the document: its line, column and key.
-    std::fs::write(&doc, good.replace("{ upstream = \"orders\" }", "{ upstream = \"ordrs\" }")).unwrap();
+    std::fs::write(
+        &doc,
+        good.replace("{ upstream = \"orders\" }", "{ upstream = \"ordrs\" }"),
+    )
+    .unwrap();
     let (code, said) = run(&["--fleet".as_ref(), doc.as_os_str()]);
     println!("unknown upstream: {said}");
     assert_eq!(code, Some(1));
     assert!(
-        said.contains(&format!("{}:8:", doc.display())) && said.contains("routes[0].split[0].upstream"),
+        said.contains(&format!("{}:8:", doc.display()))
+            && said.contains("routes[0].split[0].upstream"),
         "{said}"
     );
 
     // A node-local section, or `version`, is not a fleet document's.
-    std::fs::write(&doc, format!("version = 1\n[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\n{good}")).unwrap();
+    std::fs::write(
+        &doc,
+        format!("version = 1\n[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\n{good}"),
+    )
+    .unwrap();
     let (code, said) = run(&["--fleet".as_ref(), doc.as_os_str()]);
     println!("local sections: {said}");
     assert_eq!(code, Some(1));
@@ -57,7 +66,12 @@ fn a_fleet_document_is_checked_alone_or_with_a_nodes_file() {
         "version = 1\n[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:18080\"\n[fleet]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/meshgate/prod\"\nnode = \"gw-1\"\n",
     )
     .unwrap();
-    let (code, said) = run(&["--fleet".as_ref(), doc.as_os_str(), "--local".as_ref(), node.as_os_str()]);
+    let (code, said) = run(&[
+        "--fleet".as_ref(),
+        doc.as_os_str(),
+        "--local".as_ref(),
+        node.as_os_str(),
+    ]);
     println!("with the node's file: {said}");
     assert_eq!(code, Some(1));
     assert!(said.contains(&format!("{}:7:", doc.display())), "{said}");
@@ -65,9 +79,16 @@ fn a_fleet_document_is_checked_alone_or_with_a_nodes_file() {
     // The same document for a node that has the listener passes.
     std::fs::write(
         &node,
-        std::fs::read_to_string(&node).unwrap().replace("name = \"public\"", "name = \"internal\""),
+        std::fs::read_to_string(&node)
+            .unwrap()
+            .replace("name = \"public\"", "name = \"internal\""),
     )
     .unwrap();
-    let (code, said) = run(&["--fleet".as_ref(), doc.as_os_str(), "--local".as_ref(), node.as_os_str()]);
+    let (code, said) = run(&[
+        "--fleet".as_ref(),
+        doc.as_os_str(),
+        "--local".as_ref(),
+        node.as_os_str(),
+    ]);
     assert_eq!(code, Some(0), "{said}");
 }

@@ -32,7 +32,11 @@ async fn the_documented_steps_stop_when_the_new_process_cannot_start() {
     let (etc, run) = (dir.path().join("etc"), dir.path().join("run"));
     // The new process is given a bad policy: a `meshgate` first on PATH swaps the policy of
     // any `--upgrade` start for one with an error.
-    std::fs::write(etc.join("bad.toml"), "version = 1\n[server]\nthreads = \"many\"\n").unwrap();
+    std::fs::write(
+        etc.join("bad.toml"),
+        "version = 1\n[server]\nthreads = \"many\"\n",
+    )
+    .unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let wrapper = bin.join("meshgate");
@@ -51,7 +55,11 @@ async fn the_documented_steps_stop_when_the_new_process_cannot_start() {
         .replace("/etc/meshgate/", &format!("{}/", etc.display()))
         .replace("/run/meshgate/", &format!("{}/", run.display()))
         .replace("localhost:9901", &admin.to_string());
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let err_path = dir.path().join("script.err");
     let err = std::fs::File::create(&err_path).unwrap();
     let started = Instant::now();
@@ -81,7 +89,10 @@ async fn the_documented_steps_stop_when_the_new_process_cannot_start() {
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(took < Duration::from_secs(20), "{took:?}");
     assert!(said.contains("the new process did not start"), "{said}");
-    assert!(said.contains("server.threads"), "the new process said why: {said}");
+    assert!(
+        said.contains("server.threads"),
+        "the new process said why: {said}"
+    );
     assert_eq!(serving, Some(200), "the old process still serves");
 }
 
@@ -120,7 +131,10 @@ async fn an_upgrade_never_handed_the_sockets_exits_saying_what_to_do() {
         took >= Duration::from_secs(4) && took < Duration::from_secs(15),
         "{took:?}"
     );
-    assert!(said.contains("did not hand over its listening sockets"), "{said}");
+    assert!(
+        said.contains("did not hand over its listening sockets"),
+        "{said}"
+    );
     assert!(said.contains("kill -QUIT"), "{said}");
     assert!(!said.contains("EAGAIN"), "{said}");
     assert_eq!(http_status(gateway.listen, "/"), Some(200));

@@ -304,13 +304,17 @@ jwt = {{ issuer = "https://idp.test", jwks_url = "https://localhost:{port}/.well
 
     // The identity provider goes away: the keys fetched are kept, failures are counted.
     drop(idp.take());
-    gateway
+    let failed_fetches = gateway
         .wait_for_metric(
             r#"meshgate_jwks_fetches_total{result="error""#,
             2.0,
             Duration::from_secs(15),
         )
         .await;
+    assert!(
+        failed_fetches >= 2.0,
+        "failed fetches counted: {failed_fetches}"
+    );
     assert_eq!(get(&gateway, "/x", &token_one, &[]).await.0, 200);
     assert_eq!(
         get(&gateway, "/x", &token_two, &[]).await.0,

@@ -47,18 +47,39 @@ redis = "redis://127.0.0.1:9/0"
     ));
     let metrics = gateway.metrics().await;
     let series = |family: &str, labels: &[&str]| {
-        metrics.lines().any(|line| {
-            line.starts_with(family) && labels.iter().all(|label| line.contains(label))
-        })
+        metrics
+            .lines()
+            .any(|line| line.starts_with(family) && labels.iter().all(|label| line.contains(label)))
     };
     for (family, labels) in [
-        ("meshgate_cors_preflights_total", vec!["route=\"web\"", "result=\"allowed\""]),
-        ("meshgate_compressed_responses_total", vec!["route=\"web\"", "encoding=\"gzip\""]),
-        ("meshgate_mirror_dropped_total", vec!["route=\"web\"", "upstream=\"spare\""]),
-        ("meshgate_failovers_total", vec!["upstream=\"app\"", "to=\"spare\""]),
-        ("meshgate_discovery_errors_total", vec!["upstream=\"named\""]),
-        ("meshgate_jwks_fetches_total", vec!["url=\"http://127.0.0.1:9/jwks.json\"", "result=\"ok\""]),
-        ("meshgate_rate_limit_store_errors_total", vec!["kind=\"unavailable\""]),
+        (
+            "meshgate_cors_preflights_total",
+            vec!["route=\"web\"", "result=\"allowed\""],
+        ),
+        (
+            "meshgate_compressed_responses_total",
+            vec!["route=\"web\"", "encoding=\"gzip\""],
+        ),
+        (
+            "meshgate_mirror_dropped_total",
+            vec!["route=\"web\"", "upstream=\"spare\""],
+        ),
+        (
+            "meshgate_failovers_total",
+            vec!["upstream=\"app\"", "to=\"spare\""],
+        ),
+        (
+            "meshgate_discovery_errors_total",
+            vec!["upstream=\"named\""],
+        ),
+        (
+            "meshgate_jwks_fetches_total",
+            vec!["url=\"http://127.0.0.1:9/jwks.json\"", "result=\"ok\""],
+        ),
+        (
+            "meshgate_rate_limit_store_errors_total",
+            vec!["kind=\"unavailable\""],
+        ),
     ] {
         assert!(
             series(family, &labels),
@@ -74,12 +95,17 @@ redis = "redis://127.0.0.1:9/0"
     for encoding in ["gzip", "br", "zstd"] {
         let label = format!("encoding=\"{encoding}\"");
         assert!(
-            metrics.lines().any(|l| l.starts_with("meshgate_compressed_responses_total")
-                && l.contains(&label)
-                && l.contains("route=\"web\"")
-                && l.ends_with(" 0")),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("meshgate_compressed_responses_total")
+                    && l.contains(&label)
+                    && l.contains("route=\"web\"")
+                    && l.ends_with(" 0")),
             "{label}"
         );
     }
-    assert!(!series("meshgate_compressed_responses_total", &["route=\"api\""]));
+    assert!(!series(
+        "meshgate_compressed_responses_total",
+        &["route=\"api\""]
+    ));
 }

@@ -82,7 +82,10 @@ async fn a_policy_of_one_mib_passes_every_way_in_and_one_byte_more_fails_every_w
     let status = reload.status();
     let body = reload.text().await.unwrap();
     println!("reload: {status} {body}");
-    assert!(status.is_client_error() || status.is_server_error(), "{body}");
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "{body}"
+    );
     assert!(body.contains("1048576 bytes"), "{body}");
     let served = client().get(gateway.url("/")).send().await.unwrap();
     assert_eq!(served.status(), 200);

@@ -103,6 +103,12 @@ async fn a_local_limit_admits_rate_times_seconds_plus_burst() {
         (admitted - expected).abs() <= expected * 0.07,
         "admitted {admitted}, expected {expected:.0} ± 7%"
     );
+    // A token bucket never admits more than its burst plus its rate over the time it ran
+    // (measured around the load, so longer than it).
+    assert!(
+        admitted <= expected + 1.0,
+        "admitted {admitted}, over burst + rate × time = {expected:.1}"
+    );
     assert!(
         requests as f64 > 4.0 * expected,
         "wrk must run far above the limit: {requests} requests"
@@ -440,6 +446,10 @@ async fn a_global_limit_is_shared_by_two_gateways() {
     assert!(
         (admitted - expected).abs() <= expected * 0.10,
         "admitted {admitted}, expected {expected:.0} ± 10%"
+    );
+    assert!(
+        admitted <= expected + 1.0,
+        "admitted {admitted}, over burst + rate × time = {expected:.1}"
     );
     assert!(
         total as f64 > 2.0 * expected,

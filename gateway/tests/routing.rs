@@ -12,10 +12,24 @@ async fn split_90_10_is_exact_over_1000_sequential_requests() {
     let v1 = start_echo("v1").await;
     let v2 = start_echo("v2").await;
     let gateway = Gateway::start(&split_policy(v1, v2, 90, 10));
-    let counts = count_servers(&client(), &gateway.url("/"), 1000).await;
-    let to_v1 = counts.get("v1").copied().unwrap_or(0);
-    assert!((890..=910).contains(&to_v1), "v1 got {to_v1}: {counts:?}");
-    assert_eq!(to_v1 + counts.get("v2").copied().unwrap_or(0), 1000);
+    let client = client();
+    let mut servers = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let response = client.get(gateway.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        servers.push(
+            response.headers()["x-echo-server"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(servers.iter().filter(|s| *s == "v1").count(), 900);
+    // Exact, not just on average: every run of 10 consecutive requests is split 9:1.
+    for (start, window) in servers.windows(10).enumerate() {
+        let to_v2 = window.iter().filter(|s| *s == "v2").count();
+        assert_eq!(to_v2, 1, "requests {start}..{}: {window:?}", start + 10);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -378,8 +378,8 @@ impl TlsServer {
 
 impl Drop for TlsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The child is `timeout`: its whole group goes, `openssl s_server` included.
+        kill_bounded(&mut self.child);
     }
 }
 

@@ -166,9 +166,13 @@ async fn https_serves_http1_and_http2_with_certificates_chosen_by_sni() {
     let failures = |reason: &str| {
         format!("meshgate_tls_handshake_failures_total{{listener=\"public\",reason=\"{reason}\"}}")
     };
-    gateway
+    let closed = gateway
         .wait_for_metric(&failures("closed"), 1.0, Duration::from_secs(5))
         .await;
+    assert!(
+        closed >= 1.0,
+        "the connection closed before a handshake was not counted"
+    );
     let metrics = gateway.metrics().await;
     assert!(
         metric_sum(&metrics, &failures("protocol")) >= 50.0,

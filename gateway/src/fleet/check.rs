@@ -52,9 +52,9 @@ pub fn check(document: &Path, local: Option<&Path>) -> ExitCode {
         Ok(_) => {
             match local {
                 Some(_) => println!("{doc_name}: ok with {local_name}"),
-                None => println!(
-                    "{doc_name}: ok (alone: listeners and files are checked with --local)"
-                ),
+                None => {
+                    println!("{doc_name}: ok (alone: listeners and files are checked with --local)")
+                }
             }
             ExitCode::SUCCESS
         }
@@ -79,10 +79,7 @@ fn stand_in_node(document: &str) -> String {
     for (section, protocol) in [("routes", "http"), ("tcp_routes", "tcp")] {
         let entries = table.get(section).and_then(|v| v.as_array());
         for entry in entries.into_iter().flatten() {
-            let by_sni = entry
-                .get("match")
-                .and_then(|m| m.get("sni"))
-                .is_some();
+            let by_sni = entry.get("match").and_then(|m| m.get("sni")).is_some();
             let protocol = match (protocol, by_sni) {
                 ("tcp", true) => "tls_passthrough",
                 (protocol, _) => protocol,

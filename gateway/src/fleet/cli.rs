@@ -134,8 +134,7 @@ async fn run(command: FleetCommand) -> Result<(), String> {
     let text = |e: PushError| e.to_string();
     match command {
         FleetCommand::Push { file, timeout, .. } => {
-            let document =
-                meshgate_policy::files::read_policy_file(&file)?;
+            let document = meshgate_policy::files::read_policy_file(&file)?;
             let version = push::push(&mut client, &keys, &document, settings.history, timeout)
                 .await
                 .map_err(text)?;

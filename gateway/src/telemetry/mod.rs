@@ -58,10 +58,14 @@ impl Metrics {
             // A route compresses with its own `compress`, or its listeners'.
             let compresses = match &route.compress {
                 Some(settings) => settings.enabled,
-                None => policy.listeners.iter().enumerate().any(|(index, listener)| {
-                    listener.compress.as_ref().is_some_and(|c| c.enabled)
-                        && route.listeners.as_ref().is_none_or(|l| l.contains(&index))
-                }),
+                None => policy
+                    .listeners
+                    .iter()
+                    .enumerate()
+                    .any(|(index, listener)| {
+                        listener.compress.as_ref().is_some_and(|c| c.enabled)
+                            && route.listeners.as_ref().is_none_or(|l| l.contains(&index))
+                    }),
             };
             if compresses {
                 for coding in ["zstd", "br", "gzip"] {

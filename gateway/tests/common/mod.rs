@@ -75,6 +75,30 @@ pub fn write_token(path: &std::path::Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// A child process killed (and reaped) when dropped, so that a test that fails or panics
+/// leaves no process behind.
+pub struct OwnedChild(pub Child);
+
+impl std::ops::Deref for OwnedChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for OwnedChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sends signal `name` (`KILL`, `QUIT`…) to process `pid`.
 pub fn signal_pid(pid: u32, name: &str) {
     let status = Command::new("kill")
@@ -403,13 +427,13 @@ impl Gateway {
 
     /// Starts a second gateway process on the same policy with `--upgrade`: it waits for the
     /// listening sockets, which this one hands over on SIGQUIT.
-    pub fn spawn_upgrade(&self) -> Child {
+    pub fn spawn_upgrade(&self) -> OwnedChild {
         self.spawn_upgrade_numbered(1)
     }
 
     /// Starts the `n`-th new process of a series of upgrades (its own stderr and PID file),
     /// and returns once it waits for the sockets: it has bound the upgrade socket.
-    pub fn spawn_upgrade_numbered(&self, n: u32) -> Child {
+    pub fn spawn_upgrade_numbered(&self, n: u32) -> OwnedChild {
         let sock = self.dir.path().join("upgrade.sock");
         let _ = std::fs::remove_file(&sock);
         let name = if n == 1 {
@@ -418,19 +442,21 @@ impl Gateway {
             format!("stderr-upgrade-{n}.log")
         };
         let stderr = std::fs::File::create(self.dir.path().join(name)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .arg("run")
-            .arg("-c")
-            .arg(&self.policy_path)
-            .arg("--upgrade")
-            .arg("--upgrade-sock")
-            .arg(&sock)
-            .arg("--pid-file")
-            .arg(self.dir.path().join(format!("meshgate-upgrade-{n}.pid")))
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start the new meshgate");
+        let mut child = OwnedChild(
+            Command::new(env!("CARGO_BIN_EXE_meshgate"))
+                .arg("run")
+                .arg("-c")
+                .arg(&self.policy_path)
+                .arg("--upgrade")
+                .arg("--upgrade-sock")
+                .arg(&sock)
+                .arg("--pid-file")
+                .arg(self.dir.path().join(format!("meshgate-upgrade-{n}.pid")))
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("start the new meshgate"),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while !sock.exists() {
             assert!(
