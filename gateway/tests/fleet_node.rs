@@ -201,5 +201,24 @@ async fn a_node_is_not_ready_before_it_serves_a_fleet_document() {
         assert!(Instant::now() < deadline, "still {status} {body:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // `[fleet]` is static: a change in the node's file waits for a restart, and says so.
+    let local = std::fs::read_to_string(node.policy_path()).unwrap();
+    std::fs::write(
+        node.policy_path(),
+        local.replacen("[fleet]\n", "[fleet]\nhistory = 7\n", 1),
+    )
+    .unwrap();
+    let reloaded: serde_json::Value = client()
+        .post(format!("http://{}/reload", node.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!("reload with [fleet] changed: {reloaded}");
+    assert_eq!(reloaded["restart_required"], serde_json::json!(["fleet"]));
+    node.wait_served_by("v1", Duration::from_secs(1)).await;
     etcd.stop();
 }

@@ -209,3 +209,120 @@ fn check_refuses_what_run_refuses() {
         assert!(run_stderr.contains(message), "{what}: {run_stderr}");
     }
 }
+
+/// Every key that names a file to read, each given a FIFO, a device, a folder and a file one
+/// byte over 1 MiB in turn: `meshgate check` refuses each at once, naming the key and the
+/// file.
+#[test]
+fn every_file_key_refuses_fifos_devices_folders_and_large_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = common::pki::Authority::new(d, "ca");
+    let good = pki.server(d, "good", "good.test", &["good.test"]);
+    let token = d.join("admin.token");
+    write_token(&token);
+    let password = d.join("etcd.password");
+    std::fs::write(&password, "secret").unwrap();
+    let jwks = d.join("jwks.json");
+    let signing = common::tokens::SigningKey::ec("k1");
+    std::fs::write(&jwks, common::tokens::jwks(&[&signing])).unwrap();
+    let fifo = d.join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let over = d.join("over.pem");
+    std::fs::write(&over, vec![b'x'; 1024 * 1024 + 1]).unwrap();
+    let folder = d.join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let bad: [(&str, &Path); 4] = [
+        ("a FIFO", &fifo),
+        ("a device", Path::new("/dev/zero")),
+        ("a folder", &folder),
+        ("1 MiB + 1", &over),
+    ];
+    let (cert, key, ca) = (
+        good.cert.display().to_string(),
+        good.key.display().to_string(),
+        pki.file.display().to_string(),
+    );
+    // Each policy names good files, with `{}` where the file under test goes.
+    let policy = |tls: &str, upstream_tls: &str, jwt: &str, admin: &str, fleet: &str| {
+        format!(
+            "version = 1\n[admin]\nlisten = \"127.0.0.1:19901\"\ntoken_file = \"{admin}\"\n[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:18443\"\n[listeners.tls]\n{tls}\n{fleet}"
+        ) + &if fleet.is_empty() {
+            format!("[[upstreams]]\nname = \"app\"\nendpoints = [\"127.0.0.1:9000\"]\n[upstreams.tls]\n{upstream_tls}\n[[routes]]\nname = \"main\"\nsplit = [{{ upstream = \"app\" }}]\njwt = {{ {jwt} }}\n")
+        } else {
+            String::new()
+        }
+    };
+    let listener = |c: &str, k: &str, client_ca: &str, sni_c: &str, sni_k: &str| {
+        format!("cert = \"{c}\"\nkey = \"{k}\"\nclient_ca = \"{client_ca}\"\nclient_auth = \"require\"\nsni = [{{ server_names = [\"a.test\"], cert = \"{sni_c}\", key = \"{sni_k}\" }}]")
+    };
+    let upstream = |u_ca: &str, u_c: &str, u_k: &str| {
+        format!("ca = \"{u_ca}\"\ncert = \"{u_c}\"\nkey = \"{u_k}\"")
+    };
+    let jwks_file = |f: &str| format!("jwks_file = \"{f}\"");
+    let jwks_url = |f: &str| format!("jwks_url = \"https://idp.test/jwks\", jwks_ca = \"{f}\"");
+    let fleet = |f_ca: &str, f_c: &str, f_k: &str, f_p: &str| {
+        format!("[fleet]\netcd = [\"https://127.0.0.1:2379\"]\nprefix = \"/m\"\nnode = \"n\"\ntls = {{ ca = \"{f_ca}\", cert = \"{f_c}\", key = \"{f_k}\" }}\nusername = \"u\"\npassword_file = \"{f_p}\"\n")
+    };
+    let t = token.display().to_string();
+    let p = password.display().to_string();
+    let j = jwks.display().to_string();
+    let ok_listener = listener(&cert, &key, &ca, &cert, &key);
+    let ok_upstream = upstream(&ca, &cert, &key);
+    let cases: Vec<(&str, Box<dyn Fn(&str) -> String>)> = vec![
+        ("listeners[0].tls.cert", Box::new(|f| policy(&listener(f, &key, &ca, &cert, &key), &ok_upstream, &jwks_file(&j), &t, ""))),
+        ("listeners[0].tls.key", Box::new(|f| policy(&listener(&cert, f, &ca, &cert, &key), &ok_upstream, &jwks_file(&j), &t, ""))),
+        ("listeners[0].tls.client_ca", Box::new(|f| policy(&listener(&cert, &key, f, &cert, &key), &ok_upstream, &jwks_file(&j), &t, ""))),
+        ("listeners[0].tls.sni[0].cert", Box::new(|f| policy(&listener(&cert, &key, &ca, f, &key), &ok_upstream, &jwks_file(&j), &t, ""))),
+        ("listeners[0].tls.sni[0].key", Box::new(|f| policy(&listener(&cert, &key, &ca, &cert, f), &ok_upstream, &jwks_file(&j), &t, ""))),
+        ("upstreams[0].tls.ca", Box::new(|f| policy(&ok_listener, &upstream(f, &cert, &key), &jwks_file(&j), &t, ""))),
+        ("upstreams[0].tls.cert", Box::new(|f| policy(&ok_listener, &upstream(&ca, f, &key), &jwks_file(&j), &t, ""))),
+        ("upstreams[0].tls.key", Box::new(|f| policy(&ok_listener, &upstream(&ca, &cert, f), &jwks_file(&j), &t, ""))),
+        ("routes[0].jwt.jwks_file", Box::new(|f| policy(&ok_listener, &ok_upstream, &jwks_file(f), &t, ""))),
+        ("routes[0].jwt.jwks_ca", Box::new(|f| policy(&ok_listener, &ok_upstream, &jwks_url(f), &t, ""))),
+        ("admin.token_file", Box::new(|f| policy(&ok_listener, &ok_upstream, &jwks_file(&j), f, ""))),
+        ("fleet.tls.ca", Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(f, &cert, &key, &p)))),
+        ("fleet.tls.cert", Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(&ca, f, &key, &p)))),
+        ("fleet.tls.key", Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(&ca, &cert, f, &p)))),
+        ("fleet.password_file", Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(&ca, &cert, &key, f)))),
+    ];
+    let path = d.join("policy.toml");
+    for (key_path, make) in &cases {
+        // With good files, the policy passes: only the file under test is wrong below.
+        std::fs::write(&path, make(&cert_or_key_for(key_path, &cert, &key, &ca, &t, &p, &j))).unwrap();
+        let (ok, stderr, _) = check(&path);
+        assert!(ok, "{key_path} with a good file: {stderr}");
+        for (what, file) in &bad {
+            std::fs::write(&path, make(&file.display().to_string())).unwrap();
+            let (ok, stderr, took) = check(&path);
+            assert!(!ok, "{key_path} took {what}");
+            assert!(
+                stderr.lines().any(|l| l.contains(key_path) && l.contains(&file.display().to_string())),
+                "{key_path} with {what}: {stderr}"
+            );
+            assert!(took < Duration::from_secs(1), "{key_path} with {what}: {took:?}");
+        }
+        println!("{key_path}: refuses a FIFO, a device, a folder and 1 MiB + 1");
+    }
+}
+
+/// The good file for `key_path`.
+fn cert_or_key_for(
+    key_path: &str,
+    cert: &str,
+    key: &str,
+    ca: &str,
+    token: &str,
+    password: &str,
+    jwks: &str,
+) -> String {
+    match key_path {
+        k if k.ends_with(".key") => key,
+        k if k.ends_with(".ca") || k.ends_with("client_ca") || k.ends_with("jwks_ca") => ca,
+        "admin.token_file" => token,
+        "fleet.password_file" => password,
+        "routes[0].jwt.jwks_file" => jwks,
+        _ => cert,
+    }
+    .to_owned()
+}
