@@ -177,7 +177,10 @@ async fn a_drain_under_keepalive_load_drops_nothing() {
         );
     }
     assert!(total.answered > 1000, "the load never moved");
-    assert!(total.refused > 0, "the load ended before the listeners closed");
+    assert!(
+        total.refused > 0,
+        "the load ended before the listeners closed"
+    );
     assert!(
         last_answer >= Duration::from_millis(1800),
         "requests were served through the drain delay: the last at {last_answer:?}"

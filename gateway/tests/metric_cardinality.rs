@@ -15,9 +15,11 @@ fn series(metrics: &str) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_distinct_paths_add_no_series() {
     let echo = start_echo("app").await;
-    let gateway = Gateway::start(
-        &route_to(echo, "").replacen("path_prefix = \"/\"", "path_prefix = \"/in/\"", 1),
-    );
+    let gateway = Gateway::start(&route_to(echo, "").replacen(
+        "path_prefix = \"/\"",
+        "path_prefix = \"/in/\"",
+        1,
+    ));
     let client = client();
     // One of each kind first: the series for a 200 and a 404 exist from then on.
     for path in ["/in/warm", "/out/warm"] {

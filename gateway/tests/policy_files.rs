@@ -227,7 +227,11 @@ fn every_file_key_refuses_fifos_devices_folders_and_large_files() {
     let signing = common::tokens::SigningKey::ec("k1");
     std::fs::write(&jwks, common::tokens::jwks(&[&signing])).unwrap();
     let fifo = d.join("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let over = d.join("over.pem");
     std::fs::write(&over, vec![b'x'; 1024 * 1024 + 1]).unwrap();
     let folder = d.join("folder");
@@ -270,26 +274,139 @@ fn every_file_key_refuses_fifos_devices_folders_and_large_files() {
     let ok_listener = listener(&cert, &key, &ca, &cert, &key);
     let ok_upstream = upstream(&ca, &cert, &key);
     let cases: Vec<(&str, Box<dyn Fn(&str) -> String>)> = vec![
-        ("listeners[0].tls.cert", Box::new(|f| policy(&listener(f, &key, &ca, &cert, &key), &ok_upstream, &jwks_file(&j), &t, ""))),
-        ("listeners[0].tls.key", Box::new(|f| policy(&listener(&cert, f, &ca, &cert, &key), &ok_upstream, &jwks_file(&j), &t, ""))),
-        ("listeners[0].tls.client_ca", Box::new(|f| policy(&listener(&cert, &key, f, &cert, &key), &ok_upstream, &jwks_file(&j), &t, ""))),
-        ("listeners[0].tls.sni[0].cert", Box::new(|f| policy(&listener(&cert, &key, &ca, f, &key), &ok_upstream, &jwks_file(&j), &t, ""))),
-        ("listeners[0].tls.sni[0].key", Box::new(|f| policy(&listener(&cert, &key, &ca, &cert, f), &ok_upstream, &jwks_file(&j), &t, ""))),
-        ("upstreams[0].tls.ca", Box::new(|f| policy(&ok_listener, &upstream(f, &cert, &key), &jwks_file(&j), &t, ""))),
-        ("upstreams[0].tls.cert", Box::new(|f| policy(&ok_listener, &upstream(&ca, f, &key), &jwks_file(&j), &t, ""))),
-        ("upstreams[0].tls.key", Box::new(|f| policy(&ok_listener, &upstream(&ca, &cert, f), &jwks_file(&j), &t, ""))),
-        ("routes[0].jwt.jwks_file", Box::new(|f| policy(&ok_listener, &ok_upstream, &jwks_file(f), &t, ""))),
-        ("routes[0].jwt.jwks_ca", Box::new(|f| policy(&ok_listener, &ok_upstream, &jwks_url(f), &t, ""))),
-        ("admin.token_file", Box::new(|f| policy(&ok_listener, &ok_upstream, &jwks_file(&j), f, ""))),
-        ("fleet.tls.ca", Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(f, &cert, &key, &p)))),
-        ("fleet.tls.cert", Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(&ca, f, &key, &p)))),
-        ("fleet.tls.key", Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(&ca, &cert, f, &p)))),
-        ("fleet.password_file", Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(&ca, &cert, &key, f)))),
+        (
+            "listeners[0].tls.cert",
+            Box::new(|f| {
+                policy(
+                    &listener(f, &key, &ca, &cert, &key),
+                    &ok_upstream,
+                    &jwks_file(&j),
+                    &t,
+                    "",
+                )
+            }),
+        ),
+        (
+            "listeners[0].tls.key",
+            Box::new(|f| {
+                policy(
+                    &listener(&cert, f, &ca, &cert, &key),
+                    &ok_upstream,
+                    &jwks_file(&j),
+                    &t,
+                    "",
+                )
+            }),
+        ),
+        (
+            "listeners[0].tls.client_ca",
+            Box::new(|f| {
+                policy(
+                    &listener(&cert, &key, f, &cert, &key),
+                    &ok_upstream,
+                    &jwks_file(&j),
+                    &t,
+                    "",
+                )
+            }),
+        ),
+        (
+            "listeners[0].tls.sni[0].cert",
+            Box::new(|f| {
+                policy(
+                    &listener(&cert, &key, &ca, f, &key),
+                    &ok_upstream,
+                    &jwks_file(&j),
+                    &t,
+                    "",
+                )
+            }),
+        ),
+        (
+            "listeners[0].tls.sni[0].key",
+            Box::new(|f| {
+                policy(
+                    &listener(&cert, &key, &ca, &cert, f),
+                    &ok_upstream,
+                    &jwks_file(&j),
+                    &t,
+                    "",
+                )
+            }),
+        ),
+        (
+            "upstreams[0].tls.ca",
+            Box::new(|f| {
+                policy(
+                    &ok_listener,
+                    &upstream(f, &cert, &key),
+                    &jwks_file(&j),
+                    &t,
+                    "",
+                )
+            }),
+        ),
+        (
+            "upstreams[0].tls.cert",
+            Box::new(|f| {
+                policy(
+                    &ok_listener,
+                    &upstream(&ca, f, &key),
+                    &jwks_file(&j),
+                    &t,
+                    "",
+                )
+            }),
+        ),
+        (
+            "upstreams[0].tls.key",
+            Box::new(|f| {
+                policy(
+                    &ok_listener,
+                    &upstream(&ca, &cert, f),
+                    &jwks_file(&j),
+                    &t,
+                    "",
+                )
+            }),
+        ),
+        (
+            "routes[0].jwt.jwks_file",
+            Box::new(|f| policy(&ok_listener, &ok_upstream, &jwks_file(f), &t, "")),
+        ),
+        (
+            "routes[0].jwt.jwks_ca",
+            Box::new(|f| policy(&ok_listener, &ok_upstream, &jwks_url(f), &t, "")),
+        ),
+        (
+            "admin.token_file",
+            Box::new(|f| policy(&ok_listener, &ok_upstream, &jwks_file(&j), f, "")),
+        ),
+        (
+            "fleet.tls.ca",
+            Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(f, &cert, &key, &p))),
+        ),
+        (
+            "fleet.tls.cert",
+            Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(&ca, f, &key, &p))),
+        ),
+        (
+            "fleet.tls.key",
+            Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(&ca, &cert, f, &p))),
+        ),
+        (
+            "fleet.password_file",
+            Box::new(|f| policy(&ok_listener, "", "", &t, &fleet(&ca, &cert, &key, f))),
+        ),
     ];
     let path = d.join("policy.toml");
     for (key_path, make) in &cases {
         // With good files, the policy passes: only the file under test is wrong below.
-        std::fs::write(&path, make(&cert_or_key_for(key_path, &cert, &key, &ca, &t, &p, &j))).unwrap();
+        std::fs::write(
+            &path,
+            make(&cert_or_key_for(key_path, &cert, &key, &ca, &t, &p, &j)),
+        )
+        .unwrap();
         let (ok, stderr, _) = check(&path);
         assert!(ok, "{key_path} with a good file: {stderr}");
         for (what, file) in &bad {
@@ -297,10 +414,15 @@ fn every_file_key_refuses_fifos_devices_folders_and_large_files() {
             let (ok, stderr, took) = check(&path);
             assert!(!ok, "{key_path} took {what}");
             assert!(
-                stderr.lines().any(|l| l.contains(key_path) && l.contains(&file.display().to_string())),
+                stderr
+                    .lines()
+                    .any(|l| l.contains(key_path) && l.contains(&file.display().to_string())),
                 "{key_path} with {what}: {stderr}"
             );
-            assert!(took < Duration::from_secs(1), "{key_path} with {what}: {took:?}");
+            assert!(
+                took < Duration::from_secs(1),
+                "{key_path} with {what}: {took:?}"
+            );
         }
         println!("{key_path}: refuses a FIFO, a device, a folder and 1 MiB + 1");
     }

@@ -13,8 +13,11 @@ use common::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_body_that_never_pauses_past_the_timeout_is_served() {
     let (upstream, config, _task) = start_upstream("u", 200, Duration::ZERO).await;
-    let gateway = Gateway::start_with_server("client_body_timeout = \"1s\"", &route_to(upstream, ""));
-    let mut stream = tokio::net::TcpStream::connect(gateway.listen).await.unwrap();
+    let gateway =
+        Gateway::start_with_server("client_body_timeout = \"1s\"", &route_to(upstream, ""));
+    let mut stream = tokio::net::TcpStream::connect(gateway.listen)
+        .await
+        .unwrap();
     stream
         .write_all(b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\nconnection: close\r\n\r\n")
         .await
@@ -31,13 +34,24 @@ async fn a_slow_body_that_never_pauses_past_the_timeout_is_served() {
         .expect("an answer")
         .unwrap();
     let text = String::from_utf8_lossy(&answer);
-    println!("a 10-byte body over {sending:?}, a byte every 400 ms: {}", text.lines().next().unwrap_or_default());
-    assert!(sending > Duration::from_secs(3), "slower in total than the 1 s timeout");
+    println!(
+        "a 10-byte body over {sending:?}, a byte every 400 ms: {}",
+        text.lines().next().unwrap_or_default()
+    );
+    assert!(
+        sending > Duration::from_secs(3),
+        "slower in total than the 1 s timeout"
+    );
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert_eq!(config.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        config.requests.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 
     // A pause longer than the timeout is a 408.
-    let mut stream = tokio::net::TcpStream::connect(gateway.listen).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(gateway.listen)
+        .await
+        .unwrap();
     stream
         .write_all(b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\n\r\n01")
         .await

@@ -16,7 +16,10 @@ async fn each_static_section_is_named_in_restart_required() {
     let metrics_port = free_port();
     for (section, policy) in [
         ("server", base.replacen("threads = 2", "threads = 3", 1)),
-        ("admin", base.replacen("[admin]\n", "[admin]\nhistory = 7\n", 1)),
+        (
+            "admin",
+            base.replacen("[admin]\n", "[admin]\nhistory = 7\n", 1),
+        ),
         (
             "listeners",
             base.replacen(&gateway.listen.to_string(), &moved, 1),
@@ -45,7 +48,9 @@ async fn each_static_section_is_named_in_restart_required() {
         let config = gateway.admin_json("/config?format=json").await;
         assert_eq!(config["routes"][0]["timeouts"]["request"], "9s", "{config}");
         // And back: nothing waits for a restart any more.
-        let back = gateway.apply_policy(gateway.policy_with_body(&route_to(echo, ""))).await;
+        let back = gateway
+            .apply_policy(gateway.policy_with_body(&route_to(echo, "")))
+            .await;
         assert_eq!(back["restart_required"], serde_json::json!([]), "{back}");
     }
     // The process still serves on the address it was started with.

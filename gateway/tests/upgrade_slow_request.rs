@@ -28,9 +28,11 @@ async fn an_upgrade_under_connection_per_request_load_keeps_a_slow_request() {
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let policy = policy_head(listen, admin, "off")
-        .replacen("grace_period = \"1s\"", "grace_period = \"10s\"", 1)
-        + &route_to(upstream, "");
+    let policy = policy_head(listen, admin, "off").replacen(
+        "grace_period = \"1s\"",
+        "grace_period = \"10s\"",
+        1,
+    ) + &route_to(upstream, "");
     let mut gateway = Gateway::start_with(dir, &policy, listen, admin);
     let url = gateway.url("/");
     let load = tokio::task::spawn_blocking(move || {

@@ -38,10 +38,21 @@ pub fn watch_files(registry: Arc<TlsRegistry>) -> notify::Result<()> {
                 Ok(paths) => {
                     let files: HashSet<PathBuf> = registry.files().into_iter().collect();
                     if paths.iter().any(|path| concerns_us(path, &files)) {
+                        // Quiet means no change to our files for SETTLE: changes to other
+                        // files of the folder (a log written all the time) do not count, or
+                        // a busy folder would hold every rotation for SETTLE_AT_MOST.
                         let deadline = Instant::now() + SETTLE_AT_MOST;
-                        while let Some(wait) = deadline.checked_duration_since(Instant::now()) {
-                            if receiver.recv_timeout(wait.min(SETTLE)).is_err() {
-                                break;
+                        let mut quiet_at = Instant::now() + SETTLE;
+                        while let Some(wait) = quiet_at
+                            .min(deadline)
+                            .checked_duration_since(Instant::now())
+                        {
+                            match receiver.recv_timeout(wait) {
+                                Ok(paths) if paths.iter().any(|p| concerns_us(p, &files)) => {
+                                    quiet_at = Instant::now() + SETTLE;
+                                }
+                                Ok(_) => {}
+                                Err(_) => break,
                             }
                         }
                         registry.reload_files();
