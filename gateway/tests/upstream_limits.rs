@@ -70,7 +70,8 @@ async fn by_default_a_silent_upstream_gets_504_after_60_seconds() {
     assert_eq!(status, 504);
     assert_eq!(reason.as_deref(), Some("upstream-timeout"));
     assert!(
-        took >= Duration::from_secs(59) && took < Duration::from_secs(75),
+        // 60 s, ended on a whole second of the gateway's clock (so up to a second early).
+        took >= Duration::from_secs(58) && took < Duration::from_secs(75),
         "{took:?}"
     );
 }
