@@ -8,19 +8,14 @@ use std::path::Path;
 use std::process::Command;
 
 use common::pki::Authority;
+use common::*;
 
 fn check(policy: &Path, strict: bool) -> (Option<i32>, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meshgate"));
-    command.arg("check").arg(policy);
+    let mut args = vec![policy.as_os_str()];
     if strict {
-        command.arg("--strict");
+        args.push("--strict".as_ref());
     }
-    let output = command.output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
+    meshgate_check(&args)
 }
 
 #[test]

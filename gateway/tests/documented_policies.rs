@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::pki::Authority;
 use common::*;
@@ -98,16 +97,7 @@ fn check(text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, localize_files(text, dir.path())).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-        .arg("check")
-        .arg(&policy)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
+    meshgate_check(&[&policy])
 }
 
 #[test]

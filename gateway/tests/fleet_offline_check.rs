@@ -3,21 +3,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 fn run(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-        .arg("check")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
+    meshgate_check(args)
 }
 
 #[test]

@@ -273,7 +273,9 @@ fn every_file_key_refuses_fifos_devices_folders_and_large_files() {
     let j = jwks.display().to_string();
     let ok_listener = listener(&cert, &key, &ca, &cert, &key);
     let ok_upstream = upstream(&ca, &cert, &key);
-    let cases: Vec<(&str, Box<dyn Fn(&str) -> String>)> = vec![
+    /// A policy text with the file under test in its place.
+    type Policy<'a> = Box<dyn Fn(&str) -> String + 'a>;
+    let cases: Vec<(&str, Policy)> = vec![
         (
             "listeners[0].tls.cert",
             Box::new(|f| {

@@ -99,6 +99,21 @@ impl Drop for OwnedChild {
     }
 }
 
+/// `meshgate check ARGS…`: its exit code and everything it printed (standard output, then
+/// standard error).
+pub fn meshgate_check<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .arg("check")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
 /// Sends signal `name` (`KILL`, `QUIT`…) to process `pid`.
 pub fn signal_pid(pid: u32, name: &str) {
     let status = Command::new("kill")

@@ -155,15 +155,9 @@ impl Compiler<'_, '_> {
         }
         let mut allowed_hosts = Vec::new();
         for (i, name) in admin.allowed_hosts.iter().flatten().enumerate() {
-            let valid = !name.is_empty()
-                && name.len() <= 253
-                && name.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.len() <= 63
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                });
+            // A DNS name, as a server name is written (no wildcard).
+            let lower = name.to_ascii_lowercase();
+            let valid = !lower.starts_with("*.") && super::tls::is_server_name_pattern(&lower);
             if valid {
                 allowed_hosts.push(name.to_ascii_lowercase());
             } else {
