@@ -284,7 +284,8 @@ fn a_bad_policy_fails_at_start_with_its_position() {
         "version = 1\n[[listeners]]\nname = \"x\"\nlisten = \"oops\"\n",
     )
     .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+    // Bounded: a gateway that started anyway would otherwise hold the test for ever.
+    let output = bounded(20, env!("CARGO_BIN_EXE_meshgate"))
         .args(["run", "-c"])
         .arg(&policy)
         .output()

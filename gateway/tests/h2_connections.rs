@@ -217,22 +217,24 @@ fn a_tls_http2_connection_without_a_stream_is_closed_and_handshakes_count_agains
     // TLS with ALPN h2, the preface and SETTINGS, then nothing: closed with a GOAWAY when the
     // first stream has not opened within client_header_timeout (2 s) of the start.
     let opened = Instant::now();
-    let mut client = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-alpn",
-            "h2",
-            "-servername",
-            "gw.test",
-            "-connect",
-        ])
-        .arg(listen.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("openssl is installed by `make deps`");
+    let mut client = OwnedChild(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-alpn",
+                "h2",
+                "-servername",
+                "gw.test",
+                "-connect",
+            ])
+            .arg(listen.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl is installed by `make deps`"),
+    );
     let mut stdin = client.stdin.take().unwrap();
     stdin.write_all(&preface_and_settings()).unwrap();
     stdin.flush().unwrap();
