@@ -58,6 +58,14 @@ fn tcp_listener(name: &str, extra: &str) -> (String, SocketAddr) {
     )
 }
 
+/// Reads a server's greeting into `greeting`, failing the test after 5 s without it.
+async fn read_greeting(stream: &mut TcpStream, greeting: &mut [u8]) {
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(greeting))
+        .await
+        .expect("the greeting within 5 s")
+        .unwrap();
+}
+
 /// Reads until the peer closes (or `limit` passes); what was read.
 async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
     let mut read = Vec::new();
@@ -261,7 +269,7 @@ rate_limit = {{ connections_per_second = 0.1, burst = 2 }}
     for _ in 0..2 {
         let mut stream = TcpStream::connect(limited_addr).await.unwrap();
         let mut greeting = [0u8; 3];
-        stream.read_exact(&mut greeting).await.unwrap();
+        read_greeting(&mut stream, &mut greeting).await;
         kept.push(stream);
     }
     let mut refused = TcpStream::connect(limited_addr).await.unwrap();
@@ -272,7 +280,7 @@ rate_limit = {{ connections_per_second = 0.1, burst = 2 }}
     // `circuit_breaker.max_connections = 1`: a second connection while one is open is closed.
     let mut open = TcpStream::connect(capped_addr).await.unwrap();
     let mut greeting = [0u8; 3];
-    open.read_exact(&mut greeting).await.unwrap();
+    read_greeting(&mut open, &mut greeting).await;
     let mut over = TcpStream::connect(capped_addr).await.unwrap();
     assert!(read_to_close(&mut over, Duration::from_secs(5))
         .await
@@ -686,7 +694,7 @@ async fn an_upgrade_hands_new_connections_over_and_lets_open_ones_run() {
     ));
     let mut first = TcpStream::connect(addr).await.unwrap();
     let mut greeting = [0u8; 2];
-    first.read_exact(&mut greeting).await.unwrap();
+    read_greeting(&mut first, &mut greeting).await;
     // As systemd's ExecReload does: the old process is told first, the new one started after.
     gateway.signal("QUIT");
     let mut new = gateway.spawn_upgrade();
@@ -709,7 +717,7 @@ async fn an_upgrade_hands_new_connections_over_and_lets_open_ones_run() {
         .is_empty());
     // The new process serves the listener on.
     let mut second = TcpStream::connect(addr).await.unwrap();
-    second.read_exact(&mut greeting).await.unwrap();
+    read_greeting(&mut second, &mut greeting).await;
     assert_eq!(&greeting, b"A\n");
     second.write_all(b"new").await.unwrap();
     tokio::time::timeout(Duration::from_secs(2), second.read_exact(&mut back))
