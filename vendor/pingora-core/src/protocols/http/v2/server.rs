@@ -201,7 +201,9 @@ pub async fn accept_downstream_sessions_until<F>(
                     return;
                 }
                 // meshgate patch: no stream opened in time.
-                _ = tokio::time::sleep_until(first_request_deadline.unwrap_or_else(tokio::time::Instant::now)), if first_request_deadline.is_some() => {
+                // An `async` block: `select!` builds every branch's future each turn, even a
+                // disabled one, and a `Sleep` built per accepted stream would cost a timer entry.
+                _ = async { if let Some(at) = first_request_deadline { tokio::time::sleep_until(at).await } }, if first_request_deadline.is_some() => {
                     close_with_goaway(&mut conn).await;
                     return;
                 }
